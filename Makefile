@@ -1,0 +1,33 @@
+# Set-up and the project's two main jobs on a fresh machine with Python 3.11 and pip:
+#   make bench   installs the edge runtime (no torch) and runs the main job
+#   make test    installs everything (runtime, export, dev) and runs the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: bench test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+# One stamp per install flavour; re-installs when the package definition changes.
+$(VENV)/.runtime-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	touch $@ $(VENV)/.runtime-installed
+
+bench: $(VENV)/.runtime-installed
+	$(BIN)/cxr-edge --help
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check cxr_edge runtime export tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

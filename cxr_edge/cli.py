@@ -1,0 +1,150 @@
+"""The `cxr-edge` command: one click group, a thin shell over the library.
+
+Each command imports its side lazily, so that edge commands never load torch. Every expected failure is a
+`CxrEdgeError`, printed here as one line with a non-zero exit code; tracebacks only with `--debug`.
+
+Exit codes: 0 success, 1 usage or model error, 2 some inputs failed while the rest were processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from cxr_edge import __version__
+from cxr_edge.export.config import ARCH_NAMES, TrainConfig
+from cxr_edge.runtime.errors import CxrEdgeError
+
+__all__ = ["cli", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
+_DEFAULTS = TrainConfig()
+
+
+class _Group(click.Group):
+    """Turns every error into one line on stderr and an exit code, in one place."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> None:  # type: ignore[override]
+        debug = "--debug" in (sys.argv[1:] if args is None else list(args))
+        try:
+            code = super().main(args=args, prog_name=prog_name or "cxr-edge", standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("cxr-edge: interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:  # usage errors: exit 1, not click's 2 (2 means "some inputs failed")
+            exc.show()
+            sys.exit(EXIT_ERROR)
+        except CxrEdgeError as exc:
+            if debug:
+                raise
+            click.echo(f"cxr-edge: error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("cxr-edge: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"cxr-edge: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+                       err=True)
+            sys.exit(EXIT_ERROR)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cxr-edge")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Chest X-ray classification at the edge: normal, COVID-19, bacterial or viral pneumonia.
+
+    Build side (needs the export extra: torch, timm, nncf): train a classifier on a class-folder dataset.
+    Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): classify PNG, JPEG and DICOM images in milliseconds.
+
+    Not a medical device: results support, never replace, a radiologist's reading.
+    Run `cxr-edge COMMAND --help` for each command's options.
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="cxr-edge: %(levelname)s: %(message)s")
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Class-folder dataset (folders normal, covid19, bacterial_pneumonia, viral_pneumonia or aliases). "
+                   "Default: $CXR_DATA, else ../shared/datasets/cxr4 beside the source checkout.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="New folder for the run: checkpoint.pt, history.json, metrics.json, curves.png, "
+                   "confusion_matrix.png. An existing run is never overwritten.")
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default=_DEFAULTS.arch, show_default=True,
+              help="Network. efficientnet_lite0 starts from packaged ImageNet weights; resnet18/50 only with "
+                   "--weights; simple_cnn trains from scratch.")
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Starting weights file (a torchvision-format ImageNet checkpoint for the ResNets).")
+@click.option("--epochs", type=click.IntRange(1), default=_DEFAULTS.epochs, show_default=True,
+              help="Upper bound; early stopping on validation loss usually ends sooner.")
+@click.option("--batch-size", type=click.IntRange(2), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True,
+              help="Peak AdamW learning rate after warm-up.")
+@click.option("--image-size", type=click.IntRange(32, 1024), default=_DEFAULTS.image_size, show_default=True,
+              help="Square network input size, written into the model's preprocessing contract.")
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True,
+              help="Seed of training randomness: initialisation, augmentation, batch order.")
+@click.option("--split-seed", type=int, default=_DEFAULTS.split_seed, show_default=True,
+              help="Seed of the stratified train/validation split.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=_DEFAULTS.val_fraction, show_default=True, help="Share of each class held out for validation.")
+@click.option("--patience", type=click.IntRange(1), default=_DEFAULTS.patience, show_default=True,
+              help="Epochs without a lower validation loss before stopping.")
+@click.option("--no-pretrained", is_flag=True, help="Start from random weights even where ImageNet weights exist.")
+@click.option("--no-freeze", is_flag=True, help="Also train the early layers that are frozen by default.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, epochs: int, batch_size: int,
+          lr: float, image_size: int, seed: int, split_seed: int, val_fraction: float, patience: int,
+          no_pretrained: bool, no_freeze: bool, threads: int | None) -> int:
+    """Train a 4-class classifier by transfer learning and write a checkpoint with its preprocessing contract.
+
+    Prints a progress bar per epoch and, at the end, per-class precision, recall and F1 on the validation split.
+    """
+    from rich.console import Console
+
+    from cxr_edge.export.data import resolve_data_dir
+    from cxr_edge.export.train import train as run_training
+
+    console = Console(stderr=True)
+    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
+                         split_seed=split_seed, val_fraction=val_fraction, patience=patience,
+                         freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads)
+    result = run_training(config, resolve_data_dir(data_dir), out_dir, console=console)
+    _print_report(result.report, Console(), title=f"Validation, epoch {result.best_epoch} of {result.epochs_run} "
+                                                  f"({result.seconds / 60:.1f} min)")
+    click.echo(f"wrote {result.out_dir}/checkpoint.pt, history.json, metrics.json, curves.png, confusion_matrix.png")
+    return EXIT_OK
+
+
+def _print_report(report: dict, console: Any, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "F1", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    table.add_section()
+    total = sum(r["support"] for r in report["per_class"].values())
+    table.add_row("accuracy", "", "", f"{report['accuracy']:.3f}", str(total))
+    table.add_row("macro-F1", "", "", f"{report['macro_f1']:.3f}", str(total))
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""cxr-edge build side: datasets, model zoo and training (torch, torchvision, timm); export and quantisation."""

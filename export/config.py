@@ -1,0 +1,55 @@
+"""Training settings, importable without torch so that the CLI can show defaults in `--help` cheaply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ARCH_NAMES", "TrainConfig"]
+
+ARCH_NAMES = ("efficientnet_lite0", "resnet18", "resnet50", "simple_cnn")
+"""Names of `cxr_edge.export.zoo.ARCHITECTURES`, listed here for the CLI (a test keeps both equal)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; stored whole in the checkpoint.
+
+    Args:
+        arch: architecture name (see ``cxr_edge.export.zoo.ARCHITECTURES``).
+        epochs: upper bound on epochs; early stopping usually ends sooner.
+        batch_size: images per optimisation step.
+        lr: peak learning rate of AdamW, reached after the warm-up.
+        weight_decay: AdamW decoupled weight decay (not applied to biases and norm layers).
+        image_size: square input size written into the contract.
+        seed: randomness of training (head initialisation, augmentation, batch order, dropout).
+        split_seed: which images are held out for validation; kept apart from `seed` so that runs with
+            different seeds are judged on the same images.
+        val_fraction: share of each class held out for validation.
+        warmup_epochs: linear warm-up length.
+        patience: epochs without a lower validation loss before stopping.
+        label_smoothing: cross-entropy label smoothing.
+        ema_decay: per-step decay of the exponential moving average of the weights that is validated and kept
+            (0 keeps the raw weights). Averaging over a few epochs removes most epoch-to-epoch swing.
+        freeze_early: keep the architecture's generic early layers frozen.
+        weights: optional user-supplied starting weights.
+        pretrained: allow packaged ImageNet weights.
+        threads: torch intra-op threads (default: every core).
+    """
+
+    arch: str = "efficientnet_lite0"
+    epochs: int = 25
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    image_size: int = 224
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    warmup_epochs: int = 2
+    patience: int = 6
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.97
+    freeze_early: bool = True
+    weights: str | None = None
+    pretrained: bool = True
+    threads: int | None = None

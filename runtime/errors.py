@@ -1,0 +1,33 @@
+"""The exception types of cxr-edge: one base class, so the CLI turns every expected failure into one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["CxrEdgeError", "ImageError", "ContractError", "ModelError"]
+
+
+class CxrEdgeError(Exception):
+    """An expected failure with a message fit for a user: the CLI prints it as one line, without a traceback."""
+
+
+class ImageError(CxrEdgeError):
+    """One input file cannot be used; names the file and the exact reason.
+
+    Args:
+        path: the file that failed.
+        reason: why, in words a radiographer or IT person can act on.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ContractError(CxrEdgeError):
+    """A preprocessing contract is missing, malformed or of a format this version does not understand."""
+
+
+class ModelError(CxrEdgeError):
+    """A model file cannot be opened or does not fit the runtime (not ONNX, wrong inputs, no contract)."""

@@ -1,0 +1,345 @@
+"""The one image loader shared by training, calibration and the runtime.
+
+Every input (PNG, JPEG, BMP, TIFF, DICOM; 8 or 16 bit; grayscale, RGB or RGBA) becomes one canonical image: a
+2-D float32 array in [0, 1] where 1 is white (dense tissue and bone appear bright, as on a MONOCHROME2 display).
+Anything that cannot become such an image raises `ImageError` naming the file and the reason, so one bad file
+never stops a batch.
+
+Raster files are decoded by OpenCV (faster than Pillow here and releases the GIL); Pillow only reads headers, so
+that absurd sizes are refused before a single pixel is decoded. DICOM goes through pydicom and its decoder
+plugins, then the standard's pixel pipeline: modality LUT, VOI LUT or window, MONOCHROME1 inversion.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "MAX_FILE_BYTES",
+    "LoadedImage",
+    "read_image",
+    "load_image",
+    "sniff_format",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+"""File name endings the dataset reader and folder walkers treat as images (content decides the decoder)."""
+
+MAX_PIXELS = 100_000_000
+"""Images above 100 megapixels are refused from their header, before decoding (decompression bombs)."""
+
+MAX_FILE_BYTES = 1 << 30
+"""Files above 1 GiB are refused unread: no chest radiograph is that large."""
+
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR"})
+
+_JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                    (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image and what the loader noticed on the way.
+
+    Args:
+        pixels: 2-D float32 array in [0, 1], 1 = white.
+        format: ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``.
+        warnings: reasons to doubt the result that do not stop it (wrong modality, raw detector data, ...).
+    """
+
+    pixels: np.ndarray
+    format: str
+    warnings: tuple[str, ...] = ()
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name the image format from a file's first 132 bytes, or None; the content decides, not the file name."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> LoadedImage:
+    """Decode one file into the canonical grayscale image.
+
+    Args:
+        path: the file to read.
+        min_size: (height, width) the caller will resize to. Large JPEGs are then decoded at 1/2, 1/4 or 1/8
+            scale in the DCT domain (several times faster) while staying at least this big; training and the
+            runtime pass the same value, so both see the same pixels.
+
+    Raises:
+        ImageError: the file cannot be used; the message names the file and the reason.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    fmt = sniff_format(data[:132])
+    if fmt is None and path.suffix.lower() in (".dcm", ".dicom"):
+        fmt = "dicom"  # DICOM files without the 128-byte preamble exist (old PACS exports)
+    if fmt is None:
+        raise ImageError(path, f"not an image: content is not PNG, JPEG, BMP, TIFF or DICOM{_looks_like(data)}")
+    try:
+        if fmt == "dicom":
+            return _read_dicom(path, data)
+        return _read_raster(path, data, fmt, min_size)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode this image") from None
+    except Exception as exc:  # a decoder failing on hostile bytes must still be a per-file error
+        raise ImageError(path, f"cannot decode {fmt.upper()}: {_first_line(exc)}") from None
+
+
+def load_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Shorthand for ``read_image(path, min_size=min_size).pixels``."""
+    return read_image(path, min_size=min_size).pixels
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ImageError(path, "not a regular file")
+        if size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        if size > MAX_FILE_BYTES:
+            raise ImageError(path, f"file is {size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES >> 30} GiB limit")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _looks_like(data: bytes) -> str:
+    """A hint for the error message when a file is plainly something else (text, HTML, an archive)."""
+    head = data[:512]
+    if head.startswith(b"PK\x03\x04"):
+        return " (it is a ZIP archive)"
+    if head.startswith(b"%PDF"):
+        return " (it is a PDF)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return " (it is a text file)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --- raster files -------------------------------------------------------------------------------------------
+
+
+def _read_raster(path: Path, data: bytes, fmt: str, min_size: tuple[int, int] | None) -> LoadedImage:
+    width, height, frames = _raster_header(path, data, fmt)
+    _check_pixel_count(path, width, height)
+    if frames > 1:
+        raise ImageError(path, f"multi-page {fmt.upper()} ({frames} pages); save the radiograph as a single image")
+    if fmt == "jpeg" and not _jpeg_is_complete(data):
+        raise ImageError(path, "truncated JPEG: the end-of-image marker is missing")
+    buf = np.frombuffer(data, np.uint8)
+    flags = _jpeg_reduced_flag(width, height, min_size) if fmt == "jpeg" else None
+    if flags is None:
+        flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
+    pixels = cv2.imdecode(buf, flags)
+    if pixels is None or pixels.size == 0:
+        raise ImageError(path, f"corrupt or truncated {fmt.upper()}: the decoder could not read the pixel data")
+    return LoadedImage(_to_unit_range(pixels), fmt)
+
+
+def _raster_header(path: Path, data: bytes, fmt: str) -> tuple[int, int, int]:
+    """Width, height and frame count from the header alone (Pillow parses headers lazily)."""
+    from PIL import Image, UnidentifiedImageError
+
+    # Pillow's own bomb check fires inside open(), before the size can be reported; cxr-edge applies MAX_PIXELS
+    # itself right after, from the same header, so that the message can say how large the image claims to be.
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width, img.height, getattr(img, "n_frames", 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(path, f"corrupt {fmt.upper()} header: {_first_line(exc)}") from None
+
+
+def _check_pixel_count(path: Path, width: int, height: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(path, f"image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            path, f"absurd size: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
+            f"over the {MAX_PIXELS // 1_000_000} megapixel limit"
+        )
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """A complete JPEG ends with the EOI marker, possibly followed by padding or a vendor trailer."""
+    return data.rfind(b"\xff\xd9", 2) != -1
+
+
+def _jpeg_reduced_flag(width: int, height: int, min_size: tuple[int, int] | None) -> int | None:
+    """The largest DCT-domain reduction that keeps the decoded image at least `min_size` (height, width)."""
+    if min_size is None:
+        return None
+    min_h, min_w = min_size
+    for factor, flag in _JPEG_REDUCTIONS:
+        if math.ceil(height / factor) >= min_h and math.ceil(width / factor) >= min_w:
+            return flag | cv2.IMREAD_ANYDEPTH
+    return None
+
+
+def _to_unit_range(pixels: np.ndarray) -> np.ndarray:
+    """Integer images scale by their type's full range; float images (rare TIFFs) by their own range."""
+    if pixels.ndim == 3:  # OpenCV keeps channels for a few exotic layouts; average them to gray
+        pixels = pixels[..., :3].mean(axis=2)
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) * np.float32(1 / 255)
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) * np.float32(1 / 65535)
+    return _min_max(pixels.astype(np.float32))
+
+
+def _min_max(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if hi <= lo:
+        return np.zeros_like(pixels, dtype=np.float32)
+    return ((pixels - lo) / (hi - lo)).astype(np.float32)
+
+
+# --- DICOM ----------------------------------------------------------------------------------------------------
+
+
+def _read_dicom(path: Path, data: bytes) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=sniff_format(data[:132]) != "dicom")
+    except InvalidDicomError:
+        raise ImageError(path, "not a DICOM file: the 'DICM' marker is missing") from None
+    except Exception as exc:
+        raise ImageError(path, f"unreadable DICOM header: {_first_line(exc)}") from None
+    if "PixelData" not in ds:
+        what = "" if "SOPClassUID" not in ds else f" (SOP class {ds.SOPClassUID.name})"
+        raise ImageError(path, f"DICOM has no pixel data{what}")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(path, f"multi-frame DICOM ({frames} frames) is not supported; send a single radiograph")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_pixel_count(path, cols, rows)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        raise ImageError(path, f"unsupported DICOM photometric interpretation {photometric or '(missing)'!r}")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        name = getattr(syntax, "name", None) or "unknown transfer syntax"
+        raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {_first_line(exc)}") from None
+    if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # colour secondary captures: pydicom gives RGB
+        return LoadedImage(_to_unit_range(cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY)), "dicom",
+                           _dicom_warnings(ds))
+    if stored.ndim != 2:
+        raise ImageError(path, f"unexpected DICOM pixel array shape {stored.shape}")
+    return LoadedImage(dicom_grayscale(stored, ds), "dicom", _dicom_warnings(ds))
+
+
+def dicom_grayscale(stored: np.ndarray, ds: object) -> np.ndarray:
+    """Stored DICOM values to display values in [0, 1], in the order PS3.3 C.11 defines.
+
+    1. Modality LUT (rescale slope/intercept or a LUT; signed pixels handled by pydicom).
+    2. VOI: a VOI LUT if present, else the first window; without either, the actual data range.
+    3. MONOCHROME1 inversion over the VOI *output* range (here always [0, 1]), never over BitsStored, which a VOI
+       LUT or window has already left behind.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    shown = _apply_voi(values, ds)
+    if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
+        shown = 1.0 - shown
+    return shown.astype(np.float32)
+
+
+def _apply_voi(values: np.ndarray, ds: object) -> np.ndarray:
+    from pydicom.pixels import apply_voi
+
+    voi_luts = ds.get("VOILUTSequence")
+    if voi_luts:
+        # A LUT is indexed by integers; modality output of integer-valued rescaling is integral anyway.
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0).astype(np.float64)
+        bits = int(voi_luts[0].LUTDescriptor[2])
+        # Descriptors that under-state the LUT's depth are common; trust the data when it says more.
+        top = max(float(2**bits - 1), float(mapped.max()))
+        return np.clip(mapped / top, 0.0, 1.0) if top > 0 else np.zeros_like(mapped)
+    window = _first_window(ds)
+    if window is not None:
+        return _window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+    return _min_max(values).astype(np.float64)
+
+
+def _first_window(ds: object) -> tuple[float, float] | None:
+    """The first of possibly several window presets, or None when there is none usable."""
+    from pydicom.multival import MultiValue
+
+    def first(value: object) -> float:
+        return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
+
+    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if centre is None or width is None:
+        return None
+    return (first(centre), first(width)) if first(width) >= 1 else None
+
+
+def _window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
+    """Windowing straight to [0, 1] (PS3.3 C.11.2.1.2 and C.11.2.1.3).
+
+    Written here rather than taken from pydicom because pydicom maps to an output range derived from
+    BitsStored, which would then have to be undone; mapping to [0, 1] directly leaves no range to get wrong.
+    """
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
+    # LINEAR: the standard's half-pixel offsets
+    return np.clip((values - (centre - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0) if width > 1 else (
+        (values > centre - 0.5).astype(np.float64))
+
+
+def _dicom_warnings(ds: object) -> tuple[str, ...]:
+    """Doubts about what the DICOM shows; never includes patient identifiers."""
+    found = []
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        found.append(f"modality is {modality}, not a radiograph (CR/DX); the model was trained on chest X-rays")
+    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
+    if body_part and body_part != "CHEST":
+        found.append(f"body part is {body_part}, not CHEST")
+    if str(ds.get("PresentationIntentType", "") or "").upper() == "FOR PROCESSING":
+        found.append("'For Processing' image: raw detector data, not the processed image the model was trained on")
+    return tuple(found)

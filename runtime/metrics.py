@@ -1,0 +1,44 @@
+"""Classification metrics in plain numpy, so that the edge (bench, quantisation reports) needs no scikit-learn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["confusion_matrix", "classification_report"]
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts with true classes in rows and predicted classes in columns."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return matrix
+
+
+def classification_report(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 and per-class precision, recall, F1 and support.
+
+    A class that is never predicted has precision 0 (not NaN), so macro-F1 punishes a collapsed model.
+    """
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    true_pos = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0)
+    support = matrix.sum(axis=1)
+    precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
+    recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
+    present = support > 0
+    total = int(matrix.sum())
+    return {
+        "accuracy": float(true_pos.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": matrix.tolist(),
+        "class_names": list(class_names),
+    }

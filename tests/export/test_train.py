@@ -1,0 +1,99 @@
+"""Tiny but real training runs (seconds): artefacts, determinism, and the CLI around them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+import torch
+
+from cxr_edge.export.config import TrainConfig
+from cxr_edge.export.data import manifest_hash, scan_dataset
+from cxr_edge.export.train import CHECKPOINT_NAME, load_checkpoint, train
+from cxr_edge.export.zoo import build_model
+from cxr_edge.runtime.contract import Contract
+from cxr_edge.runtime.errors import CxrEdgeError
+
+TINY = dict(epochs=2, batch_size=8, image_size=64, val_fraction=0.25, threads=2)
+
+
+def test_tiny_efficientnet_run_writes_every_artefact(small_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = train(TrainConfig(**TINY), small_dataset, out, console=None)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CHECKPOINT_NAME, "history.json", "metrics.json", "curves.png", "confusion_matrix.png"])
+
+    checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
+    assert checkpoint["contract"] == Contract(input_size=(64, 64), class_names=(
+        "normal", "covid19", "bacterial_pneumonia", "viral_pneumonia"), channels=1, mean=(0.5,), std=(0.5,))
+    assert checkpoint["arch"] == "efficientnet_lite0"
+    provenance = checkpoint["provenance"]
+    dataset = scan_dataset(small_dataset)
+    assert provenance["data_manifest_hash"] == manifest_hash(dataset.samples, dataset.root)
+    assert provenance["seed"] == 0 and provenance["weights_source"] == "ImageNet (packaged)"
+    assert provenance["train_files"] == 16 and provenance["val_files"] == 8
+    model, _ = build_model("efficientnet_lite0", 4, pretrained=False)
+    model.load_state_dict(checkpoint["state_dict"])
+
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "lr"} <= set(history[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["validation"]["per_class"]) == set(checkpoint["contract"].class_names)
+    assert sum(r["support"] for r in metrics["validation"]["per_class"].values()) == 8
+    assert metrics["best_epoch"] == result.best_epoch and metrics["skipped"] == []
+    for figure in ("curves.png", "confusion_matrix.png"):
+        image = cv2.imread(str(out / figure))
+        assert image is not None and image.shape[0] > 300 and image.shape[1] > 300 and image.std() > 10
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_does_not(small_dataset, tmp_path):
+    config = TrainConfig(arch="simple_cnn", **TINY | {"image_size": 32})
+    first = train(config, small_dataset, tmp_path / "a")
+    again = train(config, small_dataset, tmp_path / "b")
+    train(TrainConfig(arch="simple_cnn", seed=1, **TINY | {"image_size": 32}), small_dataset, tmp_path / "c")
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(first.history) == strip(again.history)
+    a, b, c = (_state(tmp_path / name / CHECKPOINT_NAME) for name in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_an_existing_run_is_never_overwritten(small_dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes(b"precious")
+    with pytest.raises(CxrEdgeError, match="already holds a training run"):
+        train(TrainConfig(arch="simple_cnn", **TINY), small_dataset, out)
+    assert (out / CHECKPOINT_NAME).read_bytes() == b"precious"
+
+
+def test_cli_train_prints_the_per_class_table(small_dataset, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cxr_edge.cli", "train", "--data", str(small_dataset), "--out", str(tmp_path / "run"),
+         "--arch", "simple_cnn", "--epochs", "1", "--image-size", "32", "--batch-size", "8"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for word in ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia", "precision", "recall", "macro-F1"):
+        assert word in result.stdout
+    assert "epoch  1" in result.stderr
+    assert (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+def test_cli_errors_are_one_line_with_exit_code_1(small_dataset, tmp_path):
+    bad = tmp_path / "bad"
+    (bad / "tuberculosis").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "train", "--data", str(bad), "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"cxr-edge: error: {bad}: unknown class folders: tuberculosis (expected folders named for normal, covid19, "
+        "bacterial_pneumonia, viral_pneumonia or a common alias such as COVID-19, Normal, pneumonia_bac, or 0-3)"]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,257 @@
+"""The shared loader on every format and mode it promises, and on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from cxr_edge.runtime.errors import ImageError
+from cxr_edge.runtime.images import load_image, read_image
+from tests.factories import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    dicom_dataset,
+    gradient,
+    png_header_only,
+    write_compressed_dicom,
+    write_dicom,
+    write_jpeg_dicom,
+)
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+# --- raster formats -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_8bit_grayscale_is_exact(tmp_path, suffix):
+    image = gradient()
+    loaded = load_image(_write(tmp_path / f"g{suffix}", image))
+    assert loaded.dtype == np.float32 and loaded.shape == image.shape
+    np.testing.assert_allclose(loaded, image / 255.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_grayscale_keeps_its_depth(tmp_path, suffix):
+    image = gradient(top=65535)
+    loaded = load_image(_write(tmp_path / f"g16{suffix}", image))
+    np.testing.assert_allclose(loaded, image / 65535.0, atol=1e-7)
+    assert len(np.unique(loaded)) > 256  # not squeezed through 8 bits
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_rgb_and_rgba_become_the_same_gray(tmp_path, suffix):
+    gray = gradient()
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgba = np.dstack([rgb, np.random.default_rng(0).integers(0, 256, gray.shape, dtype=np.uint8)])
+    from_rgb = load_image(_write(tmp_path / f"rgb{suffix}", rgb))
+    np.testing.assert_allclose(from_rgb, gray / 255.0, atol=1 / 255)
+    if suffix != ".bmp":
+        from_rgba = load_image(_write(tmp_path / f"rgba{suffix}", rgba))
+        np.testing.assert_allclose(from_rgba, from_rgb, atol=1e-7)  # alpha dropped, not blended
+
+
+def test_jpeg_gray_and_colour(tmp_path):
+    gray = gradient(256, 192)
+    for name, image in (("g.jpg", gray), ("c.jpeg", np.repeat(gray[..., None], 3, axis=2))):
+        loaded = read_image(_write(tmp_path / name, image))
+        assert loaded.format == "jpeg" and loaded.pixels.shape == gray.shape
+        assert np.abs(loaded.pixels - gray / 255.0).mean() < 0.01
+
+
+def test_large_jpeg_decodes_reduced_but_never_below_the_requested_size(tmp_path):
+    image = cv2.resize(gradient(), (1600, 1200), interpolation=cv2.INTER_LINEAR)
+    path = _write(tmp_path / "big.jpg", image)
+    assert load_image(path, min_size=(224, 224)).shape == (300, 400)  # 1/4 keeps >= 224; 1/8 would not
+    assert load_image(path, min_size=(100, 100)).shape == (150, 200)
+    assert load_image(path, min_size=(1000, 1000)).shape == (1200, 1600)
+    full = cv2.resize(load_image(path), (224, 224), interpolation=cv2.INTER_AREA)
+    reduced = cv2.resize(load_image(path, min_size=(224, 224)), (224, 224), interpolation=cv2.INTER_AREA)
+    assert np.abs(full - reduced).mean() < 0.01
+
+
+def test_content_decides_not_the_file_name(tmp_path):
+    path = tmp_path / "really-a-png.jpg"
+    path.write_bytes(cv2.imencode(".png", gradient())[1].tobytes())
+    assert read_image(path).format == "png"
+
+
+# --- DICOM ----------------------------------------------------------------------------------------------------
+
+
+def test_dicom_monochrome2_without_window_uses_the_data_range(tmp_path):
+    stored = gradient(top=4095)
+    loaded = read_image(write_dicom(tmp_path / "m2.dcm", stored, bits_stored=12))
+    assert loaded.format == "dicom" and loaded.warnings == ()
+    expected = (stored - stored.min()) / (stored.max() - stored.min())
+    np.testing.assert_allclose(loaded.pixels, expected, atol=1e-6)
+
+
+def test_monochrome1_is_the_inverse_of_monochrome2(tmp_path):
+    stored = gradient(top=4095)
+    mono2 = load_image(write_dicom(tmp_path / "m2.dcm", stored, bits_stored=12))
+    mono1 = load_image(write_dicom(tmp_path / "m1.dcm", stored, bits_stored=12, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
+
+
+def _linear_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, written out independently of the loader."""
+    out = np.empty(values.shape)
+    low = values <= centre - 0.5 - (width - 1) / 2
+    high = values > centre - 0.5 + (width - 1) / 2
+    mid = ~(low | high)
+    out[low], out[high] = 0.0, 1.0
+    out[mid] = ((values[mid] - (centre - 0.5)) / (width - 1) + 0.5)
+    return out
+
+
+def test_12bit_dicom_with_voi_window(tmp_path):
+    stored = gradient(top=4095)
+    loaded = load_image(write_dicom(tmp_path / "w.dcm", stored, bits_stored=12, WindowCenter=1500,
+                                    WindowWidth=1200))
+    np.testing.assert_allclose(loaded, _linear_window(stored.astype(float), 1500, 1200), atol=1e-6)
+    assert loaded.min() == 0.0 and loaded.max() == 1.0  # the window, not BitsStored, sets the output range
+
+
+def test_monochrome1_inverts_over_the_window_output_not_bits_stored(tmp_path):
+    stored = gradient(top=4095)
+    loaded = load_image(write_dicom(tmp_path / "w1.dcm", stored, bits_stored=12, photometric="MONOCHROME1",
+                                    WindowCenter=1500, WindowWidth=1200))
+    np.testing.assert_allclose(loaded, 1.0 - _linear_window(stored.astype(float), 1500, 1200), atol=1e-6)
+
+
+def test_rescale_slope_intercept_on_signed_pixels(tmp_path):
+    stored = (gradient(top=2000).astype(np.int32) - 1000).astype(np.int16)
+    loaded = load_image(write_dicom(tmp_path / "s.dcm", stored, signed=True, RescaleSlope=2, RescaleIntercept=-100,
+                                    WindowCenter=0, WindowWidth=2000))
+    np.testing.assert_allclose(loaded, _linear_window(stored * 2.0 - 100, 0, 2000), atol=1e-6)
+
+
+def test_voi_lut_sequence(tmp_path):
+    stored = gradient(top=4095)
+    lut = (4095 * (np.arange(4096) / 4095) ** 0.5).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
+    loaded = load_image(write_dicom(tmp_path / "lut.dcm", stored, bits_stored=12, VOILUTSequence=[item]))
+    np.testing.assert_allclose(loaded, lut[stored] / 4095.0, atol=1e-6)
+
+
+def test_jpeg_baseline_dicom(tmp_path):
+    stored = gradient(128, 96)
+    loaded = load_image(write_jpeg_dicom(tmp_path / "jpeg.dcm", stored))
+    expected = (stored - stored.min()) / float(stored.max() - stored.min())
+    assert np.abs(loaded - expected).mean() < 0.02
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless], ids=["jpeg2000", "rle"])
+def test_lossless_compressed_dicom_equals_uncompressed(tmp_path, syntax):
+    stored = gradient(top=4095)
+    plain = load_image(write_dicom(tmp_path / "plain.dcm", stored, bits_stored=12, WindowCenter=2000,
+                                   WindowWidth=3000))
+    packed = load_image(write_compressed_dicom(tmp_path / "packed.dcm", stored, syntax, bits_stored=12,
+                                               WindowCenter=2000, WindowWidth=3000))
+    np.testing.assert_array_equal(packed, plain)
+
+
+def test_dicom_warnings_for_wrong_modality_body_part_and_raw_data_never_name_the_patient(tmp_path):
+    loaded = read_image(write_dicom(tmp_path / "ct.dcm", gradient(), modality="CT", BodyPartExamined="HAND",
+                                    PresentationIntentType="FOR PROCESSING"))
+    text = " ".join(loaded.warnings)
+    assert "modality is CT" in text and "body part is HAND" in text and "For Processing" in text
+    assert PATIENT_NAME.split("^")[0] not in text and PATIENT_ID not in text
+
+
+def test_colour_secondary_capture_becomes_gray(tmp_path):
+    gray = gradient()
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    loaded = load_image(write_dicom(tmp_path / "sc.dcm", rgb, photometric="RGB"))
+    np.testing.assert_allclose(loaded, gray / 255.0, atol=1 / 255)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+def _truncated(tmp_path: Path, suffix: str) -> Path:
+    data = cv2.imencode(suffix, gradient(300, 300))[1].tobytes()
+    path = tmp_path / f"truncated{suffix}"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def _bad_corpus(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("radiology report: no finding\n")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    no_pixels = dicom_dataset(gradient())
+    del no_pixels.PixelData
+    no_pixels.save_as(tmp_path / "nopixels.dcm", enforce_file_format=True)
+    frames = np.stack([gradient()] * 3)
+    multi = dicom_dataset(frames[0], NumberOfFrames=3)
+    multi.PixelData = frames.tobytes()
+    multi.save_as(tmp_path / "multi.dcm", enforce_file_format=True)
+    not_dicom = tmp_path / "fake.dcm"
+    not_dicom.write_bytes(b"\x00" * 128 + b"DICX" + b"\x00" * 64)
+    return {
+        "empty": (tmp_path / "empty.png", "empty file"),
+        "text named .png": (tmp_path / "notes.png", "not an image"),
+        "0-byte DICOM": (tmp_path / "empty.dcm", "empty file"),
+        "directory": (tmp_path / "folder.png", "not a regular file"),
+        "missing": (tmp_path / "absent.png", "no such file"),
+        "truncated JPEG": (_truncated(tmp_path, ".jpg"), "truncated"),
+        "truncated PNG": (_truncated(tmp_path, ".png"), "truncated"),
+        "DICOM without pixel data": (tmp_path / "nopixels.dcm", "no pixel data"),
+        "multi-frame DICOM": (tmp_path / "multi.dcm", "multi-frame DICOM (3 frames)"),
+        "60000x60000 PNG header": (png_header_only(tmp_path / "bomb.png", 60000, 60000), "absurd size"),
+        "not DICOM": (not_dicom, "DICOM"),
+    }
+
+
+def test_every_bad_input_gets_its_own_reason_naming_the_file(tmp_path):
+    for case, (path, reason) in _bad_corpus(tmp_path).items():
+        with pytest.raises(ImageError) as caught:
+            load_image(path)
+        assert caught.value.path == path, case
+        assert reason in caught.value.reason, f"{case}: {caught.value.reason}"
+        assert str(path) in str(caught.value), case
+        assert "\n" not in str(caught.value), case
+
+
+def test_size_is_refused_before_decoding(tmp_path):
+    # 60000 x 60000 would need 3.6 GB as 8-bit; the header alone must be enough to refuse it.
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match="3600 megapixels"):
+        load_image(png_header_only(tmp_path / "bomb.png", 60000, 60000))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=4096),
+       prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"BM", b"II*\x00", b"MM\x00*",
+                               b"\x00" * 128 + b"DICM"]),
+       suffix=st.sampled_from([".png", ".jpg", ".dcm", ".tif", ".bin"]))
+def test_random_bytes_raise_only_image_error(tmp_path, data, prefix, suffix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(prefix + data)
+    try:
+        loaded = read_image(path)
+    except ImageError as exc:
+        assert exc.path == path
+    else:  # a few byte strings are valid tiny images; then the result must still be canonical
+        assert loaded.pixels.ndim == 2 and loaded.pixels.dtype == np.float32
+        assert np.isfinite(loaded.pixels).all()
+        assert loaded.pixels.min() >= 0.0 and loaded.pixels.max() <= 1.0

@@ -1,0 +1,31 @@
+import numpy as np
+
+from cxr_edge.runtime.contract import Contract
+from cxr_edge.runtime.preprocess import preprocess, resize, stack, to_input
+
+CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
+
+
+def test_stretch_normalise_and_repeat_channels():
+    contract = Contract(input_size=(32, 48), class_names=CLASSES, channels=3, mean=(0.5, 0.4, 0.3),
+                        std=(0.5, 0.25, 0.1))
+    pixels = np.full((100, 60), 0.7, np.float32)
+    out = preprocess(pixels, contract)
+    assert out.shape == (3, 32, 48) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0, 0], [(0.7 - 0.5) / 0.5, (0.7 - 0.4) / 0.25, (0.7 - 0.3) / 0.1], rtol=1e-6)
+
+
+def test_pad_keeps_aspect_ratio_on_black():
+    contract = Contract(input_size=(40, 40), class_names=CLASSES, channels=1, mean=(0.0,), std=(1.0,), fit="pad")
+    pixels = np.ones((100, 50), np.float32)
+    out = resize(pixels, contract)
+    assert out.shape == (40, 40)
+    assert out[:, 10:30].min() == 1.0
+    assert out[:, :10].max() == 0.0 and out[:, 30:].max() == 0.0
+
+
+def test_stack_is_contiguous_batch():
+    contract = Contract(input_size=(16, 16), class_names=CLASSES, channels=1, mean=(0.5,), std=(0.5,))
+    batch = stack([to_input(np.zeros((16, 16), np.float32), contract)] * 3)
+    assert batch.shape == (3, 1, 16, 16) and batch.flags.c_contiguous
+    assert (batch == -1.0).all()
