@@ -8,13 +8,13 @@ Exit codes: 0 success, 1 usage or model error, 2 some inputs failed while the re
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
 
 import click
 
-from cxr_edge import __version__
 from cxr_edge.export.config import ARCH_NAMES, TrainConfig
 from cxr_edge.runtime.errors import CxrEdgeError
 
@@ -57,13 +57,15 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="cxr-edge")
+@click.version_option(package_name="cxr-edge", prog_name="cxr-edge")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 def cli(debug: bool) -> None:
     """Chest X-ray classification at the edge: normal, COVID-19, bacterial or viral pneumonia.
 
-    Build side (needs the export extra: torch, timm, nncf): train a classifier on a class-folder dataset.
-    Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): classify PNG, JPEG and DICOM images in milliseconds.
+    Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG and DICOM images in
+    milliseconds, `info` shows what a model file contains.
+
+    Build side (needs the export extra: torch, timm, nncf): `train` fits a classifier on a class-folder dataset.
 
     Not a medical device: results support, never replace, a radiologist's reading.
     Run `cxr-edge COMMAND --help` for each command's options.
@@ -124,6 +126,115 @@ def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, ep
                                                   f"({result.seconds / 60:.1f} min)")
     click.echo(f"wrote {result.out_dir}/checkpoint.pt, history.json, metrics.json, curves.png, confusion_matrix.png")
     return EXIT_OK
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
+@click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto", show_default=True,
+              help="Inference engine. auto: OpenVINO for .xml; for .onnx whichever was measured faster here.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default=None,
+              help="Output: table (default on a terminal), jsonl (default otherwise) or csv.")
+@click.option("--cam-dir", type=click.Path(file_okay=False), default=None,
+              help="Write a heatmap overlay PNG per image here (<input name>.cam.png); never overwrites.")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into subfolders of folder arguments.")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Images per inference call (default: 1 for a single file, 8 for many).")
+@click.option("--show-phi", is_flag=True, help="Include DICOM patient name and ID in the output (never in logs).")
+def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
+            cam_dir: str | None, recursive: bool, batch_size: int | None, show_phi: bool) -> int:
+    """Classify X-rays: files, folders and glob patterns of PNG, JPEG, BMP, TIFF or DICOM.
+
+    Every input gets a result in input order; an unreadable one gets a one-line reason and the rest are still
+    classified. Exit code 0: all classified; 2: some inputs failed; 1: usage or model error.
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cxr_edge.runtime.cam import overlay, write_overlay
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.outputs import Summary, make_writer
+    from cxr_edge.runtime.pipeline import expand_inputs, predict_stream
+
+    items = expand_inputs(paths, recursive=recursive)
+    many = len(items) > 1
+    err = Console(stderr=True, highlight=False)
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput" if many else "latency")
+    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    out = Console(highlight=False)
+    title = f"{classifier.path.name} on {classifier.backend.name} ({classifier.backend_reason})"
+    writer = make_writer(fmt, sys.stdout, out, classifier.contract.class_names, show_phi=show_phi, title=title)
+    if fmt != "table":
+        click.echo(f"cxr-edge: model {classifier.path} on {classifier.backend.name} ({classifier.backend_reason})",
+                   err=True)
+    want_cam = cam_dir is not None
+    if want_cam and not classifier.has_cam:
+        raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so --cam-dir cannot draw heatmaps")
+    inputs = {p.resolve() for p in items if isinstance(p, Path)}
+    summary = Summary()
+    progress = _progress(err, len(items))
+    with progress:
+        task = progress.add_task("classifying", total=len(items))
+        for prediction in predict_stream(classifier, items, batch_size=batch_size or (8 if many else 1),
+                                         cam=want_cam):
+            for warning in prediction.warnings:
+                click.echo(f"cxr-edge: warning: {prediction.path}: {warning}", err=True)
+            if prediction.error is not None:
+                click.echo(f"cxr-edge: error: {prediction.path}: {prediction.error}", err=True)
+            elif want_cam and prediction.cam is not None and prediction.display is not None:
+                written = write_overlay(Path(cam_dir), prediction.path, overlay(prediction.display, prediction.cam),
+                                        protected=inputs)
+                prediction.display = prediction.cam = None  # free the image as soon as it is drawn
+                logging.getLogger(__name__).debug("heatmap %s", written)
+            summary.add(prediction)
+            writer.write(prediction)
+            progress.advance(task)
+    writer.close(summary)
+    return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def info(model: str | None, as_json: bool) -> int:
+    """Show a model's preprocessing contract, classes, provenance and file hashes (default: the shipped model)."""
+    import json
+
+    from rich.console import Console
+
+    from cxr_edge.runtime.model_info import model_info
+
+    details = model_info(model)
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return EXIT_OK
+    _print_info(details, Console(highlight=False))
+    return EXIT_OK
+
+
+def _print_info(details: dict, console: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    for section in ("model", "contract", "provenance", "files"):
+        values = details.get(section) or {"(none recorded)": ""}
+        table = Table(title=section, title_justify="left", show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in values.items():
+            table.add_row(Text(str(key)), Text(value if isinstance(value, str) else json.dumps(value)))
+        console.print(table)
+
+
+def _progress(console: Any, total: int) -> Any:
+    """A progress bar on stderr for long work on a terminal; silent otherwise (pipes, single files)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=total < 2 or not console.is_terminal)
 
 
 def _print_report(report: dict, console: Any, title: str) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "read_image",
     "load_image",
     "sniff_format",
+    "dicom_grayscale",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
@@ -55,11 +56,13 @@ class LoadedImage:
         pixels: 2-D float32 array in [0, 1], 1 = white.
         format: ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``.
         warnings: reasons to doubt the result that do not stop it (wrong modality, raw detector data, ...).
+        patient: DICOM patient identifiers; kept apart so that nothing prints them unless a user asks.
     """
 
     pixels: np.ndarray
     format: str
     warnings: tuple[str, ...] = ()
+    patient: dict[str, str] | None = None
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -262,11 +265,13 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
         name = getattr(syntax, "name", None) or "unknown transfer syntax"
         raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {_first_line(exc)}") from None
     if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # colour secondary captures: pydicom gives RGB
-        return LoadedImage(_to_unit_range(cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY)), "dicom",
-                           _dicom_warnings(ds))
-    if stored.ndim != 2:
+        pixels = _to_unit_range(cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY))
+    elif stored.ndim == 2:
+        pixels = dicom_grayscale(stored, ds)
+    else:
         raise ImageError(path, f"unexpected DICOM pixel array shape {stored.shape}")
-    return LoadedImage(dicom_grayscale(stored, ds), "dicom", _dicom_warnings(ds))
+    patient = {"name": str(ds.get("PatientName", "") or ""), "id": str(ds.get("PatientID", "") or "")}
+    return LoadedImage(pixels, "dicom", _dicom_warnings(ds), patient)
 
 
 def dicom_grayscale(stored: np.ndarray, ds: object) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -105,3 +106,85 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
 
 def read_back(path: Path) -> Dataset:
     return pydicom.dcmread(path)
+
+
+CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
+
+
+def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequence[str] = CLASSES, seed: int = 0,
+              contract: bool = True, cam: bool = True, extra_metadata: dict[str, str] | None = None) -> Path:
+    """A small real CAM network following the model contract, built with the onnx helper API.
+
+    image (N x C x size x size) -> 3x3 conv, stride 4 -> cam (N x K x size/4 x size/4) -> mean -> softmax.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cxr_edge.runtime.contract import Contract
+
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    weight = rng.normal(scale=0.5, size=(k, channels, 3, 3)).astype(np.float32)
+    bias = rng.normal(scale=0.1, size=(k,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "W", "B"], ["cam"], strides=[4, 4], pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["cam", "axes"], ["logits"], keepdims=0),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k])]
+    if cam:
+        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", k, size // 4, size // 4]))
+    graph = helper.make_graph(
+        nodes, "tiny_cam_net",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, size, size])], outputs,
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B"),
+         numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="cxr-edge tests")
+    model.ir_version = 8
+    metadata = dict(extra_metadata or {})
+    if contract:
+        metadata |= Contract(input_size=(size, size), class_names=tuple(classes), channels=channels,
+                             mean=(0.5,) * channels, std=(0.25,) * channels).to_metadata()
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def truncated(tmp_path: Path, suffix: str) -> Path:
+    data = cv2.imencode(suffix, gradient(300, 300))[1].tobytes()
+    path = tmp_path / f"truncated{suffix}"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def bad_corpus(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Hostile and broken inputs, each with the words its error must contain."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("radiology report: no finding\n")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    no_pixels = dicom_dataset(gradient())
+    del no_pixels.PixelData
+    no_pixels.save_as(tmp_path / "nopixels.dcm", enforce_file_format=True)
+    frames = np.stack([gradient()] * 3)
+    multi = dicom_dataset(frames[0], NumberOfFrames=3)
+    multi.PixelData = frames.tobytes()
+    multi.save_as(tmp_path / "multi.dcm", enforce_file_format=True)
+    not_dicom = tmp_path / "fake.dcm"
+    not_dicom.write_bytes(b"\x00" * 128 + b"DICX" + b"\x00" * 64)
+    return {
+        "empty": (tmp_path / "empty.png", "empty file"),
+        "text named .png": (tmp_path / "notes.png", "not an image"),
+        "0-byte DICOM": (tmp_path / "empty.dcm", "empty file"),
+        "directory": (tmp_path / "folder.png", "not a regular file"),
+        "missing": (tmp_path / "absent.png", "no such file"),
+        "truncated JPEG": (truncated(tmp_path, ".jpg"), "truncated"),
+        "truncated PNG": (truncated(tmp_path, ".png"), "truncated"),
+        "DICOM without pixel data": (tmp_path / "nopixels.dcm", "no pixel data"),
+        "multi-frame DICOM": (tmp_path / "multi.dcm", "multi-frame DICOM (3 frames)"),
+        "60000x60000 PNG header": (png_header_only(tmp_path / "bomb.png", 60000, 60000), "absurd size"),
+        "not DICOM": (not_dicom, "DICOM"),
+    }

@@ -17,7 +17,7 @@ from cxr_edge.runtime.images import load_image, read_image
 from tests.factories import (
     PATIENT_ID,
     PATIENT_NAME,
-    dicom_dataset,
+    bad_corpus,
     gradient,
     png_header_only,
     write_compressed_dicom,
@@ -183,44 +183,8 @@ def test_colour_secondary_capture_becomes_gray(tmp_path):
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
-def _truncated(tmp_path: Path, suffix: str) -> Path:
-    data = cv2.imencode(suffix, gradient(300, 300))[1].tobytes()
-    path = tmp_path / f"truncated{suffix}"
-    path.write_bytes(data[: len(data) * 2 // 3])
-    return path
-
-
-def _bad_corpus(tmp_path: Path) -> dict[str, tuple[Path, str]]:
-    (tmp_path / "empty.png").write_bytes(b"")
-    (tmp_path / "notes.png").write_text("radiology report: no finding\n")
-    (tmp_path / "empty.dcm").write_bytes(b"")
-    (tmp_path / "folder.png").mkdir()
-    no_pixels = dicom_dataset(gradient())
-    del no_pixels.PixelData
-    no_pixels.save_as(tmp_path / "nopixels.dcm", enforce_file_format=True)
-    frames = np.stack([gradient()] * 3)
-    multi = dicom_dataset(frames[0], NumberOfFrames=3)
-    multi.PixelData = frames.tobytes()
-    multi.save_as(tmp_path / "multi.dcm", enforce_file_format=True)
-    not_dicom = tmp_path / "fake.dcm"
-    not_dicom.write_bytes(b"\x00" * 128 + b"DICX" + b"\x00" * 64)
-    return {
-        "empty": (tmp_path / "empty.png", "empty file"),
-        "text named .png": (tmp_path / "notes.png", "not an image"),
-        "0-byte DICOM": (tmp_path / "empty.dcm", "empty file"),
-        "directory": (tmp_path / "folder.png", "not a regular file"),
-        "missing": (tmp_path / "absent.png", "no such file"),
-        "truncated JPEG": (_truncated(tmp_path, ".jpg"), "truncated"),
-        "truncated PNG": (_truncated(tmp_path, ".png"), "truncated"),
-        "DICOM without pixel data": (tmp_path / "nopixels.dcm", "no pixel data"),
-        "multi-frame DICOM": (tmp_path / "multi.dcm", "multi-frame DICOM (3 frames)"),
-        "60000x60000 PNG header": (png_header_only(tmp_path / "bomb.png", 60000, 60000), "absurd size"),
-        "not DICOM": (not_dicom, "DICOM"),
-    }
-
-
 def test_every_bad_input_gets_its_own_reason_naming_the_file(tmp_path):
-    for case, (path, reason) in _bad_corpus(tmp_path).items():
+    for case, (path, reason) in bad_corpus(tmp_path).items():
         with pytest.raises(ImageError) as caught:
             load_image(path)
         assert caught.value.path == path, case

@@ -1,0 +1,271 @@
+"""INT8 quantisation of an exported model, for ONNX Runtime or OpenVINO, with one call and one report.
+
+    report = quantize("model.onnx", "model-int8.onnx", calibration=files, backend="ort", labelled=val_samples)
+
+The only thing a caller provides is the data: calibration images (any folder or a manifest) and, optionally,
+labelled images for the report. Both go through the runtime's own loader and the model's own contract, so
+calibration sees exactly what inference will see.
+
+ONNX Runtime recipe, and why (measured; see benchmarks/ and the notes in the code):
+- ``quant_pre_process`` first. Without it the exporter's shared-bias ``Identity`` nodes and dynamic ``Pad``
+  subgraphs stop ORT from fusing DequantizeLinear -> Conv -> QuantizeLinear into ``QLinearConv`` (which needs an
+  int32 bias): most convolutions then run in FP32 between extra Q/DQ pairs, and "INT8" is slower than FP32.
+- QDQ format, uint8 activations and int8 weights (U8S8): the combination ORT's x86 kernels fuse best; S8S8 fused
+  fewer convolutions and U8U8 was very slow on depthwise-heavy networks.
+- Per-channel weights: depthwise filters differ in range by orders of magnitude, and one scale per tensor
+  crushes the small ones.
+- ``reduce_range`` (7-bit weights): on AVX2 CPUs without VNNI, ORT's U8S8 kernels sum pairs of products in 16 bits
+  (VPMADDUBSW) and saturate with full-range weights. VNNI CPUs do not need it but lose little with it, and one
+  shipped model must be safe on both.
+- The stem (a 1-input-channel convolution: tiny compute) and everything after the last convolution stay FP32:
+  those layers carry the most quantisation error per unit of speed gained.
+
+OpenVINO recipe: NNCF post-training quantisation with its defaults (performance preset, fast bias correction,
+first-layer overflow fix), over all given calibration images; with labelled data and ``accuracy_aware``,
+``nncf.quantize_with_accuracy_control`` keeps the most harmful layers in FP32 until the accuracy drop is within
+``max_drop``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.classifier import Classifier
+from ..runtime.contract import Contract
+from ..runtime.errors import CxrEdgeError, ImageError
+from ..runtime.metrics import classification_report
+from ..runtime.model_info import file_sha256
+from ..runtime.preprocess import load_for_contract, preprocess, stack
+from .data import Sample
+
+__all__ = ["quantize", "ContractReader", "compare_models", "QUANTIZATION_KEY", "BACKENDS", "model_size_mb"]
+
+QUANTIZATION_KEY = "cxr_edge.quantization"
+BACKENDS = ("ort", "openvino")
+
+
+def _inputs(files: Sequence[Path], contract: Contract,
+            on_progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
+    """Preprocessed inputs (N x C x H x W) for the readable files, and the unreadable ones with reasons."""
+    tensors, kept, failed = [], [], []
+    for path in files:
+        try:
+            tensors.append(preprocess(load_for_contract(path, contract).pixels, contract))
+            kept.append(path)
+        except ImageError as exc:
+            failed.append((path, exc.reason))
+        if on_progress is not None:
+            on_progress()
+    if not tensors:
+        raise CxrEdgeError("no readable calibration images")
+    return stack(tensors), kept, failed
+
+
+class ContractReader:
+    """ONNX Runtime's calibration reader protocol over preprocessed inputs, one image per call."""
+
+    def __init__(self, inputs: np.ndarray) -> None:
+        self.inputs = inputs
+        self.index = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.inputs):
+            return None
+        self.index += 1
+        return {"image": self.inputs[self.index - 1:self.index]}
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def model_size_mb(path: Path) -> float:
+    """Size of a model on disk, with the weights file of an OpenVINO IR."""
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def _metadata_onnx(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str]) -> dict:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    recipe = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "uint8",
+              "weights": "int8 per-channel", "reduce_range": True, "calibration": "MinMax",
+              "pre_process": "quant_pre_process", "fp32_nodes": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared)).graph
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        # Quantise the convolutions of the backbone only: the stem (first conv) and the class-activation head
+        # (Einsum/MatMul after the last conv) stay FP32, see the module docstring.
+        keep_fp32 = [convs[0].name] if convs else []
+        recipe["fp32_nodes"] = keep_fp32
+        quantize_static(str(prepared), str(out), ContractReader(inputs), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv"], per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    for key, value in (metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(out))
+    return recipe
+
+
+def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str],
+                       labelled: tuple[np.ndarray, np.ndarray] | None, accuracy_aware: bool,
+                       max_drop: float) -> dict:
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source))
+    calibration = nncf.Dataset(list(inputs[:, None]))  # one image per item
+    recipe: dict = {"tool": "nncf", "preset": "performance", "subset_size": len(inputs),
+                    "fast_bias_correction": True, "accuracy_aware": False}
+    if accuracy_aware:
+        if labelled is None:
+            raise CxrEdgeError("accuracy-aware quantisation needs a labelled validation folder (--val DIR)")
+        val_inputs, val_labels = labelled
+        validation = nncf.Dataset(list(zip(val_inputs[:, None], val_labels, strict=True)), lambda item: item[0])
+
+        def accuracy(compiled: ov.CompiledModel, items: Sequence) -> float:
+            output = compiled.output("probabilities")
+            hits = [int(np.argmax(compiled(x)[output])) == int(y) for x, y in items]
+            return float(np.mean(hits))
+
+        quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, accuracy, max_drop=max_drop,
+                                                        subset_size=len(inputs))
+        recipe |= {"accuracy_aware": True, "max_drop": max_drop}
+    else:
+        quantized = nncf.quantize(model, calibration, subset_size=len(inputs))
+    for key, value in (metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)}).items():
+        quantized.set_rt_info(value, ["cxr_edge", key])
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return recipe
+
+
+def compare_models(fp32: Path, int8: Path, backend: str, inputs: np.ndarray, labels: np.ndarray | None, *,
+                   threads: int | None = None, runs: int = 50) -> dict:
+    """FP32 vs INT8 on the same inputs and engine: agreement, accuracy, macro-F1, sizes and latency.
+
+    Latency is the median of `runs` batch-1 inferences after warm-up, the two models interleaved so that any
+    drift of the machine hits both alike.
+    """
+    models = {"fp32": Classifier.open(fp32, backend=backend, threads=threads),
+              "int8": Classifier.open(int8, backend=backend, threads=threads)}
+    if models["fp32"].contract != models["int8"].contract:
+        raise CxrEdgeError(f"{fp32} and {int8} carry different contracts; they are not the same model")
+    class_names = models["fp32"].contract.class_names
+    predictions = {}
+    for name, classifier in models.items():
+        probabilities = np.concatenate([classifier.backend.run(inputs[i:i + 16])[0] for i in range(0, len(inputs), 16)])
+        predictions[name] = probabilities.argmax(axis=1)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    one = inputs[:1]
+    for classifier in models.values():
+        for _ in range(5):
+            classifier.backend.run(one)
+    for _ in range(runs):
+        for name, classifier in models.items():
+            start = time.perf_counter()
+            classifier.backend.run(one)
+            times[name].append((time.perf_counter() - start) * 1000)
+    latency = {name: statistics.median(t) for name, t in times.items()}
+    report = {
+        "backend": backend, "images": len(inputs),
+        "agreement": float(np.mean(predictions["fp32"] == predictions["int8"])),
+        "size_mb": {"fp32": model_size_mb(fp32), "int8": model_size_mb(int8)},
+        "latency_ms": latency, "speedup": latency["fp32"] / latency["int8"],
+        "threads": models["int8"].backend.settings["threads"],
+    }
+    if labels is not None:
+        for name in models:
+            scores = classification_report(labels, predictions[name], class_names)
+            report[name] = {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+    return report
+
+
+@dataclass
+class QuantReport:
+    """What a quantisation produced and how the INT8 model compares with FP32."""
+
+    out: Path
+    backend: str
+    recipe: dict
+    calibration_images: int
+    skipped: list[tuple[Path, str]]
+    comparison: dict
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out), "backend": self.backend, "recipe": self.recipe,
+                "calibration_images": self.calibration_images,
+                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
+                "comparison": self.comparison, "sha256": file_sha256(self.out)}
+
+
+def quantize(model: str | Path, out: str | Path, *, calibration: Sequence[Path], backend: str = "ort",
+             labelled: Sequence[Sample] | None = None, accuracy_aware: bool = False, max_drop: float = 0.01,
+             threads: int | None = None, on_progress: Callable[[], None] | None = None) -> QuantReport:
+    """Quantise an FP32 ONNX model to INT8 and compare the two.
+
+    Args:
+        model: FP32 ``.onnx`` exported by cxr-edge (it carries the contract).
+        out: ``.onnx`` for ``ort``; ``.xml`` (plus ``.bin``) for ``openvino``. Never overwritten.
+        calibration: images that represent what the model will see (ideally from the site's own X-ray machine).
+        backend: ``ort`` (ONNX Runtime static quantisation) or ``openvino`` (NNCF).
+        labelled: images with labels for accuracy figures (and for accuracy-aware quantisation).
+        accuracy_aware: OpenVINO only: keep layers in FP32 until the accuracy drop is within `max_drop`.
+        threads: threads for the latency comparison.
+        on_progress: called once per decoded image.
+    """
+    model, out = Path(model), Path(out)
+    if backend not in BACKENDS:
+        raise CxrEdgeError(f"unknown quantisation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    expected_suffix = ".onnx" if backend == "ort" else ".xml"
+    if out.suffix != expected_suffix:
+        raise CxrEdgeError(f"{out}: the {backend} backend writes a {expected_suffix} file")
+    if out.exists() or (backend == "openvino" and out.with_suffix(".bin").exists()):
+        raise CxrEdgeError(f"{out} already exists; choose another output file")
+    fp32 = Classifier.open(model, backend="ort")
+    contract, metadata = fp32.contract, _metadata_onnx(model)
+    if QUANTIZATION_KEY in metadata:
+        raise CxrEdgeError(f"{model} is already quantised; quantise the FP32 model")
+    inputs, _, skipped = _inputs(calibration, contract, on_progress)
+    labelled_arrays = None
+    if labelled:
+        val_inputs, kept, failed = _inputs([s.path for s in labelled], contract, on_progress)
+        by_path = {s.path: s.label for s in labelled}
+        labelled_arrays = (val_inputs, np.asarray([by_path[p] for p in kept]))
+        skipped += failed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if backend == "ort":
+            recipe = _quantize_ort(model, out, inputs, metadata)
+        else:
+            recipe = _quantize_openvino(model, out, inputs, metadata, labelled_arrays, accuracy_aware, max_drop)
+    except CxrEdgeError:
+        raise
+    except Exception as exc:
+        out.unlink(missing_ok=True)
+        raise CxrEdgeError(f"{model}: {backend} quantisation failed: {str(exc).splitlines()[0]}") from None
+    recipe["calibration_images"] = len(inputs)
+    compare_inputs, compare_labels = labelled_arrays if labelled_arrays else (inputs, None)
+    comparison = compare_models(model, out, backend, compare_inputs, compare_labels, threads=threads)
+    return QuantReport(out, backend, recipe, len(inputs), skipped, comparison)

@@ -1,0 +1,61 @@
+"""The small interface every inference engine implements, and the checks shared by all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..contract import Contract
+from ..errors import ModelError
+
+__all__ = ["Backend", "ModelIO", "check_io", "INPUT_NAME", "PROBABILITIES", "CAM", "MODES"]
+
+INPUT_NAME = "image"
+PROBABILITIES = "probabilities"
+CAM = "cam"
+MODES = ("latency", "throughput")
+"""``latency``: one image at a time as fast as possible; ``throughput``: many images, best images per second."""
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a model file declares: input shape (None for dynamic axes), output names and its metadata."""
+
+    input_shape: tuple[int | None, ...]
+    outputs: tuple[str, ...]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """An opened model on one engine. Adding an engine is one module that provides this.
+
+    Attributes:
+        name: registry name (``ort``, ``openvino``).
+        path: the model file.
+        io: declared input shape, outputs and metadata.
+        settings: what was configured (threads, hints, cache), for reports.
+    """
+
+    name: str
+    path: Path
+    io: ModelIO
+    settings: dict
+
+    def run(self, batch: np.ndarray, *, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N x classes) and, when asked and present, class activation maps (N x classes x h x w)."""
+        ...
+
+
+def check_io(path: Path, io: ModelIO, contract: Contract) -> None:
+    """Refuse a model whose inputs or outputs disagree with its own contract (a wrong or hand-edited model)."""
+    if PROBABILITIES not in io.outputs:
+        raise ModelError(f"{path}: the model has no {PROBABILITIES!r} output (outputs: {', '.join(io.outputs)})")
+    if len(io.input_shape) != 4:
+        raise ModelError(f"{path}: the model input must be N x C x H x W, got rank {len(io.input_shape)}")
+    expected = (contract.channels, *contract.input_size)
+    declared = io.input_shape[1:]
+    if any(d is not None and d != e for d, e in zip(declared, expected, strict=True)):
+        raise ModelError(f"{path}: the model input is {declared} but its contract says {expected}")

@@ -1,0 +1,163 @@
+"""How predictions reach a person or a program: a rich table, JSON lines, or CSV.
+
+JSON lines and CSV stream one record per input as soon as it is done; the table is printed once, with a summary
+that judges the slowest image against the one-minute budget per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Sequence
+from typing import IO, Any, Protocol
+
+from .classifier import Prediction
+
+__all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict"]
+
+FORMATS = ("table", "jsonl", "csv")
+BUDGET_S = 60.0
+"""The hospital's budget: one minute per image."""
+
+
+class Summary:
+    """Counts and latencies of a run, updated per prediction."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.failures = 0
+        self.totals_ms: list[float] = []
+
+    def add(self, prediction: Prediction) -> None:
+        self.images += 1
+        if prediction.error is not None:
+            self.failures += 1
+        else:
+            self.totals_ms.append(prediction.latency_ms["total"])
+
+    def as_dict(self) -> dict[str, Any]:
+        median = statistics.median(self.totals_ms) if self.totals_ms else None
+        return {"images": self.images, "failures": self.failures, "median_ms": median,
+                "max_ms": max(self.totals_ms) if self.totals_ms else None,
+                "verdict": budget_verdict(max(self.totals_ms)) if self.totals_ms else "no image classified"}
+
+
+def budget_verdict(latency_ms: float) -> str:
+    """``"6.2 ms, 9,700x under the 60 s budget"`` (or over it)."""
+    ratio = BUDGET_S * 1000 / latency_ms if latency_ms > 0 else float("inf")
+    if ratio >= 1:
+        return f"{latency_ms:,.1f} ms, {ratio:,.0f}x under the {BUDGET_S:.0f} s budget"
+    return f"{latency_ms:,.1f} ms, {1 / ratio:,.1f}x OVER the {BUDGET_S:.0f} s budget"
+
+
+class Writer(Protocol):
+    def write(self, prediction: Prediction) -> None: ...
+
+    def close(self, summary: Summary) -> None: ...
+
+
+class JsonlWriter:
+    """One JSON object per input, in input order; with ``show_phi`` a ``patient`` key is added for DICOM inputs."""
+
+    def __init__(self, stream: IO[str], show_phi: bool) -> None:
+        self.stream = stream
+        self.show_phi = show_phi
+
+    def write(self, prediction: Prediction) -> None:
+        record = prediction.to_record()
+        if self.show_phi and prediction.patient:
+            record["patient"] = prediction.patient
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+
+    def close(self, summary: Summary) -> None:
+        pass
+
+
+class CsvWriter:
+    """One row per input: path, label, confidence, a probability column per class, latencies, error."""
+
+    def __init__(self, stream: IO[str], class_names: Sequence[str], show_phi: bool) -> None:
+        self.class_names = list(class_names)
+        self.show_phi = show_phi
+        self.writer = csv.writer(stream)
+        self.stream = stream
+        header = ["path", "label", "confidence", *(f"p_{c}" for c in self.class_names), "decode_ms",
+                  "preprocess_ms", "inference_ms", "total_ms", "error"]
+        self.writer.writerow(header + (["patient_name", "patient_id"] if show_phi else []))
+
+    def write(self, prediction: Prediction) -> None:
+        probabilities = prediction.probabilities or {}
+        latency = prediction.latency_ms
+        row = [prediction.path, prediction.label or "", _fmt(prediction.confidence),
+               *(_fmt(probabilities.get(c)) for c in self.class_names),
+               *(_fmt(latency.get(k)) for k in ("decode", "preprocess", "inference", "total")), prediction.error or ""]
+        if self.show_phi:
+            patient = prediction.patient or {}
+            row += [patient.get("name", ""), patient.get("id", "")]
+        self.writer.writerow(row)
+        self.stream.flush()
+
+    def close(self, summary: Summary) -> None:
+        pass
+
+
+class TableWriter:
+    """A rich table, one row per image, then the run's summary."""
+
+    def __init__(self, console: Any, class_names: Sequence[str], show_phi: bool, title: str) -> None:
+        self.console = console
+        self.class_names = list(class_names)
+        self.show_phi = show_phi
+        self.title = title
+        self.rows: list[Prediction] = []
+
+    def write(self, prediction: Prediction) -> None:
+        self.rows.append(prediction)
+
+    def close(self, summary: Summary) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title=self.title, title_justify="left")
+        table.add_column("file", overflow="fold")
+        if self.show_phi:
+            table.add_column("patient", overflow="fold")
+        table.add_column("label", no_wrap=True)
+        table.add_column("conf.", justify="right", no_wrap=True)
+        for name in self.class_names:
+            table.add_column(name.replace("_", "\n"), justify="right", no_wrap=True)
+        table.add_column("ms", justify="right", no_wrap=True)
+        for p in self.rows:
+            patient = [f"{(p.patient or {}).get('name', '')} {(p.patient or {}).get('id', '')}".strip()] \
+                if self.show_phi else []
+            if p.error is not None:  # the reason is listed under the table, where it has room
+                table.add_row(escape(p.path), *patient, "[red]failed[/]", *([""] * (len(self.class_names) + 2)))
+                continue
+            probabilities = p.probabilities or {}
+            table.add_row(escape(p.path), *patient, f"[bold]{p.label}[/]", f"{p.confidence:.3f}",
+                          *(f"{probabilities[c]:.3f}" for c in self.class_names), f"{p.latency_ms['total']:.1f}")
+        self.console.print(table)
+        for p in self.rows:
+            if p.error is not None:
+                self.console.print(f"[red]failed[/] {escape(p.path)}: {escape(p.error)}")
+        info = summary.as_dict()
+        median = f"median {info['median_ms']:.1f} ms per image; slowest {info['verdict']}" \
+            if info["median_ms"] is not None else info["verdict"]
+        failed = f", [red]{info['failures']} failed[/]" if info["failures"] else ", 0 failed"
+        self.console.print(f"{info['images']} images{failed}; {median}")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def make_writer(fmt: str, stream: IO[str], console: Any, class_names: Sequence[str], *, show_phi: bool,
+                title: str = "") -> Writer:
+    """The writer for ``table``, ``jsonl`` or ``csv``."""
+    if fmt == "jsonl":
+        return JsonlWriter(stream, show_phi)
+    if fmt == "csv":
+        return CsvWriter(stream, class_names, show_phi)
+    return TableWriter(console, class_names, show_phi, title)

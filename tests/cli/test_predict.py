@@ -1,0 +1,155 @@
+"""`cxr-edge predict` and `cxr-edge info` end to end, in subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.factories import CLASSES, PATIENT_ID, PATIENT_NAME, bad_corpus, gradient, tiny_onnx, write_dicom
+
+
+def _run(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"CXR_EDGE_CACHE": str(cache), "COLUMNS": "220"}  # rich wraps tables at the width
+    return subprocess.run([sys.executable, "-m", "cxr_edge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
+    images = []
+    for i in range(3):
+        path = tmp_path / "in" / f"chest{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), np.roll(gradient(300, 240), 40 * i, axis=1))
+        images.append(path)
+    return model, images, tmp_path / "cache"
+
+
+def test_jsonl_has_exactly_the_documented_keys_in_input_order(setup):
+    model, images, cache = setup
+    order = [images[2], images[0], images[1]]
+    result = _run("predict", *order, "--model", model, "--format", "jsonl", "--backend", "ort", cache=cache)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in order]
+    for record in records:
+        assert list(record) == ["path", "label", "probabilities", "latency_ms", "error"]
+        assert record["label"] in CLASSES and record["error"] is None
+        assert list(record["probabilities"]) == list(CLASSES)
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(record["latency_ms"]) == ["decode", "preprocess", "inference", "total"]
+
+
+def test_bad_inputs_get_one_line_each_and_good_files_are_still_predicted(setup, tmp_path):
+    model, images, cache = setup
+    (tmp_path / "bad").mkdir()
+    corpus = bad_corpus(tmp_path / "bad")
+    corpus["directory"] = (corpus["directory"][0], "folder holds no image files")  # a folder argument is walked
+    bad_paths = [path for path, _ in corpus.values()]
+    inputs = [images[0], *bad_paths, images[1]]
+    result = _run("predict", *inputs, "--model", model, "--format", "jsonl", cache=cache)
+    assert result.returncode == 2, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in inputs]
+    assert records[0]["label"] in CLASSES and records[-1]["label"] in CLASSES
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cxr-edge: error: ")]
+    for (path, reason), record in zip(corpus.values(), records[1:-1], strict=True):
+        assert record["label"] is None and record["probabilities"] is None and reason in record["error"]
+        assert f"cxr-edge: error: {path}: {record['error']}" in errors
+    assert len(errors) == len(bad_paths)
+    assert "Traceback" not in result.stderr
+
+
+def test_a_model_that_is_not_onnx_is_one_line_and_exit_1(setup, tmp_path):
+    _, images, cache = setup
+    fake = tmp_path / "model.onnx"
+    fake.write_text("definitely not protobuf")
+    result = _run("predict", images[0], "--model", fake, cache=cache)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"cxr-edge: error: {fake}: not an ONNX model (.onnx) or OpenVINO IR (.xml + .bin)"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08" + os.urandom(300))
+    result = _run("predict", images[0], "--model", garbage, "--backend", "ort", cache=cache)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "ONNX Runtime cannot load it" in result.stderr
+
+
+def test_usage_errors_exit_1(setup):
+    model, _, cache = setup
+    assert _run("predict", "--model", model, cache=cache).returncode == 1
+    assert _run("predict", "x.png", "--format", "xml", cache=cache).returncode == 1
+
+
+def test_cam_overlays_are_written_and_never_replace_an_input(setup):
+    model, images, cache = setup
+    folder = images[0].parent
+    decoy = folder / "chest0.png.cam.png"  # an input that sits where the first overlay would go
+    cv2.imwrite(str(decoy), gradient())
+    before = decoy.read_bytes()
+    result = _run("predict", images[0], images[1], decoy, "--model", model, "--cam-dir", folder, "--format", "jsonl",
+                  cache=cache)
+    assert result.returncode == 0, result.stderr
+    assert decoy.read_bytes() == before
+    first, second = folder / "chest0.png-1.cam.png", folder / "chest1.png.cam.png"
+    for overlay, source in ((first, images[0]), (second, images[1])):
+        picture = cv2.imread(str(overlay))
+        assert picture is not None and picture.shape[:2] == cv2.imread(str(source)).shape[:2]
+        assert picture.std(axis=2).mean() > 5  # coloured heatmap, not a gray copy
+    again = _run("predict", images[1], "--model", model, "--cam-dir", folder, cache=cache)
+    assert again.returncode == 0 and (folder / "chest1.png-1.cam.png").exists()
+
+
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv"])
+def test_patient_identifiers_are_never_printed_unless_asked(setup, tmp_path, fmt):
+    model, _, cache = setup
+    dicom = write_dicom(tmp_path / "patient.dcm", gradient(200, 160, top=4095), bits_stored=12, modality="CT")
+    hidden = _run("predict", dicom, "--model", model, "--format", fmt, cache=cache)
+    assert hidden.returncode == 0, hidden.stderr
+    assert "modality is CT" in hidden.stderr  # a warning, not a failure
+    for text in (hidden.stdout, hidden.stderr):
+        assert PATIENT_ID not in text and "Doe" not in text
+    shown = _run("predict", dicom, "--model", model, "--format", fmt, "--show-phi", cache=cache)
+    assert PATIENT_ID in shown.stdout and PATIENT_NAME.split("^")[0] in shown.stdout
+    assert PATIENT_ID not in shown.stderr
+
+
+def test_table_has_a_summary_with_the_budget_verdict(setup):
+    model, images, cache = setup
+    result = _run("predict", *images, "--model", model, "--format", "table", cache=cache)
+    assert result.returncode == 0, result.stderr
+    assert "3 images, 0 failed" in result.stdout and "under the 60 s budget" in result.stdout
+    assert all(p.name in result.stdout for p in images)
+
+
+def test_folder_argument_and_csv(setup):
+    model, images, cache = setup
+    result = _run("predict", images[0].parent, "--model", model, "--format", "csv", cache=cache)
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.strip().splitlines()
+    assert rows[0].startswith("path,label,confidence,p_normal")
+    assert [r.split(",")[0] for r in rows[1:]] == [str(p) for p in images]
+
+
+def test_info_shows_contract_and_hashes(setup, tmp_path):
+    model, _, cache = setup
+    result = _run("info", model, "--json", cache=cache)
+    assert result.returncode == 0, result.stderr
+    details = json.loads(result.stdout)
+    assert details["contract"]["class_names"] == list(CLASSES)
+    import hashlib
+
+    assert details["files"][str(model)]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    table = _run("info", model, cache=cache)
+    assert table.returncode == 0 and "class_names" in table.stdout and "input_size" in table.stdout
+    bare = tiny_onnx(tmp_path / "bare.onnx", contract=False)
+    refused = _run("info", bare, cache=cache)
+    assert refused.returncode == 1 and "carries no cxr-edge preprocessing contract" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
