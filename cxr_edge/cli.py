@@ -237,6 +237,133 @@ def _progress(console: Any, total: int) -> Any:
                     console=console, transient=True, disable=total < 2 or not console.is_terminal)
 
 
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="The .onnx file to write (never overwritten).")
+@click.option("--check-data", type=click.Path(file_okay=False), default=None,
+              help="Labelled data whose images prove parity with PyTorch (default: $CXR_DATA or the shared set; "
+                   "synthetic inputs when none is found).")
+def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
+    """Export a training checkpoint to ONNX with its preprocessing contract and activation-map output.
+
+    Checks before it returns: onnx.checker, probabilities within 1e-4 of PyTorch on ONNX Runtime and on
+    OpenVINO (which must compile the model).
+    """
+    from cxr_edge.export.data import DatasetError, resolve_data_dir, scan_dataset, stratified_split
+    from cxr_edge.export.to_onnx import export_onnx
+
+    images: list = []
+    try:
+        dataset = scan_dataset(resolve_data_dir(check_data))
+        _, val = stratified_split(dataset.samples, 0.2, 0)
+        images = [next(s.path for s in val if s.label == label) for label in sorted({s.label for s in val})]
+    except DatasetError as exc:
+        if check_data:
+            raise
+        click.echo(f"cxr-edge: warning: no labelled data for the parity check ({exc}); using synthetic inputs",
+                   err=True)
+    report = export_onnx(checkpoint, out, check_images=images)
+    source = f"{report.images} real images" if report.real_images else f"{report.images} synthetic inputs"
+    click.echo(f"wrote {report.path}: parity with PyTorch on {source}: max |difference| "
+               f"{report.max_diff_ort:.1e} (ONNX Runtime), {report.max_diff_openvino:.1e} (OpenVINO)")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="INT8 model to write: .onnx for --backend ort, .xml (+ .bin) for openvino. Never overwritten.")
+@click.option("--backend", type=click.Choice(["ort", "openvino"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime static quantisation (QDQ). openvino: NNCF post-training quantisation to IR.")
+@click.option("--calib", "calib_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of calibration images (any images; ideally from this site's X-ray machine).")
+@click.option("--calib-manifest", type=click.Path(dir_okay=False), default=None,
+              help="A calibration_data/ manifest, resolved against --data (files must match their SHA-256).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Data folder a manifest refers to (default: $CXR_DATA or the shared set).")
+@click.option("--val", "val_dir", type=click.Path(file_okay=False), default=None,
+              help="Labelled class-folder dataset for accuracy, macro-F1 and agreement in the report.")
+@click.option("--accuracy-aware", is_flag=True,
+              help="openvino only: keep the most harmful layers FP32 until accuracy drops by at most --max-drop.")
+@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the JSON report (default: next to the output, <out>.report.json).")
+def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_manifest: str | None,
+             data_dir: str | None, val_dir: str | None, accuracy_aware: bool, max_drop: float,
+             report_path: str | None) -> int:
+    """Quantise an exported FP32 ONNX model to INT8 and compare the two in the same run.
+
+    The report gives FP32/INT8 top-1 agreement, accuracy and macro-F1 of both (with --val), sizes and latency.
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from cxr_edge.export.calibration import resolve_calibration
+    from cxr_edge.export.data import resolve_data_dir, scan_dataset
+    from cxr_edge.export.quantize import quantize as run_quantize
+
+    if accuracy_aware and backend != "openvino":
+        raise click.UsageError("--accuracy-aware needs --backend openvino")
+    if accuracy_aware and val_dir is None:
+        raise click.UsageError("--accuracy-aware needs a labelled --val folder")
+    data = resolve_data_dir(data_dir) if calib_manifest else None
+    files = resolve_calibration(calib_dir, calib_manifest, data)
+    labelled = scan_dataset(val_dir).samples if val_dir else None
+    err = Console(stderr=True)
+    total = len(files) + (len(labelled) if labelled else 0)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        task = progress.add_task("decoding calibration images", total=total)
+        report = run_quantize(model, out, calibration=files, backend=backend, labelled=labelled,
+                              accuracy_aware=accuracy_aware, max_drop=max_drop,
+                              on_progress=lambda: progress.advance(task))
+    for path, reason in report.skipped:
+        click.echo(f"cxr-edge: warning: skipped {path}: {reason}", err=True)
+    target = Path(report_path) if report_path else Path(out).with_name(Path(out).name + ".report.json")
+    target.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    _print_quant_report(report.comparison, Console(highlight=False))
+    click.echo(f"wrote {out} and {target}")
+    return EXIT_OK
+
+
+def _print_quant_report(comparison: dict, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"FP32 vs INT8 on {comparison['backend']} ({comparison['images']} images, "
+                        f"{comparison['threads']} threads, batch 1)", title_justify="left")
+    for column in ("", "FP32", "INT8"):
+        table.add_column(column, justify="right" if column else "left")
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        if key in comparison.get("fp32", {}):
+            table.add_row(label, f"{comparison['fp32'][key]:.3f}", f"{comparison['int8'][key]:.3f}")
+    table.add_row("size (MB)", f"{comparison['size_mb']['fp32']:.1f}", f"{comparison['size_mb']['int8']:.1f}")
+    latency = comparison["latency_ms"]
+    table.add_row("latency p50 (ms)", f"{latency['fp32']:.2f}", f"{latency['int8']:.2f}")
+    console.print(table)
+    console.print(f"top-1 agreement {comparison['agreement']:.1%}; INT8 runs {comparison['speedup']:.2f}x as fast")
+
+
+@cli.command("calibration-manifest")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Labelled class-folder dataset (default: $CXR_DATA or the shared set).")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="Manifest to write, e.g. calibration_data/site.tsv (never overwritten).")
+@click.option("--per-class", type=click.IntRange(1), default=64, show_default=True, help="Images per class.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def calibration_manifest(data_dir: str | None, out: str, per_class: int, seed: int) -> int:
+    """Write a calibration manifest: names, classes and hashes of a stratified subset (never the images)."""
+    from cxr_edge.export.calibration import write_manifest
+    from cxr_edge.export.data import resolve_data_dir, scan_dataset
+
+    dataset = scan_dataset(resolve_data_dir(data_dir))
+    chosen = write_manifest(dataset, out, per_class=per_class, seed=seed)
+    click.echo(f"wrote {out}: {len(chosen)} images from {dataset.root}")
+    return EXIT_OK
+
+
 def _print_report(report: dict, console: Any, title: str) -> None:
     from rich.table import Table
 

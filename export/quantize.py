@@ -17,13 +17,23 @@ ONNX Runtime recipe, and why (measured; see benchmarks/ and the notes in the cod
 - ``reduce_range`` (7-bit weights): on AVX2 CPUs without VNNI, ORT's U8S8 kernels sum pairs of products in 16 bits
   (VPMADDUBSW) and saturate with full-range weights. VNNI CPUs do not need it but lose little with it, and one
   shipped model must be safe on both.
+- Convolutions *and* their ReLU6 (``Clip``) are quantised together. With convolutions alone, the quantiser puts
+  Q/DQ on the raw convolution output, whose range is set by a few outlier channels (about +-97 after the first
+  depthwise convolution of EfficientNet-Lite0, where most channels stay below 9): one 8-bit step is then 0.76,
+  and the error compounds to 79 % FP32 agreement. With the Clip included, ORT folds it into the convolution and
+  quantises the clipped [0, 6] range instead: 98 % agreement, and no Q/DQ pairs left between layers.
 - The stem (a 1-input-channel convolution: tiny compute) and everything after the last convolution stay FP32:
   those layers carry the most quantisation error per unit of speed gained.
 
-OpenVINO recipe: NNCF post-training quantisation with its defaults (performance preset, fast bias correction,
-first-layer overflow fix), over all given calibration images; with labelled data and ``accuracy_aware``,
-``nncf.quantize_with_accuracy_control`` keeps the most harmful layers in FP32 until the accuracy drop is within
-``max_drop``.
+OpenVINO recipe: NNCF post-training quantisation (performance preset, first-layer overflow fix) over all given
+calibration images, on a model converted with ``ov.convert_model`` and fixed to a batch of one:
+- ``convert_model`` rather than ``Core.read_model``: the latter leaves each depthwise kernel behind a Reshape, NNCF
+  then cannot see those weights, and all 16 depthwise convolutions of EfficientNet-Lite0 stay FP32 with a
+  Reorder around each (1.27x instead of 1.7x over FP32 here).
+- full bias correction instead of the fast variant: it halves the largest probability error on the validation
+  images (0.20 -> 0.09) for a few more seconds of quantisation.
+With labelled data and ``accuracy_aware``, ``nncf.quantize_with_accuracy_control`` keeps the most harmful layers in
+FP32 until the accuracy drop is within ``max_drop``.
 """
 
 from __future__ import annotations
@@ -85,6 +95,10 @@ class ContractReader:
     def rewind(self) -> None:
         self.index = 0
 
+    def __iter__(self):  # ORT's debugging tools iterate readers
+        self.rewind()
+        return iter(self.get_next, None)
+
 
 def model_size_mb(path: Path) -> float:
     """Size of a model on disk, with the weights file of an OpenVINO IR."""
@@ -103,7 +117,8 @@ def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[st
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    recipe = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "uint8",
+    recipe = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "ops": ["Conv", "Clip"],
+              "activations": "uint8",
               "weights": "int8 per-channel", "reduce_range": True, "calibration": "MinMax",
               "pre_process": "quant_pre_process", "fp32_nodes": []}
     with tempfile.TemporaryDirectory() as scratch:
@@ -116,7 +131,7 @@ def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[st
         keep_fp32 = [convs[0].name] if convs else []
         recipe["fp32_nodes"] = keep_fp32
         quantize_static(str(prepared), str(out), ContractReader(inputs), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv"], per_channel=True, reduce_range=True,
+                        op_types_to_quantize=["Conv", "Clip"], per_channel=True, reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
@@ -135,10 +150,11 @@ def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: di
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(source))
+    model = ov.convert_model(str(source))
+    model.reshape({"image": [1, *inputs.shape[1:]]})
     calibration = nncf.Dataset(list(inputs[:, None]))  # one image per item
     recipe: dict = {"tool": "nncf", "preset": "performance", "subset_size": len(inputs),
-                    "fast_bias_correction": True, "accuracy_aware": False}
+                    "fast_bias_correction": False, "accuracy_aware": False, "converted_with": "ov.convert_model"}
     if accuracy_aware:
         if labelled is None:
             raise CxrEdgeError("accuracy-aware quantisation needs a labelled validation folder (--val DIR)")
@@ -151,10 +167,10 @@ def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: di
             return float(np.mean(hits))
 
         quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, accuracy, max_drop=max_drop,
-                                                        subset_size=len(inputs))
+                                                        subset_size=len(inputs), fast_bias_correction=False)
         recipe |= {"accuracy_aware": True, "max_drop": max_drop}
     else:
-        quantized = nncf.quantize(model, calibration, subset_size=len(inputs))
+        quantized = nncf.quantize(model, calibration, subset_size=len(inputs), fast_bias_correction=False)
     for key, value in (metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)}).items():
         quantized.set_rt_info(value, ["cxr_edge", key])
     ov.save_model(quantized, str(out), compress_to_fp16=False)

@@ -1,7 +1,10 @@
 """OpenVINO on the CPU: LATENCY hint for single images, THROUGHPUT for folders, a compiled-model cache.
 
-Reads OpenVINO IR (``.xml`` + ``.bin``) and ONNX. Inference precision is pinned to f32: on CPUs with bf16 or AMX
-OpenVINO would otherwise silently run FP32 models in bf16, and FP32 results must match ONNX Runtime's.
+Reads OpenVINO IR (``.xml`` + ``.bin``) and ONNX. The model is compiled for a static batch of one and batches are
+run image by image (in parallel streams in throughput mode): OpenVINO's CPU kernels are measurably faster on
+static shapes (EfficientNet-Lite0 FP32: 4.3 ms static vs 5.5 ms dynamic here). Inference precision is pinned to
+f32: on CPUs with bf16 or AMX OpenVINO would otherwise silently run FP32 models in bf16, and FP32 results must
+match ONNX Runtime's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class OpenVinoBackend:
         shape = tuple(d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape())
         outputs = tuple(o.get_any_name() for o in model.outputs)
         self.io = ModelIO(shape, outputs, read_metadata(model))
+        if len(shape) == 4 and all(d is not None for d in shape[1:]) and shape[0] != 1:
+            model.reshape({INPUT_NAME: [1, *shape[1:]]})
         hint = "LATENCY" if mode == "latency" else "THROUGHPUT"
         config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
         try:
@@ -66,8 +71,9 @@ class OpenVinoBackend:
     def run(self, batch: np.ndarray, *, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         want_cam = cam and CAM in self.io.outputs
         if self.queue is None or len(batch) == 1:
-            results = self.request.infer({INPUT_NAME: batch})
-            return self._pick(results, want_cam)
+            picked = [self._pick(self.request.infer({INPUT_NAME: image[None]}), want_cam) for image in batch]
+            maps = np.concatenate([p[1] for p in picked]) if want_cam else None
+            return np.concatenate([p[0] for p in picked]), maps
         # Throughput: one request per image, spread over the streams, gathered back in order.
         gathered: list = [None] * len(batch)
 
