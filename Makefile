@@ -1,11 +1,11 @@
 # Set-up and the project's two main jobs on a fresh machine with Python 3.11 and pip:
-#   make bench   installs the edge runtime (no torch) and runs the main job
+#   make bench   installs the edge runtime (no torch) and benchmarks the shipped model
 #   make test    installs everything (runtime, export, dev) and runs the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: bench test lint clean
+.PHONY: bench test lint clean release-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ $(VENV)/.dev-installed: setup.cfg pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.runtime-installed
 
 bench: $(VENV)/.runtime-installed
-	$(BIN)/cxr-edge --help
+	$(BIN)/cxr-edge bench
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
+
+# Trains, exports and quantises the shipped model into runtime/models/ (about 10 minutes on 2 cores).
+release-model: $(VENV)/.dev-installed
+	rm -rf runs/release
+	$(BIN)/python -m cxr_edge.export.release --work runs/release
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check cxr_edge runtime export tests

@@ -98,8 +98,9 @@ def cli(debug: bool) -> None:
               help="Seed of training randomness: initialisation, augmentation, batch order.")
 @click.option("--split-seed", type=int, default=_DEFAULTS.split_seed, show_default=True,
               help="Seed of the stratified train/validation split.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=_DEFAULTS.val_fraction, show_default=True, help="Share of each class held out for validation.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS.val_fraction,
+              show_default=True, help="Share of each class held out for validation. 0 trains on every image for "
+              "exactly --epochs epochs, with no validation and no early stopping (for release models).")
 @click.option("--patience", type=click.IntRange(1), default=_DEFAULTS.patience, show_default=True,
               help="Epochs without a lower validation loss before stopping.")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights even where ImageNet weights exist.")
@@ -122,9 +123,11 @@ def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, ep
                          split_seed=split_seed, val_fraction=val_fraction, patience=patience,
                          freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads)
     result = run_training(config, resolve_data_dir(data_dir), out_dir, console=console)
-    _print_report(result.report, Console(), title=f"Validation, epoch {result.best_epoch} of {result.epochs_run} "
-                                                  f"({result.seconds / 60:.1f} min)")
-    click.echo(f"wrote {result.out_dir}/checkpoint.pt, history.json, metrics.json, curves.png, confusion_matrix.png")
+    if result.report is not None:
+        _print_report(result.report, Console(), title=f"Validation, epoch {result.best_epoch} of "
+                                                      f"{result.epochs_run} ({result.seconds / 60:.1f} min)")
+    written = sorted(p.name for p in result.out_dir.iterdir())
+    click.echo(f"wrote {', '.join(written)} in {result.out_dir} ({result.seconds / 60:.1f} min)")
     return EXIT_OK
 
 
@@ -235,6 +238,82 @@ def _progress(console: Any, total: int) -> Any:
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True, disable=total < 2 or not console.is_terminal)
+
+
+def _csv_list(kind: type, allowed: tuple | None = None) -> Any:
+    """A click callback turning "a,b,c" into a validated tuple."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
+        try:
+            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}") from None
+        bad = [v for v in items if allowed is not None and v not in allowed]
+        if bad or not items:
+            raise click.BadParameter(f"choose from {', '.join(map(str, allowed or ()))}; got {value!r}")
+        return items
+
+    return parse
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Model file to compare (repeatable). Default: the shipped FP32 ONNX, INT8 ONNX and INT8 IR.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Training checkpoint for the PyTorch eager FP32 reference row (needs torch).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Labelled class folders: adds accuracy, macro-F1 and agreement with FP32.")
+@click.option("--backends", default="ort,openvino,torch", show_default=True,
+              callback=_csv_list(str, ("ort", "openvino", "torch")))
+@click.option("--precisions", default="fp32,int8", show_default=True, callback=_csv_list(str, ("fp32", "int8")))
+@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=_csv_list(int),
+              help="Batch sizes for throughput.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@click.option("--runs", type=click.IntRange(5), default=100, show_default=True, help="Timed batch-1 runs per row.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--end-to-end", "e2e", is_flag=True,
+              help="Also time real files (from --data) through decode, preprocess, inference, post-processing.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+              help="PNG of latency distributions and throughput (needs matplotlib).")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), default=None,
+              help="The table as markdown, for a report.")
+def bench(models: tuple[str, ...], checkpoint: str | None, data_dir: str | None, backends: tuple[str, ...],
+          precisions: tuple[str, ...], batches: tuple[int, ...], threads: int | None, runs: int, warmup: int,
+          e2e: bool, json_out: str | None, plot_out: str | None, markdown_out: str | None) -> int:
+    """How fast, how accurate, how much headroom: every engine and precision side by side.
+
+    With no arguments: the shipped model, FP32 and INT8, on ONNX Runtime and OpenVINO, on synthetic input.
+    Rows are interleaved so that drift of the machine hits all alike; the header records CPU and versions.
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from cxr_edge.runtime.bench import run_bench
+    from cxr_edge.runtime.bench_report import bench_markdown, bench_plot, bench_table
+    from cxr_edge.runtime.images import IMAGE_SUFFIXES
+
+    if e2e and data_dir is None:
+        raise click.UsageError("--end-to-end needs real files: give --data DIR")
+    files = sorted(p for p in Path(data_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:200] if e2e else []
+    err = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("benchmarking", total=None)
+        result = run_bench([Path(m) for m in models], checkpoint=Path(checkpoint) if checkpoint else None,
+                           data_dir=Path(data_dir) if data_dir else None, backends=backends, precisions=precisions,
+                           batches=batches, threads=threads, runs=runs, warmup=warmup, end_to_end=files,
+                           on_progress=lambda text: progress.update(task, description=text))
+    bench_table(result, Console(highlight=False))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if markdown_out:
+        Path(markdown_out).write_text(bench_markdown(result))
+    if plot_out:
+        bench_plot(result, plot_out)
+    return EXIT_OK
 
 
 @cli.command("export")

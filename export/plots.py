@@ -24,12 +24,15 @@ def plot_curves(history: Sequence[dict], path: str | Path, best_epoch: int | Non
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    validated = all("val_loss" in h for h in history)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    if validated:
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
-    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], label="validation accuracy")
-    ax_acc.plot(epochs, [h["val_macro_f1"] for h in history], label="validation macro-F1", linestyle="--")
+    if validated:
+        ax_acc.plot(epochs, [h["val_accuracy"] for h in history], label="validation accuracy")
+        ax_acc.plot(epochs, [h["val_macro_f1"] for h in history], label="validation macro-F1", linestyle="--")
     ax_acc.set(xlabel="epoch", ylabel="score", title="Accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         if best_epoch is not None:

@@ -151,7 +151,9 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
     contract = Contract(input_size=(config.image_size, config.image_size), class_names=CLASS_NAMES,
                         channels=spec.channels, mean=spec.mean, std=spec.std)
     dataset = scan_dataset(data_dir)
-    train_samples, val_samples = stratified_split(dataset.samples, config.val_fraction, config.split_seed)
+    validate = config.val_fraction > 0  # 0: train on everything for a fixed number of epochs (release models)
+    train_samples, val_samples = (stratified_split(dataset.samples, config.val_fraction, config.split_seed)
+                                  if validate else (dataset.samples, []))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=console, disable=console is None or not progress, transient=True)
     with bar:
@@ -161,7 +163,7 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
     skipped = dataset.skipped + train_failed + val_failed
     for path, reason in skipped:
         say(f"[yellow]skipped[/] {path}: {reason}")
-    if len(train_x) < 2 or len(val_x) < 1:
+    if len(train_x) < 2 or (validate and len(val_x) < 1):
         raise CxrEdgeError(f"{data_dir}: too few readable images to train ({len(train_x)} train, {len(val_x)} val)")
     say(f"{len(train_x)} training and {len(val_x)} validation images, {len(skipped)} skipped; "
         f"{config.arch} at {config.image_size} px")
@@ -184,7 +186,7 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, steps_per_epoch * config.warmup_epochs, total_steps))
-    val_inputs = _inputs(val_x, contract)
+    val_inputs = _inputs(val_x, contract) if validate else None
     val_labels = torch.from_numpy(val_y)
 
     history: list[dict] = []
@@ -215,11 +217,18 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
                 correct += int((logits.argmax(dim=1) == targets).sum())
                 bar.advance(task)
             bar.remove_task(task)
+            row = {"epoch": epoch, "train_loss": loss_sum / len(train_x), "train_accuracy": correct / len(train_x),
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_start}
+            if not validate:  # no selection possible: keep the last (averaged) weights
+                history.append(row)
+                best = {"loss": math.nan, "epoch": epoch, "report": None,
+                        "state": {k: v.detach().clone() for k, v in kept.state_dict().items()}}
+                say(f"epoch {epoch:>2}  loss {row['train_loss']:.3f}  acc {row['train_accuracy']:.3f}  "
+                    f"{row['seconds']:3.0f} s", highlight=False)
+                continue
             val_loss, val_pred = _evaluate(kept, val_inputs, val_labels, config.batch_size * 2)
             report = classification_report(val_y, val_pred, CLASS_NAMES)
-            row = {"epoch": epoch, "train_loss": loss_sum / len(train_x), "train_accuracy": correct / len(train_x),
-                   "val_loss": val_loss, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_start}
+            row |= {"val_loss": val_loss, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]}
             history.append(row)
             improved = val_loss < best["loss"]
             if improved:
@@ -248,8 +257,9 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
                 "config": dataclasses.asdict(config)}, out_dir / CHECKPOINT_NAME)
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(metrics | {"provenance": provenance}, indent=2) + "\n")
-    plot_curves(history, out_dir / "curves.png", best["epoch"])
-    plot_confusion_matrix(best["report"]["confusion_matrix"], CLASS_NAMES, out_dir / "confusion_matrix.png")
+    plot_curves(history, out_dir / "curves.png", best["epoch"] if validate else None)
+    if validate:
+        plot_confusion_matrix(best["report"]["confusion_matrix"], CLASS_NAMES, out_dir / "confusion_matrix.png")
     return TrainResult(out_dir, best["epoch"], len(history), best["report"], history, seconds, skipped)
 
 

@@ -188,3 +188,28 @@ def bad_corpus(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "60000x60000 PNG header": (png_header_only(tmp_path / "bomb.png", 60000, 60000), "absurd size"),
         "not DICOM": (not_dicom, "DICOM"),
     }
+
+
+def tiny_int8(fp32: Path, out: Path, seed: int = 0) -> Path:
+    """Real ONNX Runtime static INT8 quantisation of a tiny model, marked as cxr-edge marks its INT8 models."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    shape = [d.dim_value or 1 for d in onnx.load(str(fp32)).graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    batches = iter([{"image": rng.normal(size=shape).astype(np.float32)} for _ in range(8)])
+
+    class Reader:
+        def get_next(self):
+            return next(batches, None)
+
+    quantize_static(str(fp32), str(out), Reader(), per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    model = onnx.load(str(out))
+    original = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    del model.metadata_props[:]
+    for key, value in (original | {"cxr_edge.quantization": '{"tool": "tests"}'}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(out))
+    return out

@@ -153,3 +153,13 @@ def test_info_shows_contract_and_hashes(setup, tmp_path):
     refused = _run("info", bare, cache=cache)
     assert refused.returncode == 1 and "carries no cxr-edge preprocessing contract" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_the_shipped_int8_model_is_the_default(setup):
+    _, images, cache = setup
+    result = _run("predict", images[0], "--format", "jsonl", "--backend", "ort", cache=cache)
+    assert result.returncode == 0, result.stderr
+    assert "cxr-edge-int8.onnx" in result.stderr and json.loads(result.stdout)["label"] in CLASSES
+    info = json.loads(_run("info", "--json", cache=cache).stdout)
+    assert info["model"]["path"].endswith("cxr-edge-int8.onnx") and info["model"]["architecture"] == "efficientnet_lite0"
+    assert info["contract"]["input_size"] == [224, 224] and "training" in info["provenance"]

@@ -97,3 +97,12 @@ def test_cli_errors_are_one_line_with_exit_code_1(small_dataset, tmp_path):
         f"cxr-edge: error: {bad}: unknown class folders: tuberculosis (expected folders named for normal, covid19, "
         "bacterial_pneumonia, viral_pneumonia or a common alias such as COVID-19, Normal, pneumonia_bac, or 0-3)"]
     assert "Traceback" not in result.stderr
+
+
+def test_val_fraction_zero_trains_on_everything_for_the_given_epochs(small_dataset, tmp_path):
+    result = train(TrainConfig(arch="simple_cnn", **TINY | {"val_fraction": 0.0, "image_size": 32}), small_dataset,
+                   tmp_path / "all")
+    assert result.epochs_run == 2 and result.best_epoch == 2 and result.report is None
+    checkpoint = load_checkpoint(tmp_path / "all" / CHECKPOINT_NAME)
+    assert checkpoint["provenance"]["train_files"] == 24 and checkpoint["provenance"]["val_files"] == 0
+    assert (tmp_path / "all" / "curves.png").exists() and not (tmp_path / "all" / "confusion_matrix.png").exists()

@@ -1,0 +1,105 @@
+"""How a benchmark result is shown: a rich table, a markdown table, and a PNG of latencies and throughput."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bench_table", "bench_markdown", "bench_plot", "header_line"]
+
+_ENGINE = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch eager"}
+
+
+def header_line(result: dict) -> str:
+    machine, versions = result["machine"], result["versions"]
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return (f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['flags']) or 'no AVX2'}), "
+            f"{result['threads']} threads; {libs}; batch-1 latency over {result['runs']} interleaved runs")
+
+
+def _cells(row: dict, batches: list[int]) -> list[str]:
+    latency = row["latency_ms"]
+    cells = [_ENGINE.get(row["backend"], row["backend"]), row["precision"].upper(), f"{row['size_mb']:.1f}",
+             f"{row.get('load_s', float('nan')):.2f}", f"{row.get('first_ms', float('nan')):.1f}",
+             f"{latency['p50']:.2f}", f"{latency['p90']:.2f}", f"{latency['p99']:.2f}"]
+    cells += [f"{row['throughput_ips'][str(b)]:,.0f}" for b in batches]
+    cells.append(f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "")
+    cells.append(f"{row['speedup_vs_fp32']:.2f}x" if row.get("speedup_vs_fp32") else "")
+    cells.append(f"{row['speedup_vs_reference']:.1f}x" if row.get("speedup_vs_reference") else "")
+    cells.append(f"{row['budget_ratio']:,.0f}x under")
+    if "accuracy" in row:
+        agreement = row.get("agreement_fp32")
+        cells += [f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}",
+                  f"{agreement:.1%}" if agreement is not None else ""]
+    return cells
+
+
+def _columns(result: dict) -> list[str]:
+    columns = ["engine", "precision", "size MB", "load s", "first ms", "p50 ms", "p90 ms", "p99 ms"]
+    columns += [f"img/s b{b}" for b in result["batches"]]
+    columns += ["peak RSS MB", "vs FP32", "vs PyTorch", "60 s budget"]
+    if any("accuracy" in r for r in result["rows"]):
+        columns += ["accuracy", "macro-F1", "agree FP32"]
+    return columns
+
+
+def bench_table(result: dict, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="cxr-edge bench", caption=header_line(result), title_justify="left")
+    for i, column in enumerate(_columns(result)):
+        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i >= 2)
+    for row in result["rows"]:
+        table.add_row(*_cells(row, result["batches"]))
+    console.print(table)
+    for item in result.get("end_to_end", []):
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in item["share"].items())
+        console.print(f"end to end, {_ENGINE[item['backend']]} {item['precision'].upper()}: "
+                      f"{item['total_ms']:.2f} ms per file over {item['files']} files ({shares})")
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def bench_markdown(result: dict) -> str:
+    columns = _columns(result)
+    lines = [f"Measured: {header_line(result)}.", "", "| " + " | ".join(columns) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(_cells(row, result["batches"])) + " |" for row in result["rows"]]
+    for item in result.get("end_to_end", []):
+        stages = ", ".join(f"{k} {v:.2f} ms ({item['share'][k]:.0%})" for k, v in item["stage_ms_p50"].items())
+        lines.append(f"\nEnd to end, {_ENGINE[item['backend']]} {item['precision'].upper()} over {item['files']} "
+                     f"files: {item['total_ms']:.2f} ms per file: {stages}.")
+    lines += [f"\nWarning: {w}" for w in result.get("warnings", [])]
+    return "\n".join(lines) + "\n"
+
+
+def bench_plot(result: dict, path: str | Path) -> None:
+    """Latency distributions (box plot) and throughput per batch size, one colour per row."""
+    try:
+        import matplotlib
+    except ImportError:
+        from .errors import CxrEdgeError
+
+        raise CxrEdgeError("--plot needs matplotlib: pip install 'cxr-edge[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{_ENGINE[r['backend']]}\n{r['precision'].upper()}" for r in result["rows"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    left.boxplot([r["raw_latency_ms"] for r in result["rows"]], showfliers=True)
+    left.set_xticks(range(1, len(labels) + 1), labels)
+    left.set(ylabel="ms per image (batch 1)", title="Latency distribution")
+    left.grid(alpha=0.3, axis="y")
+    batches = result["batches"]
+    width = 0.8 / max(1, len(result["rows"]))
+    for i, row in enumerate(result["rows"]):
+        values = [row["throughput_ips"][str(b)] for b in batches]
+        right.bar([j + i * width for j in range(len(batches))], values, width, label=labels[i].replace("\n", " "))
+    right.set_xticks([j + width * (len(result["rows"]) - 1) / 2 for j in range(len(batches))],
+                     [f"batch {b}" for b in batches])
+    right.set(ylabel="images per second", title="Throughput")
+    right.legend()
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(header_line(result), fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""`cxr-edge bench` on tiny real models: the JSON's shape, its rows, interleaving, accuracy and refusals.
+
+No timing thresholds: tests check correctness; the benchmark checks speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import openvino as ov
+import pytest
+
+from cxr_edge.runtime.bench import run_bench, time_interleaved
+from cxr_edge.runtime.errors import CxrEdgeError
+from tests.factories import tiny_int8, tiny_onnx
+
+ROW_KEYS = {"backend", "precision", "model", "size_mb", "load_s", "first_ms", "latency_ms", "throughput_ips",
+            "peak_rss_mb", "speedup_vs_fp32", "budget_headroom"}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_EDGE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def models(tmp_path):
+    fp32 = tiny_onnx(tmp_path / "fp32.onnx", size=64)
+    int8 = tiny_int8(fp32, tmp_path / "int8.onnx")
+    ir = tmp_path / "int8-ov.xml"
+    ov.save_model(ov.Core().read_model(str(int8)), str(ir))
+    return fp32, int8, ir
+
+
+def test_json_shape_and_rows_without_torch(models):
+    fp32, int8, ir = models
+    result = run_bench([fp32, int8, ir], runs=6, warmup=1, batches=(1, 4))
+    assert {"machine", "versions", "rows", "threads", "warnings"} <= set(result)
+    assert {"cpu", "cores", "flags"} <= set(result["machine"]) and "onnxruntime" in result["versions"]
+    pairs = [(r["backend"], r["precision"], r["model"]) for r in result["rows"]]
+    assert pairs == [("ort", "fp32", str(fp32)), ("openvino", "fp32", str(fp32)), ("ort", "int8", str(int8)),
+                     ("openvino", "int8", str(ir))]
+    for row in result["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert set(row["latency_ms"]) == {"p50", "p90", "p99", "min", "max"}
+        assert set(row["throughput_ips"]) == {"1", "4"} and all(v > 0 for v in row["throughput_ips"].values())
+        assert len(row["raw_latency_ms"]) == 6 and "under the 60 s budget" in row["budget_headroom"]
+        assert "accuracy" not in row
+    by_pair = {(r["backend"], r["precision"]): r for r in result["rows"]}
+    assert by_pair[("ort", "fp32")]["speedup_vs_fp32"] == pytest.approx(1.0)
+    expected = by_pair[("ort", "fp32")]["latency_ms"]["p50"] / by_pair[("ort", "int8")]["latency_ms"]["p50"]
+    assert by_pair[("ort", "int8")]["speedup_vs_fp32"] == pytest.approx(expected)
+    only_ort = run_bench([fp32, int8], backends=("ort",), precisions=("int8",), runs=5, warmup=0, batches=(1,))
+    assert [(r["backend"], r["precision"]) for r in only_ort["rows"]] == [("ort", "int8")]
+
+
+def test_rows_are_interleaved_in_blocks():
+    calls = []
+    samples = time_interleaved([lambda _: calls.append("a"), lambda _: calls.append("b")], None, runs=12, block=5)
+    assert [len(s) for s in samples] == [12, 12]
+    assert "".join(calls) == "aaaaabbbbbaaaaabbbbbaabb"
+
+
+def test_accuracy_columns_with_a_labelled_folder(models, small_dataset):
+    fp32, int8, _ = models
+    result = run_bench([fp32, int8], data_dir=small_dataset, runs=5, warmup=0, batches=(1,))
+    for row in result["rows"]:
+        assert row["images"] == 24 and 0 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
+        if row["precision"] == "fp32":
+            assert row["agreement_fp32"] == 1.0
+        else:
+            assert 0 <= row["agreement_fp32"] <= 1
+
+
+def test_refuses_models_with_different_contracts(models, tmp_path):
+    fp32, _, _ = models
+    other = tiny_onnx(tmp_path / "other.onnx", size=32)
+    with pytest.raises(CxrEdgeError, match="different preprocessing contract"):
+        run_bench([fp32, other], runs=5, warmup=0, batches=(1,))
+
+
+def test_torch_reference_row_when_a_checkpoint_is_given(small_dataset, tmp_path):
+    from cxr_edge.export.config import TrainConfig
+    from cxr_edge.export.to_onnx import export_onnx
+    from cxr_edge.export.train import train
+
+    train(TrainConfig(arch="simple_cnn", epochs=1, image_size=32, batch_size=8, val_fraction=0.25), small_dataset,
+          tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    model = export_onnx(checkpoint, tmp_path / "model.onnx").path
+    result = run_bench([model], checkpoint=checkpoint, runs=5, warmup=1, batches=(1,), data_dir=small_dataset)
+    backends = [r["backend"] for r in result["rows"]]
+    assert backends == ["ort", "openvino", "torch"]
+    torch_row = result["rows"][-1]
+    assert torch_row["speedup_vs_reference"] == pytest.approx(1.0)
+    assert result["rows"][0]["speedup_vs_reference"] > 0
+    assert torch_row["agreement_fp32"] == 1.0  # FP32 in PyTorch agrees with itself
+    without = run_bench([model], checkpoint=checkpoint, backends=("ort", "openvino"), runs=5, warmup=0, batches=(1,))
+    assert "torch" not in [r["backend"] for r in without["rows"]]
+
+
+def test_cli_writes_json_markdown_and_plot(models, tmp_path):
+    fp32, int8, ir = models
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "bench", "--model", str(fp32), "--model",
+                             str(int8), "--model", str(ir), "--runs", "5", "--warmup", "1", "--batch", "1,2",
+                             "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--plot",
+                             str(out / "b.png")], capture_output=True, text=True, timeout=300,
+                            env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "CXR_EDGE_CACHE": str(tmp_path / "c")})
+    assert result.returncode == 0, result.stderr
+    assert "ONNX Runtime" in result.stdout and "OpenVINO" in result.stdout and "under" in result.stdout
+    data = json.loads((out / "b.json").read_text())
+    assert len(data["rows"]) == 4
+    assert (out / "b.md").read_text().count("\n| ") >= 5
+    assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "bench", "--model", str(fp32), "--backends", "tpu"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "choose from" in bad.stderr
