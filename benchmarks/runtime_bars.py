@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,20 @@ def main() -> None:
     record: dict = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
                     "model": str(model), "threads": os.cpu_count()}
     cli = [sys.executable, "-m", "cxr_edge.cli"]
+
+    # 0. peak RSS of predict on the whole folder, in a child process. First, while this process is still small:
+    #    a child's peak includes the pages it shared with its parent between fork and exec.
+    paths = [s.path for s in samples]
+    folder_dir = paths[0].parent.parent
+    child = subprocess.Popen([*cli, "predict", str(folder_dir), "--recursive", "--model", str(model), "--backend",
+                              "ort", "--format", "jsonl"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all children so far
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode not in (0, 2):
+        raise SystemExit(f"predict on the folder failed with exit code {child.returncode}")
+    record["predict_folder_peak_rss_mb"] = usage.ru_maxrss / 1024
+    print(f"peak RSS of predict on {len(paths)} images: {record['predict_folder_peak_rss_mb']:.0f} MB", flush=True)
+
 
     # 1. cold start
     with tempfile.TemporaryDirectory() as scratch:
@@ -118,15 +131,6 @@ def main() -> None:
     record["folder"] = {"images": len(paths), "batch": batch, "model_only_ips": model_only, "folder_ips": folder,
                         "ratio": folder / model_only, "runs": runs}
     print(f"folder: {folder:.0f} images/s vs model-only {model_only:.0f} ({folder / model_only:.0%})", flush=True)
-
-    # 4. peak RSS of predict on the whole folder, in a child process
-    folder_dir = paths[0].parent.parent
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([*cli, "predict", str(folder_dir), "--recursive", "--model", str(model), "--backend", "ort",
-                    "--format", "jsonl"], check=True, capture_output=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    record["predict_folder_peak_rss_mb"] = max(peak, before) / 1024
-    print(f"peak RSS of predict on {len(paths)} images: {record['predict_folder_peak_rss_mb']:.0f} MB", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runtime.json").write_text(json.dumps(record, indent=2) + "\n")

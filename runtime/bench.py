@@ -73,7 +73,7 @@ def machine_info() -> dict:
     wanted = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
               "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
     return {"cpu": cpu, "cores": os.cpu_count(), "flags": [name for flag, name in wanted.items() if flag in flags],
-            "load_average_1m": os.getloadavg()[0], "platform": platform.platform(),
+            "platform": platform.platform(),
             "python": platform.python_version()}
 
 
@@ -127,8 +127,17 @@ c = Classifier.open(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]))
 loaded = time.perf_counter()
 c.backend.run(np.zeros((1, c.contract.channels, *c.contract.input_size), np.float32))
 first = time.perf_counter()
-print(json.dumps({"load_s": loaded - start, "first_ms": (first - loaded) * 1000,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+def peak_mb():
+    # VmHWM belongs to this program's own address space; ru_maxrss would also count the parent's pages that
+    # were shared between fork and exec, and the parent holds every other row.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"load_s": loaded - start, "first_ms": (first - loaded) * 1000, "peak_rss_mb": peak_mb()}))
 """
 
 
@@ -188,6 +197,7 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
         on_progress: called with a short description as work advances.
     """
     progress = on_progress or (lambda _: None)
+    load_before = os.getloadavg()[0]  # before this benchmark loads the machine itself
     threads = threads or os.cpu_count() or 1
     models = [Path(m) for m in models] or shipped_models()
     if not models:
@@ -249,9 +259,10 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
     if data_dir is not None:
         progress("accuracy on the labelled folder")
         _accuracy(rows, Path(data_dir), contract)
-    result = {"machine": machine_info(), "versions": versions(), "threads": threads, "runs": runs,
-              "warmup": warmup, "batches": list(batches), "budget_s": BUDGET_S, "contract": contract.to_dict(),
-              "rows": [row.as_dict() for row in rows], "warnings": _warnings(rows, threads)}
+    result = {"machine": machine_info() | {"load_average_1m_before": load_before}, "versions": versions(),
+              "threads": threads, "runs": runs, "warmup": warmup, "batches": list(batches), "budget_s": BUDGET_S,
+              "contract": contract.to_dict(), "rows": [row.as_dict() for row in rows],
+              "warnings": _warnings(rows, load_before)}
     if end_to_end:
         progress("end to end on real files")
         result["end_to_end"] = _end_to_end(rows, specs, end_to_end, threads)
@@ -297,9 +308,8 @@ def _accuracy(rows: list[BenchRow], data_dir: Path, contract: Contract) -> None:
                                          if reference is not None else None)
 
 
-def _warnings(rows: list[BenchRow], threads: int) -> list[str]:
+def _warnings(rows: list[BenchRow], load: float) -> list[str]:
     found = []
-    load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
         found.append(f"the machine was loaded (1-minute load average {load:.1f} on {os.cpu_count()} cores): "
                      "figures may be pessimistic")

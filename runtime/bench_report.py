@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ def header_line(result: dict) -> str:
 def _cells(row: dict, batches: list[int]) -> list[str]:
     latency = row["latency_ms"]
     cells = [_ENGINE.get(row["backend"], row["backend"]), row["precision"].upper(), f"{row['size_mb']:.1f}",
-             f"{row.get('load_s', float('nan')):.2f}", f"{row.get('first_ms', float('nan')):.1f}",
+             f"{row['load_s']:.2f}" if "load_s" in row else "", f"{row['first_ms']:.1f}" if "first_ms" in row else "",
              f"{latency['p50']:.2f}", f"{latency['p90']:.2f}", f"{latency['p99']:.2f}"]
     cells += [f"{row['throughput_ips'][str(b)]:,.0f}" for b in batches]
     cells.append(f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "")
@@ -100,6 +101,6 @@ def bench_plot(result: dict, path: str | Path) -> None:
     right.set(ylabel="images per second", title="Throughput")
     right.legend()
     right.grid(alpha=0.3, axis="y")
-    fig.suptitle(header_line(result), fontsize=8)
+    fig.suptitle(textwrap.fill(header_line(result), 150), fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

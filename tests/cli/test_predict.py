@@ -161,5 +161,6 @@ def test_the_shipped_int8_model_is_the_default(setup):
     assert result.returncode == 0, result.stderr
     assert "cxr-edge-int8.onnx" in result.stderr and json.loads(result.stdout)["label"] in CLASSES
     info = json.loads(_run("info", "--json", cache=cache).stdout)
-    assert info["model"]["path"].endswith("cxr-edge-int8.onnx") and info["model"]["architecture"] == "efficientnet_lite0"
+    assert info["model"]["path"].endswith("cxr-edge-int8.onnx")
+    assert info["model"]["architecture"] == "efficientnet_lite0"
     assert info["contract"]["input_size"] == [224, 224] and "training" in info["provenance"]
