@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,19 +31,9 @@ import numpy as np
 def _machine() -> dict:
     import onnxruntime
 
-    cpu = "unknown"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
-    return {"cpu": cpu, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
+    from cxr_edge.runtime.bench import machine_info
+
+    return machine_info() | {"onnxruntime": onnxruntime.__version__}
 
 
 def main() -> None:

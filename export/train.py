@@ -32,7 +32,7 @@ from .config import TrainConfig
 from .data import CLASS_NAMES, load_resized, manifest_hash, scan_dataset, stratified_split
 from .plots import plot_confusion_matrix, plot_curves
 from .provenance import git_commit, package_version
-from .zoo import arch_spec, build_model
+from .zoo import arch_spec, build_model, read_torch_file
 
 __all__ = ["TrainConfig", "TrainResult", "train", "augment", "load_checkpoint", "CHECKPOINT_NAME",
            "CHECKPOINT_FORMAT"]
@@ -266,12 +266,7 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
 def load_checkpoint(path: str | Path) -> dict:
     """Read a training checkpoint and check that it is one (format tag, contract)."""
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CxrEdgeError(f"{path}: no such checkpoint") from None
-    except Exception as exc:
-        raise CxrEdgeError(f"{path}: not a cxr-edge checkpoint ({str(exc).splitlines()[0]})") from None
+    checkpoint = read_torch_file(path, "cxr-edge checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CxrEdgeError(f"{path}: not a cxr-edge checkpoint (expected format {CHECKPOINT_FORMAT})")
     checkpoint["contract"] = Contract.from_dict(checkpoint["contract"])

@@ -25,6 +25,7 @@ __all__ = [
     "CamClassifier",
     "build_model",
     "resolve_weights",
+    "read_torch_file",
     "efficientnet_lite0_imagenet",
     "remap_lukemelas_lite0",
 ]
@@ -242,12 +243,7 @@ def resolve_weights(arch: str, weights: str | Path | None, pretrained: bool = Tr
     spec = _spec(arch)
     if weights is not None:
         path = Path(weights)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CxrEdgeError(f"{path}: no such weights file") from None
-        except Exception as exc:
-            raise CxrEdgeError(f"{path}: not a PyTorch weights file ({str(exc).splitlines()[0]})") from None
+        state = read_torch_file(path, "PyTorch weights file")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
@@ -259,6 +255,21 @@ def resolve_weights(arch: str, weights: str | Path | None, pretrained: bool = Tr
         log.warning("%s has no packaged ImageNet weights: training from scratch; pass --weights FILE with a "
                     "torchvision ImageNet checkpoint for transfer learning", arch)
     return None, "random initialisation"
+
+
+def read_torch_file(path: Path, kind: str) -> object:
+    """`torch.load` of tensors and plain containers only (never arbitrary pickled code), with one-line errors.
+
+    Args:
+        path: the file.
+        kind: what the file should be, for the error message ("PyTorch weights file", "cxr-edge checkpoint").
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CxrEdgeError(f"{path}: no such file") from None
+    except Exception as exc:
+        raise CxrEdgeError(f"{path}: not a {kind} ({str(exc).splitlines()[0]})") from None
 
 
 def build_model(arch: str, num_classes: int, *, weights: str | Path | None = None,

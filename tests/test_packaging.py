@@ -1,0 +1,32 @@
+"""What a user installs: the wheel's layout, its dependencies and the shipped model inside it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_maps_the_folders_into_cxr_edge_and_ships_the_model(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=600)
+    wheel = next(tmp_path.glob("cxr_edge-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    for expected in ("cxr_edge/cli.py", "cxr_edge/runtime/backends/ort.py", "cxr_edge/runtime/backends/openvino.py",
+                     "cxr_edge/export/quantize.py", "cxr_edge/runtime/models/cxr-edge-int8.onnx",
+                     "cxr_edge/runtime/models/cxr-edge-fp32.onnx", "cxr_edge/runtime/models/cxr-edge-int8-openvino.xml",
+                     "cxr_edge/runtime/models/cxr-edge-int8-openvino.bin", "cxr_edge/runtime/models/MODEL_CARD.md"):
+        assert expected in names, expected
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"cxr_edge"}, top_level  # nothing generic like `runtime` lands in site-packages
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    base = [r for r in requires if "extra ==" not in r]
+    for package in ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "pydicom", "click", "rich"):
+        assert any(r.startswith(package) for r in base), package
+    assert not any(r.startswith(("torch", "timm", "nncf")) for r in base)
+    assert any(r.startswith("torch==2.14.1") and 'extra == "export"' in r for r in requires)
