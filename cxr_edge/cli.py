@@ -63,9 +63,14 @@ def cli(debug: bool) -> None:
     """Chest X-ray classification at the edge: normal, COVID-19, bacterial or viral pneumonia.
 
     Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG and DICOM images in
-    milliseconds, `info` shows what a model file contains.
+    milliseconds, `info` shows what a model file contains, `bench` measures every engine and precision
+    against the one-minute budget per image.
 
-    Build side (needs the export extra: torch, timm, nncf): `train` fits a classifier on a class-folder dataset.
+    Build side (needs the export extra: torch, timm, nncf): `train` fits a classifier on a class-folder
+    dataset, `export` writes it to ONNX, `quantize` makes INT8 models for ONNX Runtime or OpenVINO,
+    `calibration-manifest` records a calibration set by file hashes.
+
+    Exit codes: 0 success, 1 usage or model error, 2 some inputs failed (the rest were processed).
 
     Not a medical device: results support, never replace, a radiologist's reading.
     Run `cxr-edge COMMAND --help` for each command's options.
