@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,16 +17,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -64,8 +52,9 @@ def main() -> None:
     summary = {"macro_f1_mean": statistics.mean(f1s), "macro_f1_min": min(f1s), "macro_f1_max": max(f1s),
                "max_deviation_from_mean": max(abs(f - statistics.mean(f1s)) for f in f1s),
                "wall_seconds_max": max(r["wall_seconds"] for r in runs)}
-    machine = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-               "torch": str(torch.__version__), "platform": platform.platform()}
+    from cxr_edge.runtime.bench import machine_info
+
+    machine = machine_info() | {"torch": str(torch.__version__)}
     record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
               "runs": runs, "summary": summary}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import numpy as np
 from ..runtime.contract import Contract
 from ..runtime.errors import CxrEdgeError, ImageError
 from ..runtime.images import IMAGE_SUFFIXES
+from ..runtime.model_info import file_sha256
 from ..runtime.preprocess import load_for_contract, resize
 
 __all__ = [
@@ -168,15 +169,6 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
         val += [members[i] for i in order[:n_val]]
         train += [members[i] for i in order[n_val:]]
     return train, val
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_hash(samples: Sequence[Sample], root: str | Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CxrEdgeError", "ImageError", "ContractError", "ModelError"]
+__all__ = ["CxrEdgeError", "ImageError", "ContractError", "ModelError", "first_line"]
 
 
 class CxrEdgeError(Exception):
@@ -31,3 +31,9 @@ class ContractError(CxrEdgeError):
 
 class ModelError(CxrEdgeError):
     """A model file cannot be opened or does not fit the runtime (not ONNX, wrong inputs, no contract)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception text: enough to act on, short enough for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -108,7 +108,7 @@ def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> 
     except MemoryError:
         raise ImageError(path, "not enough memory to decode this image") from None
     except Exception as exc:  # a decoder failing on hostile bytes must still be a per-file error
-        raise ImageError(path, f"cannot decode {fmt.upper()}: {_first_line(exc)}") from None
+        raise ImageError(path, f"cannot decode {fmt.upper()}: {first_line(exc)}") from None
 
 
 def load_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -150,10 +150,6 @@ def _looks_like(data: bytes) -> str:
     return " (it is a text file)"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
 
 # --- raster files -------------------------------------------------------------------------------------------
 
@@ -186,7 +182,7 @@ def _raster_header(path: Path, data: bytes, fmt: str) -> tuple[int, int, int]:
         with Image.open(io.BytesIO(data)) as img:
             return img.width, img.height, getattr(img, "n_frames", 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(path, f"corrupt {fmt.upper()} header: {_first_line(exc)}") from None
+        raise ImageError(path, f"corrupt {fmt.upper()} header: {first_line(exc)}") from None
 
 
 def _check_pixel_count(path: Path, width: int, height: int) -> None:
@@ -246,7 +242,7 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
     except InvalidDicomError:
         raise ImageError(path, "not a DICOM file: the 'DICM' marker is missing") from None
     except Exception as exc:
-        raise ImageError(path, f"unreadable DICOM header: {_first_line(exc)}") from None
+        raise ImageError(path, f"unreadable DICOM header: {first_line(exc)}") from None
     if "PixelData" not in ds:
         what = "" if "SOPClassUID" not in ds else f" (SOP class {ds.SOPClassUID.name})"
         raise ImageError(path, f"DICOM has no pixel data{what}")
@@ -263,7 +259,7 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
     except Exception as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         name = getattr(syntax, "name", None) or "unknown transfer syntax"
-        raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {_first_line(exc)}") from None
+        raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {first_line(exc)}") from None
     if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # colour secondary captures: pydicom gives RGB
         pixels = _to_unit_range(cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY))
     elif stored.ndim == 2:

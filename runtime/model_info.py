@@ -16,7 +16,8 @@ PROVENANCE_KEY = "cxr_edge.provenance"
 ARCHITECTURE_KEY = "cxr_edge.architecture"
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

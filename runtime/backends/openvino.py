@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 
 from ..cache import cache_dir
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .base import CAM, INPUT_NAME, PROBABILITIES, ModelIO
 
 __all__ = ["OpenVinoBackend", "read_metadata"]
@@ -46,7 +46,7 @@ class OpenVinoBackend:
         try:
             model = core.read_model(str(path))
         except Exception as exc:
-            raise ModelError(f"{path}: OpenVINO cannot read it ({_first_line(exc)})") from None
+            raise ModelError(f"{path}: OpenVINO cannot read it ({first_line(exc)})") from None
         inputs = model.inputs
         if len(inputs) != 1 or INPUT_NAME not in inputs[0].get_names():
             raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}")
@@ -60,7 +60,7 @@ class OpenVinoBackend:
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            raise ModelError(f"{path}: OpenVINO cannot compile it for the CPU ({_first_line(exc)})") from None
+            raise ModelError(f"{path}: OpenVINO cannot compile it for the CPU ({first_line(exc)})") from None
         self.ports = {name: self.compiled.output(name) for name in outputs}
         self.request = self.compiled.create_infer_request()
         self.queue = ov.AsyncInferQueue(self.compiled) if mode == "throughput" else None
@@ -103,8 +103,3 @@ def read_metadata(model: ov.Model) -> dict[str, str]:
         if isinstance(values, dict) and values:
             return {key: value.astype(str) for key, value in values.items()}
     return {}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..cache import cache_dir, model_key
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .base import CAM, INPUT_NAME, PROBABILITIES, ModelIO
 
 __all__ = ["OrtBackend"]
@@ -63,7 +63,7 @@ class OrtBackend:
                 cached.unlink(missing_ok=True)
                 self.__init__(path, threads=threads, mode=mode)
                 return
-            raise ModelError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
             raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}, got {[i.name for i in inputs]}")
@@ -87,8 +87,3 @@ class OrtBackend:
         names = [PROBABILITIES, CAM] if cam and CAM in self.io.outputs else [PROBABILITIES]
         results = self.session.run(names, {INPUT_NAME: batch})
         return results[0], (results[1] if len(results) > 1 else None)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
