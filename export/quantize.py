@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from ..runtime.errors import CxrEdgeError, ImageError
 from ..runtime.metrics import classification_report
 from ..runtime.model_info import file_sha256
 from ..runtime.preprocess import load_for_contract, preprocess, stack
+from ..runtime.timing import time_interleaved
 from .data import Sample
 
 __all__ = ["quantize", "ContractReader", "compare_models", "QUANTIZATION_KEY", "BACKENDS", "model_size_mb"]
@@ -201,17 +201,12 @@ def compare_models(fp32: Path, int8: Path, backend: str, inputs: np.ndarray, lab
     for name, classifier in models.items():
         probabilities = np.concatenate([classifier.backend.run(inputs[i:i + 16])[0] for i in range(0, len(inputs), 16)])
         predictions[name] = probabilities.argmax(axis=1)
-    times: dict[str, list[float]] = {name: [] for name in models}
     one = inputs[:1]
     for classifier in models.values():
         for _ in range(5):
             classifier.backend.run(one)
-    for _ in range(runs):
-        for name, classifier in models.items():
-            start = time.perf_counter()
-            classifier.backend.run(one)
-            times[name].append((time.perf_counter() - start) * 1000)
-    latency = {name: statistics.median(t) for name, t in times.items()}
+    samples = time_interleaved([c.backend.run for c in models.values()], one, runs)
+    latency = {name: statistics.median(t) for name, t in zip(models, samples, strict=True)}
     report = {
         "backend": backend, "images": len(inputs),
         "agreement": float(np.mean(predictions["fp32"] == predictions["int8"])),

@@ -35,8 +35,9 @@ from .errors import CxrEdgeError
 from .metrics import classification_report
 from .outputs import BUDGET_S, budget_verdict
 from .preprocess import load_for_contract, preprocess, stack
+from .timing import time_interleaved
 
-__all__ = ["BenchRow", "default_rows", "run_bench", "time_interleaved", "machine_info", "versions",
+__all__ = ["BenchRow", "default_rows", "run_bench", "machine_info", "versions",
            "SHIPPED_OPENVINO"]
 
 SHIPPED_OPENVINO = "cxr-edge-int8-openvino.xml"
@@ -232,7 +233,7 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
         for _ in range(warmup):
             row.run(one)
     progress(f"timing {runs} batch-1 runs per row, interleaved")
-    samples = time_interleaved([row.run for row in rows], one, runs)
+    samples = time_interleaved([row.run for row in rows], one, runs, block=BLOCK)
     for i, row in enumerate(rows):
         times = np.asarray(samples[i])
         row.figures["latency_ms"] = {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90)),
@@ -267,19 +268,6 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
         progress("end to end on real files")
         result["end_to_end"] = _end_to_end(rows, specs, end_to_end, threads)
     return result
-
-
-def time_interleaved(runners: Sequence[Callable[[np.ndarray], object]], batch: np.ndarray, runs: int,
-                     block: int = BLOCK) -> list[list[float]]:
-    """Milliseconds of `runs` calls of each runner, in blocks of `block` calls, round-robin (A B C A B C ...)."""
-    samples: list[list[float]] = [[] for _ in runners]
-    while len(samples[0]) < runs:
-        for runner, times in zip(runners, samples, strict=True):
-            for _ in range(min(block, runs - len(times))):
-                start = time.perf_counter()
-                runner(batch)
-                times.append((time.perf_counter() - start) * 1000)
-    return samples
 
 
 def _ratios(rows: list[BenchRow]) -> None:

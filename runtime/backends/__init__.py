@@ -10,13 +10,13 @@ import importlib.metadata
 import importlib.util
 import logging
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import cache_dir, model_key, read_json, write_json_atomic
 from ..errors import ModelError
+from ..timing import time_interleaved
 from .base import MODES, Backend, ModelIO, check_io
 
 __all__ = ["BACKEND_NAMES", "Backend", "ModelIO", "check_io", "open_backend", "resolve_backend", "model_format"]
@@ -104,15 +104,10 @@ def _measured_faster(path: Path, threads: int | None, runs: int = 15) -> tuple[s
     first = next(iter(engines.values()))
     shape = tuple(d or 1 for d in first.io.input_shape)
     batch = np.zeros(shape, np.float32)
-    times: dict[str, list[float]] = {name: [] for name in engines}
     for engine in engines.values():  # warm-up
         engine.run(batch)
-    for _ in range(runs):  # interleaved, so that drift hits both alike
-        for name, engine in engines.items():
-            start = time.perf_counter()
-            engine.run(batch)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    samples = time_interleaved([engine.run for engine in engines.values()], batch, runs)
+    medians = {name: statistics.median(t) for name, t in zip(engines, samples, strict=True)}
     best = min(medians, key=medians.get)
     detail = ", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items())
     if record_path is not None:

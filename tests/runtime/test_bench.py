@@ -12,8 +12,9 @@ import sys
 import openvino as ov
 import pytest
 
-from cxr_edge.runtime.bench import run_bench, time_interleaved
+from cxr_edge.runtime.bench import run_bench
 from cxr_edge.runtime.errors import CxrEdgeError
+from cxr_edge.runtime.timing import time_interleaved
 from tests.factories import tiny_int8, tiny_onnx
 
 ROW_KEYS = {"backend", "precision", "model", "size_mb", "load_s", "first_ms", "latency_ms", "throughput_ips",
