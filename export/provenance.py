@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-__all__ = ["package_version", "git_commit"]
+__all__ = ["package_version", "git_commit", "set_onnx_metadata"]
 
 
 def package_version() -> str:
@@ -25,3 +25,11 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}-dirty" if dirty else commit
+
+
+def set_onnx_metadata(proto: object, metadata: dict[str, str]) -> None:
+    """Replace an ONNX model's ``metadata_props`` with exactly these key/value strings."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value

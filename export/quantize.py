@@ -54,14 +54,14 @@ from ..runtime.classifier import Classifier
 from ..runtime.contract import Contract
 from ..runtime.errors import CxrEdgeError, ImageError
 from ..runtime.metrics import classification_report
-from ..runtime.model_info import file_sha256
+from ..runtime.model_info import QUANTIZATION_KEY, file_sha256, model_size_mb
 from ..runtime.preprocess import load_for_contract, preprocess, stack
 from ..runtime.timing import time_interleaved
 from .data import Sample
+from .provenance import set_onnx_metadata
 
 __all__ = ["quantize", "ContractReader", "compare_models", "QUANTIZATION_KEY", "BACKENDS", "model_size_mb"]
 
-QUANTIZATION_KEY = "cxr_edge.quantization"
 BACKENDS = ("ort", "openvino")
 
 
@@ -103,12 +103,6 @@ class ContractReader:
         return iter(self.get_next, None)
 
 
-def model_size_mb(path: Path) -> float:
-    """Size of a model on disk, with the weights file of an OpenVINO IR."""
-    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
-    return sum(f.stat().st_size for f in files) / 2**20
-
-
 def _metadata_onnx(path: Path) -> dict[str, str]:
     import onnx
 
@@ -139,10 +133,7 @@ def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[st
                         nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     model = onnx.load(str(out))
-    del model.metadata_props[:]
-    for key, value in (metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(model, metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)})
     onnx.save(model, str(out))
     return recipe
 

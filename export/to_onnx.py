@@ -24,7 +24,7 @@ from ..runtime.contract import Contract
 from ..runtime.errors import CxrEdgeError
 from ..runtime.model_info import ARCHITECTURE_KEY, PROVENANCE_KEY, file_sha256
 from ..runtime.preprocess import load_for_contract, preprocess, stack
-from .provenance import git_commit, package_version
+from .provenance import git_commit, package_version, set_onnx_metadata
 from .train import load_checkpoint
 from .zoo import CamClassifier, build_model
 
@@ -98,10 +98,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, *,
         ARCHITECTURE_KEY: checkpoint["arch"],
         PROVENANCE_KEY: json.dumps(_provenance(checkpoint, Path(checkpoint_path)), sort_keys=True),
     }
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(proto, metadata)
     proto.producer_name = "cxr-edge"
     proto.producer_version = package_version()
     onnx.checker.check_model(proto, full_check=True)

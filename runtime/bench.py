@@ -33,6 +33,7 @@ from .classifier import SHIPPED_MODELS, Classifier, resolve_model
 from .contract import Contract
 from .errors import CxrEdgeError
 from .metrics import classification_report
+from .model_info import QUANTIZATION_KEY, model_size_mb
 from .outputs import BUDGET_S, budget_verdict
 from .preprocess import load_for_contract, preprocess, stack
 from .timing import time_interleaved
@@ -41,7 +42,6 @@ __all__ = ["BenchRow", "default_rows", "run_bench", "machine_info", "versions",
            "SHIPPED_OPENVINO"]
 
 SHIPPED_OPENVINO = "cxr-edge-int8-openvino.xml"
-QUANTIZATION_KEY = "cxr_edge.quantization"
 BLOCK = 5
 """Timed runs per row before moving to the next row."""
 
@@ -86,10 +86,6 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return found
-
-
-def _precision(classifier: Classifier) -> str:
-    return "int8" if QUANTIZATION_KEY in classifier.metadata else "fp32"
 
 
 def default_rows(models: Sequence[Path], backends: Sequence[str], precisions: Sequence[str]) -> list[tuple]:
@@ -215,8 +211,7 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
             raise CxrEdgeError(f"{path} carries a different preprocessing contract from {specs[0][2]}; "
                                "bench compares one model in its variants, not different models")
         row = BenchRow(backend, precision, str(path), run=lambda b, c=classifier: c.backend.run(b)[0])
-        files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
-        row.figures["size_mb"] = sum(f.stat().st_size for f in files) / 2**20
+        row.figures["size_mb"] = model_size_mb(path)
         row.figures |= _cold_figures(path, backend, threads)
         rows.append(row)
     if checkpoint is not None and "torch" in backends and contract is not None:

@@ -10,10 +10,23 @@ from .backends import model_format, open_backend
 from .classifier import resolve_model
 from .contract import METADATA_KEY, VERSION_KEY, Contract
 
-__all__ = ["model_info", "file_sha256", "PROVENANCE_KEY", "ARCHITECTURE_KEY"]
+__all__ = ["model_info", "file_sha256", "model_files", "model_size_mb", "PROVENANCE_KEY", "ARCHITECTURE_KEY",
+           "QUANTIZATION_KEY"]
 
 PROVENANCE_KEY = "cxr_edge.provenance"
 ARCHITECTURE_KEY = "cxr_edge.architecture"
+QUANTIZATION_KEY = "cxr_edge.quantization"
+"""Present (with the recipe) in INT8 models only: how the runtime tells INT8 from FP32."""
+
+
+def model_files(path: Path) -> list[Path]:
+    """A model's files on disk: the file itself, plus the weights file of an OpenVINO IR."""
+    return [path] + ([path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [])
+
+
+def model_size_mb(path: Path) -> float:
+    """Size of a model on disk, with every file it needs."""
+    return sum(f.stat().st_size for f in model_files(path)) / 2**20
 
 
 def file_sha256(path: str | Path) -> str:
@@ -32,7 +45,6 @@ def model_info(path: str | Path | None) -> dict:
     engine = open_backend(model_path, "ort" if fmt == "onnx" else "openvino")
     metadata = engine.io.metadata
     contract = Contract.from_metadata(metadata)
-    files = [model_path] + ([model_path.with_suffix(".bin")] if fmt == "openvino" else [])
     try:
         provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
     except json.JSONDecodeError:
@@ -44,5 +56,5 @@ def model_info(path: str | Path | None) -> dict:
                   "format_version": metadata.get(VERSION_KEY)} | ({"metadata": other} if other else {}),
         "contract": contract.to_dict(),
         "provenance": provenance,
-        "files": {str(f): {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files},
+        "files": {str(f): {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in model_files(model_path)},
     }
