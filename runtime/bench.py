@@ -88,15 +88,20 @@ def versions() -> dict:
     return found
 
 
-def default_rows(models: Sequence[Path], backends: Sequence[str], precisions: Sequence[str]) -> list[tuple]:
+def default_rows(models: Sequence[Path], backends: Sequence[str], precisions: Sequence[str],
+                 open_model: Callable[[Path, str], Classifier] | None = None) -> list[tuple]:
     """(backend, precision, path) for each model on each engine that should run it.
 
     ONNX files run on both engines, except INT8 ONNX on OpenVINO when an OpenVINO INT8 model is also given (the
     NNCF model is OpenVINO's INT8 row); IR runs on OpenVINO only.
+
+    Args:
+        open_model: (path, backend) -> Classifier, so that a caller can reuse the models opened here.
     """
+    open_model = open_model or (lambda path, backend: Classifier.open(path, backend=backend))
     described = []
     for path in models:
-        metadata = Classifier.open(path, backend="ort" if path.suffix == ".onnx" else "openvino").metadata
+        metadata = open_model(path, "ort" if path.suffix == ".onnx" else "openvino").metadata
         described.append((path, "int8" if QUANTIZATION_KEY in metadata else "fp32"))
     has_ov_int8 = any(p.suffix == ".xml" and prec == "int8" for p, prec in described)
     rows = []
@@ -199,12 +204,19 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
     models = [Path(m) for m in models] or shipped_models()
     if not models:
         raise CxrEdgeError("no model to benchmark: pass --model FILE (this installation ships none)")
-    specs = default_rows(models, backends, precisions)
+    opened: dict[tuple[Path, str], Classifier] = {}
+
+    def open_model(path: Path, backend: str) -> Classifier:  # each model opens once per engine
+        if (path, backend) not in opened:
+            opened[path, backend] = Classifier.open(path, backend=backend, threads=threads)
+        return opened[path, backend]
+
+    specs = default_rows(models, backends, precisions, open_model)
     rows: list[BenchRow] = []
     contract = None
     for backend, precision, path in specs:
         progress(f"opening {path.name} on {backend}")
-        classifier = Classifier.open(path, backend=backend, threads=threads)
+        classifier = open_model(path, backend)
         if contract is None:
             contract = classifier.contract
         elif classifier.contract != contract:
@@ -261,7 +273,7 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
               "warnings": _warnings(rows, load_before)}
     if end_to_end:
         progress("end to end on real files")
-        result["end_to_end"] = _end_to_end(rows, specs, end_to_end, threads)
+        result["end_to_end"] = _end_to_end(specs, end_to_end, open_model)
     return result
 
 
@@ -304,11 +316,12 @@ def _warnings(rows: list[BenchRow], load: float) -> list[str]:
     return found
 
 
-def _end_to_end(rows: list[BenchRow], specs: list[tuple], files: Sequence[Path], threads: int) -> list[dict]:
+def _end_to_end(specs: list[tuple], files: Sequence[Path],
+                open_model: Callable[[Path, str], Classifier]) -> list[dict]:
     """Real files through the whole path, per row: where the time goes."""
     results = []
     for backend, precision, path in specs:
-        classifier = Classifier.open(path, backend=backend, threads=threads)
+        classifier = open_model(path, backend)
         classifier.predict(list(files[:3]))
         stages = {"decode": [], "preprocess": [], "inference": [], "postprocess": []}
         for file in files:

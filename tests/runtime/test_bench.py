@@ -120,3 +120,27 @@ def test_cli_writes_json_markdown_and_plot(models, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "bench", "--model", str(fp32), "--backends", "tpu"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "choose from" in bad.stderr
+
+
+def test_end_to_end_splits_real_files_into_stages(models, small_dataset):
+    fp32, int8, _ = models
+    files = sorted(small_dataset.rglob("*.jp*g"))[:4]
+    result = run_bench([fp32, int8], backends=("ort",), runs=5, warmup=0, batches=(1,), end_to_end=files)
+    assert [(e["backend"], e["precision"]) for e in result["end_to_end"]] == [("ort", "fp32"), ("ort", "int8")]
+    for entry in result["end_to_end"]:
+        assert entry["files"] == 4
+        assert set(entry["stage_ms_p50"]) == {"decode", "preprocess", "inference", "postprocess"}
+        assert entry["total_ms"] == pytest.approx(sum(entry["stage_ms_p50"].values()))
+        assert sum(entry["share"].values()) == pytest.approx(1.0)
+        assert entry["stage_ms_p50"]["decode"] > 0 and entry["stage_ms_p50"]["inference"] > 0
+
+
+def test_cli_end_to_end_prints_where_the_time_goes(models, small_dataset, tmp_path):
+    fp32, _, _ = models
+    result = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "bench", "--model", str(fp32), "--backends", "ort",
+                             "--runs", "5", "--warmup", "0", "--batch", "1", "--data", str(small_dataset),
+                             "--end-to-end"], capture_output=True, text=True, timeout=300,
+                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "CXR_EDGE_CACHE": str(tmp_path / "c")})
+    assert result.returncode == 0, result.stderr
+    assert "end to end, ONNX Runtime FP32" in result.stdout and "decode" in result.stdout
+    assert "accuracy" in result.stdout
