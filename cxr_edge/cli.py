@@ -64,7 +64,8 @@ def cli(debug: bool) -> None:
 
     Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG and DICOM images in
     milliseconds, `info` shows what a model file contains, `bench` measures every engine and precision
-    against the one-minute budget per image.
+    against the one-minute budget per image. Live mode: `watch` classifies every file dropped into a folder,
+    `dicom-listen` every image an X-ray console or PACS sends over DICOM.
 
     Build side (needs the export extra: torch, timm, nncf): `train` fits a classifier on a class-folder
     dataset, `export` writes it to ONNX, `quantize` makes INT8 models for ONNX Runtime or OpenVINO,
@@ -221,6 +222,151 @@ def info(model: str | None, as_json: bool) -> int:
         return EXIT_OK
     _print_info(details, Console(highlight=False))
     return EXIT_OK
+
+
+_MODEL_OPTION = click.option("--model", type=click.Path(dir_okay=False), default=None,
+                             help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
+_BACKEND_OPTION = click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto",
+                               show_default=True, help="Inference engine (see `predict --help`).")
+
+
+@cli.command()
+@click.argument("in_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Results folder: results/ (one JSON per image), done/ and failed/ (the inputs, moved), "
+                   "processing/ (in flight); created if missing.")
+@_MODEL_OPTION
+@_BACKEND_OPTION
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@click.option("--cam", is_flag=True, help="Also write a heatmap overlay per image to OUT/cam/.")
+@click.option("--settle", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="Seconds a file's size must stay unchanged before it counts as complete (when its writer's "
+                   "close is not seen: polling, files present at start).")
+@click.option("--poll", type=click.FloatRange(0.05), default=None,
+              help="List the folder every POLL seconds instead of using inotify (network shares).")
+@click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
+def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, cam: bool,
+          settle: float, poll: float | None, once: bool) -> int:
+    """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
+
+    A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
+    ignored until then). Each image gets OUT/results/<name>.<hash>.json (the `predict` jsonl record plus its
+    SHA-256 and arrival and finish times) and moves to OUT/done/, or to OUT/failed/ with a .reason.txt. Files
+    already in IN_DIR are processed too. After a crash or kill -9, restarting finishes the work in flight: no
+    image is lost and none gets two results. Prints one line per image and a summary whenever it goes idle.
+    """
+    from pathlib import Path
+
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.live.watch import FolderWatcher
+
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency")
+
+    def show(record: dict, repeated: bool) -> None:
+        name = _printable(Path(record["path"]).name)
+        _echo_live(record, name, "already classified: kept the earlier result" if repeated else None)
+
+    watcher = FolderWatcher(in_dir, out_dir, classifier, cam=cam, settle_s=settle, poll_s=poll, on_record=show,
+                            on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True))
+    click.echo(f"cxr-edge: watching {in_dir} ({'once' if once else watcher.mode}) with {classifier.path.name} on "
+               f"{classifier.backend.name}; results in {out_dir}", err=True)
+    with _stop_on_signals(watcher.stop):
+        summary = watcher.run(once=once)
+    click.echo(f"cxr-edge: stopped: {summary.line()}", err=True)
+    return EXIT_OK
+
+
+@cli.command("dicom-listen")
+@click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
+              help="TCP port (104 needs root or CAP_NET_BIND_SERVICE).")
+@click.option("--ae-title", default="CXREDGE", show_default=True, help="This node's AE title (1-16 characters).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Results folder: incoming/, done/, failed/ (instances), results/ (JSON per SOP Instance UID), "
+                   "sr/ (Basic Text SR per instance), quarantine/ (refused datasets with their reasons).")
+@_MODEL_OPTION
+@_BACKEND_OPTION
+@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@click.option("--allow", multiple=True, metavar="AE",
+              help="Accept associations only from this calling AE title (repeat for several). Default: any.")
+@click.option("--host", default="", help="Address to listen on (default: every interface).")
+@click.option("--keep-phi", is_flag=True, help="Also write patient name and ID into the JSON results.")
+def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
+                 allow: tuple[str, ...], host: str, keep_phi: bool) -> int:
+    """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
+
+    Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
+    images, uncompressed, JPEG, JPEG 2000 or RLE, and answers C-ECHO. Each instance is stored before Success is
+    returned, then classified from a queue: OUT/results/<SOP Instance UID>.json and OUT/sr/<UID>.sr.dcm, a Basic
+    Text SR in the image's study. Bad datasets get a failure status and a copy in OUT/quarantine/. Logs name
+    instances by UID only; patient identifiers are never printed.
+    """
+    import threading
+
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.live.dicom_listener import DicomListener
+
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines describe every association
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency")
+
+    def show(record: dict) -> None:
+        _echo_live(record, record["sop_instance_uid"], None, latency=record.get("arrival_to_result_ms"))
+
+    listener = DicomListener(out_dir, classifier, port=port, ae_title=ae_title, host=host, allow=allow or None,
+                             keep_phi=keep_phi, on_record=show)
+    listener.start()
+    click.echo(f"cxr-edge: listening as {listener.ae_title} on port {listener.port} with {classifier.path.name} on "
+               f"{classifier.backend.name}; results in {out_dir}"
+               + (f"; calling AEs allowed: {', '.join(allow)}" if allow else ""), err=True)
+    stopped = threading.Event()
+    with _stop_on_signals(stopped.set):
+        while not stopped.wait(60):
+            click.echo(f"-- {listener.summary.line()}, {listener.quarantined} quarantined", err=True)
+    listener.stop()
+    click.echo(f"cxr-edge: stopped: {listener.summary.line()}, {listener.quarantined} quarantined", err=True)
+    return EXIT_OK
+
+
+def _printable(name: str) -> str:
+    """A file name safe to print on a terminal (control characters shown as '?')."""
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
+def _echo_live(record: dict, name: str, note: str | None, latency: float | None = None) -> None:
+    """One line per live result: time, input, label, confidence, latency (or the reason it failed)."""
+    clock = record["finished"][11:23]
+    if note:
+        click.echo(f"{clock}  {name}  {note}")
+    elif record["error"] is not None:
+        click.echo(f"{clock}  {name}  FAILED: {record['error']}")
+    else:
+        label = record["label"]
+        ms = latency if latency is not None else record["latency_ms"]["total"]
+        warn = "  (warning: " + "; ".join(record["warnings"]) + ")" if record.get("warnings") else ""
+        click.echo(f"{clock}  {name}  {label:<19} {record['probabilities'][label]:6.1%}  {ms:7.1f} ms{warn}")
+
+
+class _stop_on_signals:  # noqa: N801 (used as a context manager, reads like one)
+    """Route SIGINT and SIGTERM to `stop` (finish the image in hand, then return) while inside the block."""
+
+    def __init__(self, stop: Any) -> None:
+        self.stop = stop
+        self.previous: dict = {}
+
+    def __enter__(self) -> None:
+        import signal
+
+        def handler(signum: int, frame: Any) -> None:
+            click.echo("cxr-edge: stopping after the image in hand", err=True)
+            self.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
 
 
 def _print_info(details: dict, console: Any) -> None:

@@ -44,6 +44,9 @@ MAX_FILE_BYTES = 1 << 30
 
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR"})
 
+RAW_DETECTOR_WARNING = "'For Processing' image: raw detector data, not the processed image the model was trained on"
+"""The warning for DX "For Processing" images (by Presentation Intent Type or by SOP class)."""
+
 _JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
                     (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
 
@@ -342,5 +345,5 @@ def _dicom_warnings(ds: object) -> tuple[str, ...]:
     if body_part and body_part != "CHEST":
         found.append(f"body part is {body_part}, not CHEST")
     if str(ds.get("PresentationIntentType", "") or "").upper() == "FOR PROCESSING":
-        found.append("'For Processing' image: raw detector data, not the processed image the model was trained on")
+        found.append(RAW_DETECTOR_WARNING)
     return tuple(found)

@@ -1,0 +1,124 @@
+"""Crash-safe file steps shared by the live modes: atomic writes and moves that never overwrite.
+
+Every step either happens whole or not at all (temporary name, fsync, then a hard link to the final name), and
+each step checks whether an earlier, interrupted run already did it, so that a restart can simply repeat the
+sequence. Hard links are used instead of ``os.rename`` because rename silently replaces an existing file, and
+nothing a user gave us may be overwritten.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "move_to", "free_name", "remove_stale_temps",
+           "same_file", "utc_now"]
+
+TEMP_PREFIX = ".cxr-edge-"
+"""Files being written carry this prefix; a restart deletes leftovers (they were never complete)."""
+
+
+def utc_now() -> str:
+    """Wall-clock time for records: ISO 8601, UTC, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` whole and durably, unless `path` already exists.
+
+    Returns True if written, False if the file was already there (an earlier run wrote it; it is left alone).
+    """
+    temp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{path.name}"
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def write_json_atomic(path: Path, record: dict) -> bool:
+    """`write_atomic` of a JSON object (UTF-8, indented, ending in a newline)."""
+    return write_atomic(path, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Both names exist and are one file (a link step completed but its unlink did not)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def free_name(folder: Path, name: str, *, companions: tuple[str, ...] = ()) -> str:
+    """`name`, or ``stem (2).ext``, ``stem (3).ext``...: the first one that is free in `folder`.
+
+    Args:
+        folder: where the file will go.
+        name: the wanted name.
+        companions: suffixes of files that travel with it (``.reason.txt``); those names must be free too.
+    """
+    stem, dot, ext = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    candidate, n = name, 1
+    while any((folder / (candidate + c)).exists() for c in ("", *companions)):
+        n += 1
+        candidate = f"{stem} ({n}){dot}{ext}"
+    return candidate
+
+
+def move_to(source: Path, target: Path) -> Path:
+    """Move `source` to exactly `target` without ever replacing another file.
+
+    Repeating a move that was interrupted is safe: if `target` is already the same file, only the old name is
+    removed. Across filesystems the data is copied and synced first.
+
+    Raises:
+        FileExistsError: `target` is a different file.
+    """
+    if same_file(source, target):
+        source.unlink()
+        return target
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        temp = target.parent / f"{TEMP_PREFIX}{os.getpid()}-{target.name}"
+        shutil.copyfile(source, temp)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    source.unlink()
+    _fsync_dir(source.parent)
+    return target
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files an interrupted run left in `folder`; returns how many."""
+    count = 0
+    for path in folder.glob(f"{TEMP_PREFIX}*"):
+        path.unlink(missing_ok=True)
+        count += 1
+    return count

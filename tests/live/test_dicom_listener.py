@@ -1,0 +1,311 @@
+"""The DICOM listener on loopback with real peers: pynetdicom SCUs, dcmtk's storescu and dsrdump."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+
+from cxr_edge.runtime.classifier import Classifier
+from cxr_edge.runtime.live.dicom_listener import DicomListener, Status
+from cxr_edge.runtime.live.sr import BASIC_TEXT_SR, NOT_FOR_DIAGNOSTIC_USE
+from tests.factories import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    dicom_dataset,
+    gradient,
+    tiny_onnx,
+    write_compressed_dicom,
+    write_jpeg_dicom,
+)
+
+STORAGE = [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+           DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage]
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    assert path, f"{tool} not found: install Debian's dcmtk (make test does, as root)"
+    return path
+
+
+@pytest.fixture()
+def classifier(tmp_path: Path) -> Classifier:
+    return Classifier.open(tiny_onnx(tmp_path / "tiny.onnx", size=64), backend="ort")
+
+
+@pytest.fixture()
+def listener(tmp_path: Path, classifier: Classifier):
+    records: list[dict] = []
+    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", on_record=records.append)
+    node.records = records  # type: ignore[attr-defined]
+    node.start()
+    yield node
+    node.stop()
+
+
+def associate(port: int, contexts=(Verification, *STORAGE), ae_title: str = "TESTSCU"):
+    """An association proposing each SOP class once per transfer syntax (an SCP accepts one per context)."""
+    ae = AE(ae_title=ae_title)
+    for context in contexts:
+        for syntax in ("1.2.840.10008.1.2.1", JPEGBaseline8Bit, JPEG2000Lossless, RLELossless):
+            ae.add_requested_context(context, syntax)
+    return ae.associate("127.0.0.1", port, ae_title="CXREDGE")
+
+
+def test_echo_store_result_and_structured_report(listener: DicomListener) -> None:
+    assoc = associate(listener.port)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == Status.SUCCESS
+    image = dicom_dataset(gradient(256, 256), StudyDescription="Chest PA", AccessionNumber="ACC1")
+    assert assoc.send_c_store(image).Status == Status.SUCCESS
+    assoc.release()
+    assert listener.wait_idle()
+    uid = image.SOPInstanceUID
+    out = listener.out
+    stored = pydicom.dcmread(out / "done" / f"{uid}.dcm")
+    assert stored.SOPInstanceUID == uid and stored.PixelData == image.PixelData  # stored as sent
+    record = json.loads((out / "results" / f"{uid}.json").read_text())
+    assert record["sop_instance_uid"] == uid and record["error"] is None and record["sr"] == f"sr/{uid}.sr.dcm"
+    assert record["label"] in record["probabilities"] and record["calling_ae"] == "TESTSCU"
+    assert "patient" not in record and PATIENT_NAME not in json.dumps(record) and PATIENT_ID not in json.dumps(record)
+
+    sr = pydicom.dcmread(out / record["sr"])
+    assert sr.SOPClassUID == BASIC_TEXT_SR and sr.Modality == "SR"
+    assert sr.StudyInstanceUID == image.StudyInstanceUID and sr.SeriesInstanceUID != image.SeriesInstanceUID
+    assert sr.PatientName == PATIENT_NAME and sr.PatientID == PATIENT_ID and sr.AccessionNumber == "ACC1"
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == image.SeriesInstanceUID
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+    texts = [item.TextValue for item in sr.ContentSequence if item.ValueType == "TEXT"]
+    finding = next(item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeMeaning == "Finding")
+    assert record["label"] in finding.TextValue
+    assert finding.ContentSequence[0].ValueType == "IMAGE"
+    assert finding.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+    assert NOT_FOR_DIAGNOSTIC_USE in texts
+    assert all(f"{name} " in " ".join(texts) for name in record["probabilities"])
+    equipment = sr.ContributingEquipmentSequence[0]
+    assert equipment.ManufacturerModelName == "tiny.onnx" and equipment.Manufacturer == "cxr-edge"
+    # dcmtk reads it as a valid Basic Text SR document (it checks the IOD's content constraints)
+    dump = subprocess.run([dcmtk("dsrdump"), str(out / record["sr"])], capture_output=True, text=True)
+    assert dump.returncode == 0 and "Basic Text SR Document" in dump.stdout
+    assert not dump.stderr.strip(), dump.stderr
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "jpeg2000", "rle", "secondary capture", "for processing"])
+def test_radiograph_classes_and_transfer_syntaxes(listener: DicomListener, tmp_path: Path, kind: str) -> None:
+    pixels = gradient(200, 160)
+    path = tmp_path / "image.dcm"
+    if kind == "jpeg":
+        write_jpeg_dicom(path, pixels)
+    elif kind == "jpeg2000":
+        write_compressed_dicom(path, pixels, JPEG2000Lossless)
+    elif kind == "rle":
+        write_compressed_dicom(path, pixels, RLELossless, modality="CR", sop_class=ComputedRadiographyImageStorage)
+    elif kind == "secondary capture":
+        write_compressed_dicom(path, pixels, RLELossless, modality="OT", sop_class=SecondaryCaptureImageStorage)
+    else:
+        write_compressed_dicom(path, pixels, RLELossless, sop_class=DigitalXRayImageStorageForProcessing,
+                               PresentationIntentType="FOR PROCESSING")
+    dataset = pydicom.dcmread(path)
+    assoc = associate(listener.port)
+    assert assoc.send_c_store(dataset).Status == Status.SUCCESS
+    assoc.release()
+    assert listener.wait_idle()
+    record = json.loads((listener.out / "results" / f"{dataset.SOPInstanceUID}.json").read_text())
+    assert record["error"] is None and record["label"] is not None
+    assert (listener.out / record["sr"]).exists()
+    if kind == "for processing":
+        assert any("raw detector data" in w for w in record["warnings"])
+        sr = pydicom.dcmread(listener.out / record["sr"])
+        assert any("raw detector data" in getattr(i, "TextValue", "") for i in sr.ContentSequence)
+
+
+def test_other_sop_classes_are_refused(listener: DicomListener) -> None:
+    assoc = associate(listener.port, contexts=(Verification, CTImageStorage))
+    assert assoc.is_established
+    ct_results = {c.result for c in assoc.rejected_contexts if c.abstract_syntax == CTImageStorage}
+    assert ct_results == {0x03}  # abstract syntax not supported
+    assert Verification in {c.abstract_syntax for c in assoc.accepted_contexts}
+    ct = dicom_dataset(gradient(), modality="CT", sop_class=CTImageStorage)
+    with pytest.raises(ValueError, match="presentation context"):
+        assoc.send_c_store(ct)
+    assoc.release()
+
+
+def test_bad_dataset_is_quarantined_and_the_listener_keeps_going(listener: DicomListener) -> None:
+    assoc = associate(listener.port)
+    no_pixels = dicom_dataset(gradient())
+    del no_pixels.PixelData
+    assert assoc.send_c_store(no_pixels).Status == Status.DATASET_DOES_NOT_MATCH
+    good = dicom_dataset(gradient())
+    assert assoc.send_c_store(good).Status == Status.SUCCESS
+    assoc.release()
+    assert listener.wait_idle()
+    reasons = list((listener.out / "quarantine").glob("*.reason.txt"))
+    assert len(reasons) == 1 and "no pixel data" in reasons[0].read_text()
+    copy = pydicom.dcmread(reasons[0].with_name(reasons[0].name.replace(".reason.txt", ".dcm")))
+    assert copy.SOPInstanceUID == no_pixels.SOPInstanceUID
+    assert (listener.out / "results" / f"{good.SOPInstanceUID}.json").exists()
+    assert not (listener.out / "results" / f"{no_pixels.SOPInstanceUID}.json").exists()
+
+
+def test_unreadable_pixels_get_a_result_with_the_reason(listener: DicomListener) -> None:
+    """Stored (the header was fine), then the decoder failed: failed/ with a reason, no SR."""
+    broken = dicom_dataset(gradient(64, 64))
+    broken.PixelData = broken.PixelData[:100]
+    assoc = associate(listener.port)
+    assert assoc.send_c_store(broken).Status == Status.SUCCESS
+    assoc.release()
+    assert listener.wait_idle()
+    uid = broken.SOPInstanceUID
+    record = json.loads((listener.out / "results" / f"{uid}.json").read_text())
+    assert record["label"] is None and record["error"] and record["sr"] is None
+    assert (listener.out / "failed" / f"{uid}.dcm").exists()
+    assert (listener.out / "failed" / f"{uid}.reason.txt").read_text().startswith(f"SOP Instance UID {uid}: ")
+
+
+def test_allow_list(tmp_path: Path, classifier: Classifier) -> None:
+    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", allow=["XRAYROOM1"])
+    node.start()
+    try:
+        stranger = associate(node.port, ae_title="STRANGER")
+        assert stranger.is_rejected
+        friend = associate(node.port, ae_title="XRAYROOM1")
+        assert friend.is_established and friend.send_c_echo().Status == Status.SUCCESS
+        friend.release()
+    finally:
+        node.stop()
+
+
+def test_concurrent_associations_and_duplicates(listener: DicomListener) -> None:
+    sent: list[str] = []
+    statuses: list[int] = []
+
+    def sender() -> None:
+        assoc = associate(listener.port)
+        for _ in range(6):
+            ds = dicom_dataset(gradient(128, 128))
+            statuses.append(assoc.send_c_store(ds).Status)
+            sent.append(ds.SOPInstanceUID)
+        statuses.append(assoc.send_c_store(ds).Status)  # the last one again
+        assoc.release()
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert listener.wait_idle()
+    assert statuses == [Status.SUCCESS] * 28
+    assert sorted(p.stem for p in (listener.out / "results").iterdir()) == sorted(sent)
+    assert len(listener.records) == 24  # a re-sent instance is not classified twice
+
+
+def test_restart_resumes_stored_instances(tmp_path: Path, classifier: Classifier) -> None:
+    out = tmp_path / "out"
+    (out / "incoming").mkdir(parents=True)
+    waiting = dicom_dataset(gradient())
+    waiting.save_as(out / "incoming" / f"{waiting.SOPInstanceUID}.dcm", enforce_file_format=True)
+    node = DicomListener(out, classifier, port=0, host="127.0.0.1")
+    node.start()
+    try:
+        assert node.wait_idle()
+    finally:
+        node.stop()
+    assert (out / "results" / f"{waiting.SOPInstanceUID}.json").exists()
+    assert (out / "done" / f"{waiting.SOPInstanceUID}.dcm").exists() and not list((out / "incoming").iterdir())
+
+
+def test_keep_phi_and_no_phi_in_logs(tmp_path: Path, classifier: Classifier, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", keep_phi=True)
+    node.start()
+    try:
+        assoc = associate(node.port)
+        good = dicom_dataset(gradient())
+        bad = dicom_dataset(gradient())
+        del bad.PixelData
+        assoc.send_c_store(good)
+        assoc.send_c_store(bad)
+        assoc.release()
+        assert node.wait_idle()
+    finally:
+        node.stop()
+    record = json.loads((tmp_path / "out" / "results" / f"{good.SOPInstanceUID}.json").read_text())
+    assert record["patient"] == {"name": PATIENT_NAME, "id": PATIENT_ID}
+    assert "quarantined" in caplog.text
+    assert PATIENT_NAME not in caplog.text and PATIENT_ID not in caplog.text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_with_dcmtk_storescu(tmp_path: Path) -> None:
+    """`cxr-edge dicom-listen` as a service would run it, fed by dcmtk's storescu; SIGTERM stops it cleanly."""
+    model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
+    port = free_port()
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "cxr_edge.cli", "dicom-listen", "--port", str(port),
+                                "--out", str(out), "--model", str(model), "--backend", "ort", "--allow", "STORESCU"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the listener answers C-ECHO
+            echo = subprocess.run([dcmtk("echoscu"), "-aec", "CXREDGE", "-aet", "STORESCU", "127.0.0.1", str(port)],
+                                  capture_output=True, text=True)
+            if echo.returncode == 0:
+                break
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+            time.sleep(0.2)
+        files = []
+        for i, writer in enumerate((write_jpeg_dicom, None)):
+            path = tmp_path / f"send{i}.dcm"
+            if writer is None:
+                dicom_dataset(gradient(150, 150), StudyInstanceUID=generate_uid()).save_as(
+                    path, enforce_file_format=True)
+            else:
+                writer(path, gradient(150, 150))
+            files.append(path)
+        send = subprocess.run([dcmtk("storescu"), "-aec", "CXREDGE", "-aet", "STORESCU", "-xy", "127.0.0.1",
+                               str(port), *map(str, files)], capture_output=True, text=True)
+        assert send.returncode == 0, send.stderr
+        uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+        deadline = time.monotonic() + 20
+        while not all((out / "results" / f"{uid}.json").exists() for uid in uids):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = subprocess.run([dcmtk("echoscu"), "-aec", "CXREDGE", "-aet", "OTHER", "127.0.0.1", str(port)],
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert all(uid in stdout for uid in uids)
+    assert PATIENT_NAME not in stdout + stderr and PATIENT_ID not in stdout + stderr
+    assert "stopped: 2 classified, 0 failed" in stderr

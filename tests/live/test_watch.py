@@ -1,0 +1,225 @@
+"""The watched folder on a real filesystem: real inotify, real subprocesses, real kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr_edge.runtime.classifier import Classifier
+from cxr_edge.runtime.live.files import TEMP_PREFIX
+from cxr_edge.runtime.live.watch import FolderWatcher, result_name
+from cxr_edge.runtime.model_info import file_sha256
+from tests.factories import gradient, tiny_onnx, truncated, write_dicom
+
+RECORD_KEYS = {"path", "label", "probabilities", "latency_ms", "error", "sha256", "arrived", "finished", "warnings",
+               "model", "moved_to"}
+
+
+@pytest.fixture()
+def model(tmp_path: Path) -> Path:
+    return tiny_onnx(tmp_path / "tiny.onnx", size=64)
+
+
+def png_bytes(seed: int) -> bytes:
+    image = np.roll(gradient(120, 100), seed * 7, axis=1)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+class Running:
+    """A FolderWatcher in a thread of this process; stopped (and joined) on exit."""
+
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self.watcher = watcher
+        self.thread = threading.Thread(target=watcher.run)
+
+    def __enter__(self) -> FolderWatcher:
+        self.thread.start()
+        return self.watcher
+
+    def __exit__(self, *exc: object) -> None:
+        self.watcher.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+
+
+def test_arrivals_get_one_result_each_and_move_on(tmp_path: Path, model: Path) -> None:
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "before.png").write_bytes(png_bytes(0))  # present at start
+    classifier = Classifier.open(model, backend="ort")
+    seen: list[dict] = []
+    watcher = FolderWatcher(inbox, out, classifier, settle_s=0.3, on_record=lambda r, repeated: seen.append(r))
+    with Running(watcher):
+        (inbox / "plain.png").write_bytes(png_bytes(1))  # closed by its writer
+        (inbox / "renamed.png.part").write_bytes(png_bytes(2))
+        (inbox / ".hidden.png").write_bytes(png_bytes(3))
+        time.sleep(0.8)
+        assert (inbox / "renamed.png.part").exists() and (inbox / ".hidden.png").exists()  # never touched
+        os.rename(inbox / "renamed.png.part", inbox / "renamed.png")
+        write_dicom(inbox / "image.dcm", gradient(128, 128))
+        (inbox / "notes.png").write_text("not an image")
+        (truncated(tmp_path, ".jpg")).rename(inbox / "cut.jpg")
+        wait_for(lambda: len(seen) == 6)
+    assert sorted(p.name for p in inbox.iterdir()) == [".hidden.png"]
+    assert sorted(p.name for p in (out / "done").iterdir()) == ["before.png", "image.dcm", "plain.png", "renamed.png"]
+    assert sorted(p.name for p in (out / "failed").iterdir()) == [
+        "cut.jpg", "cut.jpg.reason.txt", "notes.png", "notes.png.reason.txt"]
+    assert "truncated" in (out / "failed" / "cut.jpg.reason.txt").read_text()
+    assert not list((out / "processing").iterdir())
+    records = results(out)
+    assert len(records) == 6
+    for name, record in records.items():
+        assert set(record) == RECORD_KEYS
+        moved = out / record["moved_to"]
+        assert file_sha256(moved) == record["sha256"] and name == result_name(moved.name, record["sha256"])
+        assert record["path"] == str(inbox.absolute() / moved.name)
+        assert record["arrived"] <= record["finished"]
+        if record["error"] is None:
+            assert record["label"] in record["probabilities"] and abs(sum(record["probabilities"].values()) - 1) < 1e-4
+    assert watcher.summary.classified == 4 and watcher.summary.failed == 2
+
+
+def test_a_file_is_not_taken_while_it_is_still_being_written(tmp_path: Path, model: Path) -> None:
+    """A slow writer that keeps the file open: only the completed file is classified (polling, no inotify)."""
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    data = png_bytes(4)
+    seen: list[dict] = []
+    watcher = FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), settle_s=0.5, poll_s=0.05,
+                            on_record=lambda r, repeated: seen.append(r))
+    assert watcher.mode == "polling"
+    with Running(watcher):
+        with open(inbox / "slow.png", "wb") as handle:
+            for start in range(0, len(data), len(data) // 5 + 1):
+                handle.write(data[start:start + len(data) // 5 + 1])
+                handle.flush()
+                time.sleep(0.2)  # shorter than the settle time
+        wait_for(lambda: len(seen) == 1)
+    assert seen[0]["error"] is None and seen[0]["sha256"] == file_sha256(out / "done" / "slow.png")
+
+
+def test_names_are_never_overwritten_and_repeats_get_no_second_result(tmp_path: Path, model: Path) -> None:
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    classifier = Classifier.open(model, backend="ort")
+    repeats: list[bool] = []
+    for content in (png_bytes(5), png_bytes(6), png_bytes(5)):  # same name: new, different, identical again
+        (inbox / "x.png").write_bytes(content)
+        FolderWatcher(inbox, out, classifier, settle_s=0.05, on_record=lambda r, rep: repeats.append(rep)).run(
+            once=True)
+    assert repeats == [False, False, True]
+    assert sorted(p.name for p in (out / "done").iterdir()) == ["x (2).png", "x (3).png", "x.png"]
+    assert len(results(out)) == 2
+
+
+def test_restart_finishes_every_interrupted_step(tmp_path: Path, model: Path) -> None:
+    """The states a kill -9 can leave, built by hand, each finished once by the next start."""
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    classifier = Classifier.open(model, backend="ort")
+    FolderWatcher(inbox, out, classifier).run(once=True)  # creates the layout
+    # 1. claimed (in processing/), nothing else done yet
+    (out / "processing" / "claimed.png").write_bytes(png_bytes(7))
+    # 2. claim interrupted between link and unlink: one file under both names
+    (out / "processing" / "linked.png").write_bytes(png_bytes(8))
+    os.link(out / "processing" / "linked.png", inbox / "linked.png")
+    # 3. result written, input not yet moved on
+    (out / "processing" / "finished.png").write_bytes(png_bytes(9))
+    sha = file_sha256(out / "processing" / "finished.png")
+    earlier = {"path": str(inbox / "finished.png"), "label": "normal", "probabilities": {}, "latency_ms": {},
+               "error": None, "sha256": sha, "moved_to": "done/finished.png"}
+    (out / "results" / result_name("finished.png", sha)).write_text(json.dumps(earlier))
+    # 4. failure recorded, reason and move not yet done
+    (out / "processing" / "broken.png").write_bytes(b"garbage")
+    sha_broken = file_sha256(out / "processing" / "broken.png")
+    (out / "results" / result_name("broken.png", sha_broken)).write_text(json.dumps(
+        earlier | {"label": None, "error": "not an image", "sha256": sha_broken, "moved_to": "failed/broken.png",
+                   "path": str(inbox / "broken.png")}))
+    # 5. half-written temporary files
+    (out / "results" / f"{TEMP_PREFIX}123-x.json").write_text("{")
+    (out / "done" / f"{TEMP_PREFIX}123-y.png").write_bytes(b"")
+
+    repeated: list[str] = []
+    watcher = FolderWatcher(inbox, out, classifier, on_record=lambda r, rep: repeated.append(r["path"]) if rep else 0)
+    watcher.run(once=True)
+    assert sorted(p.name for p in (out / "done").iterdir()) == ["claimed.png", "finished.png", "linked.png"]
+    assert sorted(p.name for p in (out / "failed").iterdir()) == ["broken.png", "broken.png.reason.txt"]
+    assert not list(inbox.iterdir()) and not list((out / "processing").iterdir())
+    assert len(results(out)) == 4
+    assert json.loads((out / "results" / result_name("finished.png", sha)).read_text()) == earlier  # untouched
+    assert sorted(Path(p).name for p in repeated) == ["broken.png", "finished.png"]
+    assert not list(out.rglob(f"{TEMP_PREFIX}*"))
+
+
+def _start(inbox: Path, out: Path, model: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cxr_edge.cli", "watch", str(inbox), "--out", str(out),
+                             "--model", str(model), "--backend", "ort", "--settle", "0.2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_in_the_middle_loses_nothing(tmp_path: Path, model: Path) -> None:
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    names = [f"img{i:03d}.png" for i in range(80)]
+    for i, name in enumerate(names):
+        (inbox / name).write_bytes(png_bytes(i) if i % 10 else b"\x89PNG broken")
+    process = _start(inbox, out, model)
+    wait_for(lambda: (out / "results").is_dir() and len(list((out / "results").iterdir())) >= 10, timeout=60)
+    process.kill()
+    process.wait()
+    assert len(results(out)) < len(names)  # really interrupted
+    process = _start(inbox, out, model, "--once")
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    records = results(out)
+    assert sorted(Path(r["path"]).name for r in records.values()) == names  # exactly one result each
+    assert sorted(p.name for p in (out / "done").iterdir()) == [n for i, n in enumerate(names) if i % 10]
+    failed = sorted(p.name for p in (out / "failed").iterdir())
+    assert failed == sorted([n for i, n in enumerate(names) if not i % 10]
+                            + [f"{n}.reason.txt" for i, n in enumerate(names) if not i % 10])
+    assert not list(inbox.iterdir()) and not list((out / "processing").iterdir())
+
+
+def test_sigterm_stops_gracefully(tmp_path: Path, model: Path) -> None:
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    process = _start(inbox, out, model)
+    wait_for(lambda: (out / "processing").is_dir(), timeout=60)
+    (inbox / "a.png").write_bytes(png_bytes(1))
+    wait_for(lambda: (out / "done" / "a.png").exists())
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    line = next(line for line in stdout.splitlines() if "a.png" in line)
+    assert any(f" {name} " in line for name in ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia"))
+    assert line.endswith(" ms")
+    assert "stopped: 1 classified, 0 failed" in stderr and "Traceback" not in stderr
+
+
+def test_output_folder_may_not_be_the_watched_folder(tmp_path: Path, model: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "watch", str(tmp_path), "--out", str(tmp_path),
+                             "--model", str(model)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"cxr-edge: error: {tmp_path}: the output folder must not be the watched folder"]
