@@ -1,11 +1,11 @@
 # Set-up and the project's two main jobs on a fresh machine with Python 3.11 and pip:
 #   make bench   installs the edge runtime (no torch) and benchmarks the shipped model
-#   make test    installs everything (runtime, export, dev) and runs the test suite
+#   make test    installs everything (runtime, export, dev; dcmtk from Debian) and runs the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: bench test lint clean release-model
+.PHONY: bench test lint clean release-model system-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ $(VENV)/.dev-installed: setup.cfg pyproject.toml | $(BIN)/python
 bench: $(VENV)/.runtime-installed
 	$(BIN)/cxr-edge bench
 
-test: $(VENV)/.dev-installed
+# Real peers for the live-mode tests: dcmtk (storescu, echoscu, dsrdump) and systemd-analyze, from Debian.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-tools:
+	@command -v storescu >/dev/null && command -v systemd-analyze >/dev/null || \
+	  { $(SUDO) apt-get install -y -q dcmtk systemd || \
+	    { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk systemd; }; }
+
+test: $(VENV)/.dev-installed system-tools
 	$(BIN)/python -m pytest -q
 
 # Trains, exports and quantises the shipped model into runtime/models/ (about 10 minutes on 2 cores).
@@ -32,7 +39,7 @@ release-model: $(VENV)/.dev-installed
 	$(BIN)/python -m cxr_edge.export.release --work runs/release
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check cxr_edge runtime export tests
+	$(BIN)/ruff check cxr_edge runtime export tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

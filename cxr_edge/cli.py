@@ -231,7 +231,7 @@ _BACKEND_OPTION = click.option("--backend", type=click.Choice(["auto", "ort", "o
 
 
 @cli.command()
-@click.argument("in_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("in_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Results folder: results/ (one JSON per image), done/ and failed/ (the inputs, moved), "
                    "processing/ (in flight); created if missing.")

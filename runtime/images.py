@@ -226,11 +226,15 @@ def _to_unit_range(pixels: np.ndarray) -> np.ndarray:
 
 
 def _min_max(pixels: np.ndarray) -> np.ndarray:
-    pixels = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    """Stretch to [0, 1] by the data's own range (non-finite values, only possible in float data, become 0)."""
+    pixels = pixels.astype(np.float32, copy=False)
     lo, hi = float(pixels.min()), float(pixels.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
         return np.zeros_like(pixels, dtype=np.float32)
-    return ((pixels - lo) / (hi - lo)).astype(np.float32)
+    return (pixels - np.float32(lo)) * np.float32(1 / (hi - lo))
 
 
 # --- DICOM ----------------------------------------------------------------------------------------------------
@@ -283,11 +287,11 @@ def dicom_grayscale(stored: np.ndarray, ds: object) -> np.ndarray:
     """
     from pydicom.pixels import apply_modality_lut
 
-    values = apply_modality_lut(stored, ds).astype(np.float64)
+    values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)  # float32 is exact up to 24 bits
     shown = _apply_voi(values, ds)
     if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
-        shown = 1.0 - shown
-    return shown.astype(np.float32)
+        shown = np.float32(1.0) - shown
+    return shown.astype(np.float32, copy=False)
 
 
 def _apply_voi(values: np.ndarray, ds: object) -> np.ndarray:
@@ -300,11 +304,11 @@ def _apply_voi(values: np.ndarray, ds: object) -> np.ndarray:
         bits = int(voi_luts[0].LUTDescriptor[2])
         # Descriptors that under-state the LUT's depth are common; trust the data when it says more.
         top = max(float(2**bits - 1), float(mapped.max()))
-        return np.clip(mapped / top, 0.0, 1.0) if top > 0 else np.zeros_like(mapped)
+        return (np.clip(mapped / top, 0.0, 1.0) if top > 0 else np.zeros_like(mapped)).astype(np.float32)
     window = _first_window(ds)
     if window is not None:
         return _window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
-    return _min_max(values).astype(np.float64)
+    return _min_max(values)
 
 
 def _first_window(ds: object) -> tuple[float, float] | None:
@@ -327,12 +331,14 @@ def _window(values: np.ndarray, centre: float, width: float, function: str) -> n
     BitsStored, which would then have to be undone; mapping to [0, 1] directly leaves no range to get wrong.
     """
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
+        return (1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))).astype(np.float32, copy=False)
     if function == "LINEAR_EXACT":
-        return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
+        return np.clip((values - centre) / width + 0.5, 0.0, 1.0).astype(np.float32, copy=False)
     # LINEAR: the standard's half-pixel offsets
-    return np.clip((values - (centre - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0) if width > 1 else (
-        (values > centre - 0.5).astype(np.float64))
+    if width <= 1:
+        return (values > centre - 0.5).astype(np.float32)
+    scale = np.float32(1.0 / (width - 1.0))
+    return np.clip((values - np.float32(centre - 0.5)) * scale + np.float32(0.5), 0.0, 1.0)
 
 
 def _dicom_warnings(ds: object) -> tuple[str, ...]:

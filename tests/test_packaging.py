@@ -18,6 +18,7 @@ def test_wheel_maps_the_folders_into_cxr_edge_and_ships_the_model(tmp_path):
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     for expected in ("cxr_edge/cli.py", "cxr_edge/runtime/backends/ort.py", "cxr_edge/runtime/backends/openvino.py",
+                     "cxr_edge/runtime/live/watch.py", "cxr_edge/runtime/live/dicom_listener.py",
                      "cxr_edge/export/quantize.py", "cxr_edge/runtime/models/cxr-edge-int8.onnx",
                      "cxr_edge/runtime/models/cxr-edge-fp32.onnx", "cxr_edge/runtime/models/cxr-edge-int8-openvino.xml",
                      "cxr_edge/runtime/models/cxr-edge-int8-openvino.bin", "cxr_edge/runtime/models/MODEL_CARD.md"):
@@ -26,7 +27,8 @@ def test_wheel_maps_the_folders_into_cxr_edge_and_ships_the_model(tmp_path):
     assert top_level == {"cxr_edge"}, top_level  # nothing generic like `runtime` lands in site-packages
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     base = [r for r in requires if "extra ==" not in r]
-    for package in ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "pydicom", "click", "rich"):
+    for package in ("numpy", "opencv-python-headless", "onnxruntime", "openvino", "pydicom", "click", "rich",
+                    "pynetdicom", "watchdog", "pylibjpeg-rle"):
         assert any(r.startswith(package) for r in base), package
     assert not any(r.startswith(("torch", "timm", "nncf")) for r in base)
     assert any(r.startswith("torch==2.14.1") and 'extra == "export"' in r for r in requires)

@@ -21,12 +21,14 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..classifier import Classifier
+from ..classifier import Classifier, Prepared
 from ..errors import CxrEdgeError, first_line
 from ..images import RAW_DETECTOR_WARNING
 from ..model_info import file_sha256
@@ -60,6 +62,9 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.5",     # RLE Lossless
 ]
 """What the runtime's loader decodes (pydicom with the pylibjpeg plugins)."""
+
+READ_AHEAD = 2
+"""Instances decoded ahead of the one being classified (one per core on the 2-core reference machine)."""
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -244,27 +249,54 @@ class DicomListener:
 
     # --- classifying (worker thread) -----------------------------------------------------------------------
     def _work(self) -> None:
-        while not self._stopping.is_set():
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._classify(item)
-            except Exception as exc:  # disk full and the like: keep the instance in incoming/ for a restart
-                log.error("instance %s: cannot write its result: %s", item.uid, first_line(exc))
-            finally:
-                with self._lock:
-                    self._inflight.discard(item.uid)
+        """Classify queued instances in arrival order; the next few are decoded ahead, in parallel.
 
-    def _classify(self, item: _Received) -> None:
+        Decoding (C decoders, GIL released) of the next instances overlaps inference and result writing of the
+        current one; the read-ahead is bounded so a flood of arrivals waits on disk, not in memory.
+        """
+        ahead: deque[tuple[_Received, Future[tuple[Prepared, Any]]]] = deque()
+        ended = False  # the queue's end marker was seen
+        with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="cxr-decode") as pool:
+            while True:
+                while not ended and len(ahead) < READ_AHEAD:
+                    try:
+                        item = self._queue.get(block=not ahead)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        ended = True
+                    else:
+                        ahead.append((item, pool.submit(self._prepare, item)))
+                if not ahead or self._stopping.is_set():
+                    break
+                item, prepared = ahead.popleft()
+                try:
+                    self._classify(item, *prepared.result())
+                except Exception as exc:  # disk full and the like: keep the instance in incoming/ for a restart
+                    log.error("instance %s: cannot write its result: %s", item.uid, first_line(exc))
+                finally:
+                    with self._lock:
+                        self._inflight.discard(item.uid)
+        with self._lock:  # stopped early: these stay in incoming/ for the next start
+            self._inflight.difference_update(item.uid for item, _ in ahead)
+
+    def _prepare(self, item: _Received) -> tuple[Prepared, Any]:
+        """Decode and preprocess one stored instance, and read its header for the report."""
         import pydicom
 
+        prepared = self.classifier.prepare(item.path)
+        try:
+            header = pydicom.dcmread(item.path, stop_before_pixels=True)
+        except Exception:  # the prepared input carries the reason
+            header = pydicom.Dataset()
+        return prepared, header
+
+    def _classify(self, item: _Received, prepared: Prepared, header: Any) -> None:
         result_path = self.results / f"{item.uid}.json"
         if result_path.exists():
             record = json.loads(result_path.read_text())
         else:
-            prediction = self.classifier.predict([item.path])[0]
-            header = pydicom.dcmread(item.path, stop_before_pixels=True)
+            prediction = self.classifier.infer([prepared])[0]
             warnings = list(prediction.warnings)
             if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
                 warnings.append(RAW_DETECTOR_WARNING)

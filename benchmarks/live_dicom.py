@@ -1,0 +1,267 @@
+"""Reliability and speed of `cxr-edge dicom-listen`: 200 real radiographs over loopback, four senders at once.
+
+Usage: python benchmarks/live_dicom.py [--data DIR] [--count 200] [--model FILE] [--out benchmarks/live]
+
+The images of the labelled data folder ($CXR_DATA) become DICOM instances in a scratch folder (never in the
+repository): Computed Radiography and Digital X-Ray, uncompressed, JPEG baseline, RLE and JPEG 2000, at their own
+size. The listener runs as the service would (`cxr-edge dicom-listen` in its own process, shipped model).
+Phase 1 sends them from 4 concurrent pynetdicom associations; phase 2 sends them again, with new UIDs, from 4
+concurrent dcmtk `storescu` processes when dcmtk is installed. For each phase it checks that every instance got
+Success, exactly one JSON result and one SR that references it, and reports the listener's own arrival-to-result
+time (request received to result written). Writes dicom.json and appends to live.md in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
+
+from cxr_edge.runtime.bench import machine_info, versions
+from cxr_edge.runtime.images import load_image
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+SYNTAXES = [ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, JPEG2000Lossless]
+BAR_MS = 50.0
+
+
+def make_instance(pixels: np.ndarray, syntax: str, index: int) -> Dataset:
+    """An 8-bit radiograph as a CR or DX instance in `syntax`."""
+    sop_class = CR if index % 2 else DX
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID = f"Bench^Patient{index}", f"BENCH{index:05d}"
+    ds.Modality = "CR" if sop_class == CR else "DX"
+    ds.BodyPartExamined = "CHEST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    if sop_class == DX:
+        ds.PresentationIntentType = "FOR PRESENTATION"
+    if syntax == JPEGBaseline8Bit:
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([encoded.tobytes()])
+        ds["PixelData"].is_undefined_length = True
+        ds.LossyImageCompression = "01"
+    elif syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax, pixels)
+    return ds
+
+
+def build_instances(data_dir: Path, count: int, folder: Path) -> list[Path]:
+    images = sorted(p for p in (data_dir / "train").rglob("*") if p.is_file())
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        pixels = np.uint8(np.round(load_image(images[i % len(images)]) * 255))
+        ds = make_instance(pixels, SYNTAXES[i % len(SYNTAXES)], i)
+        path = folder / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def renew_uids(paths: list[Path], folder: Path) -> list[Path]:
+    """The same instances with new SOP Instance UIDs (a second, independent delivery)."""
+    folder.mkdir(parents=True)
+    renewed = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(folder / path.name, enforce_file_format=True)
+        renewed.append(folder / path.name)
+    return renewed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def send_pynetdicom(paths: list[Path], port: int, senders: int) -> list[int]:
+    """Each sender opens one association and sends its share as fast as it can; returns every status."""
+    from pynetdicom import AE
+
+    datasets = [pydicom.dcmread(p) for p in paths]
+    statuses: list[int] = []
+
+    def sender(share: list[Dataset]) -> None:
+        ae = AE(ae_title="BENCHSCU")
+        for sop_class in (CR, DX):
+            for syntax in SYNTAXES:
+                ae.add_requested_context(sop_class, syntax)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CXREDGE")
+        assert assoc.is_established, "association refused"
+        for ds in share:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else -1)
+        assoc.release()
+
+    threads = [threading.Thread(target=sender, args=(datasets[i::senders],)) for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+STORESCU_FLAGS = {ExplicitVRLittleEndian: "-x=", JPEGBaseline8Bit: "-xy", RLELossless: "-xr", JPEG2000Lossless: "-xv"}
+"""storescu proposes one preferred transfer syntax per run, so each run carries the files of one syntax."""
+
+
+def send_storescu(paths: list[Path], port: int, senders: int) -> list[int]:
+    """One `storescu` process per transfer syntax, in parallel; exit code 0 means all its files got Success."""
+    shares: dict[str, list[Path]] = {}
+    for path in paths:
+        syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        shares.setdefault(syntax, []).append(path)
+    processes = [(subprocess.Popen(["storescu", "-aec", "CXREDGE", "-aet", "STORESCU", STORESCU_FLAGS[syntax],
+                                    "127.0.0.1", str(port), *map(str, share)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), share)
+                 for syntax, share in shares.items()]
+    statuses = []
+    for process, share in processes:
+        _, err = process.communicate()
+        statuses += [0 if process.returncode == 0 else -1] * len(share)
+        if process.returncode:
+            print(err, file=sys.stderr)
+    return statuses
+
+
+def wait_results(out: Path, uids: list[str], timeout: float = 60) -> None:
+    """Until every instance has its result, or `timeout` seconds (missing results are then reported)."""
+    deadline = time.monotonic() + timeout
+    while not all((out / "results" / f"{uid}.json").exists() for uid in uids):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def check_phase(name: str, paths: list[Path], statuses: list[int], out: Path, seconds: float) -> dict:
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+    wait_results(out, uids)
+    records = [json.loads((out / "results" / f"{uid}.json").read_text()) for uid in uids
+               if (out / "results" / f"{uid}.json").exists()]
+    srs_ok = 0
+    for record in records:
+        uid = record["sop_instance_uid"]
+        if record.get("sr"):
+            sr = pydicom.dcmread(out / record["sr"])
+            referenced = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+            srs_ok += referenced.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+    latencies = sorted(r["arrival_to_result_ms"] for r in records) or [float("nan")]
+    return {
+        "phase": name, "instances": len(paths), "successes": sum(s == 0 for s in statuses),
+        "results": len(records), "classified": sum(r["error"] is None for r in records), "srs": srs_ok,
+        "send_seconds": round(seconds, 2), "instances_per_second": round(len(paths) / seconds, 1),
+        "arrival_to_result_ms": {"median": round(statistics.median(latencies), 1),
+                                 "p95": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+                                 "max": round(latencies[-1], 1)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="labelled data (default: $CXR_DATA or the shared set)")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--model", default=None, help="model file (default: the shipped INT8 model)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "live")
+    args = parser.parse_args()
+    from cxr_edge.export.data import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data)
+    phases = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_dir = Path(scratch)
+        paths = build_instances(data_dir, args.count, scratch_dir / "send")
+        out, port = scratch_dir / "out", free_port()
+        command = [sys.executable, "-m", "cxr_edge.cli", "dicom-listen", "--port", str(port), "--host", "127.0.0.1",
+                   "--out", str(out)] + (["--model", args.model] if args.model else [])
+        listener = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or listener.poll() is not None:
+                        raise SystemExit("listener did not start") from None
+                    time.sleep(0.1)
+            warm = renew_uids(paths[:4], scratch_dir / "warm")  # first inferences pay one-off set-up costs
+            send_pynetdicom(warm, port, 1)
+            check_phase("warm-up", warm, [0] * len(warm), out, 1.0)
+            started = time.perf_counter()
+            statuses = send_pynetdicom(paths, port, args.senders)
+            phases.append(check_phase(f"pynetdicom, {args.senders} associations", paths, statuses, out,
+                                      time.perf_counter() - started))
+            if shutil.which("storescu"):
+                again = renew_uids(paths, scratch_dir / "again")
+                started = time.perf_counter()
+                statuses = send_storescu(again, port, args.senders)
+                phases.append(check_phase(f"dcmtk storescu, {len(SYNTAXES)} processes", again, statuses, out,
+                                          time.perf_counter() - started))
+            else:
+                print("dcmtk's storescu is not installed: the storescu phase was not run", file=sys.stderr)
+        finally:
+            listener.terminate()
+            _, err = listener.communicate(timeout=60)
+        if listener.returncode != 0:
+            raise SystemExit(f"listener exited with {listener.returncode}: {err}")
+
+    record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
+              "versions": versions(), "model": args.model or "shipped INT8", "phases": phases,
+              "bar_ms": BAR_MS}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dicom.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"DICOM listener, {args.count} instances per phase ({', '.join(s.name for s in SYNTAXES)}), "
+             f"{record['model']} model, on {record['machine']['cpu']}, {record['machine']['cores']} cores; "
+             f"{record['created']}.", "",
+             "| sender | successes | results | SRs | instances/s | arrival to result p50 | p95 | max |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in phases:
+        a = p["arrival_to_result_ms"]
+        lines.append(f"| {p['phase']} | {p['successes']}/{p['instances']} | {p['results']} | {p['srs']} | "
+                     f"{p['instances_per_second']} | {a['median']} ms | {a['p95']} ms | {a['max']} ms |")
+    verdict = all(p["successes"] == p["results"] == p["srs"] == p["instances"]
+                  and p["arrival_to_result_ms"]["median"] <= BAR_MS for p in phases)
+    lines += ["", f"Bar: every instance Success, one result and one SR; median arrival to result <= {BAR_MS:.0f} ms: "
+                  f"{'met' if verdict else 'NOT met'}."]
+    (args.out / "dicom.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
