@@ -15,8 +15,8 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "move_to", "free_name", "remove_stale_temps",
-           "same_file", "utc_now"]
+__all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "move_to", "free_name", "fit_name",
+           "remove_stale_temps", "same_file", "utc_now"]
 
 TEMP_PREFIX = ".cxr-edge-"
 """Files being written carry this prefix; a restart deletes leftovers (they were never complete)."""
@@ -40,7 +40,7 @@ def write_atomic(path: Path, data: bytes) -> bool:
 
     Returns True if written, False if the file was already there (an earlier run wrote it; it is left alone).
     """
-    temp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{path.name}"
+    temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
     with open(temp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -56,8 +56,16 @@ def write_atomic(path: Path, data: bytes) -> bool:
 
 
 def write_json_atomic(path: Path, record: dict) -> bool:
-    """`write_atomic` of a JSON object (UTF-8, indented, ending in a newline)."""
-    return write_atomic(path, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+    """`write_atomic` of a JSON object (UTF-8, indented, ending in a newline).
+
+    File names that are not valid UTF-8 reach here as lone surrogates; those records are written with
+    ``\\u`` escapes instead, which every JSON reader accepts.
+    """
+    try:
+        data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        data = (json.dumps(record, indent=2) + "\n").encode()
+    return write_atomic(path, data)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -68,14 +76,31 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+NAME_MAX = 255
+"""Longest file name in bytes on Linux filesystems."""
+
+
+def fit_name(name: str, reserve: int = 0) -> str:
+    """`name` shortened (in the middle of its stem, keeping the extension) to leave `reserve` bytes free."""
+    limit = NAME_MAX - reserve
+    if len(os.fsencode(name)) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    tail = os.fsencode(dot + ext)[: limit // 4]
+    head = os.fsencode(stem)[: limit - len(tail) - 1]
+    return os.fsdecode(head.decode("utf-8", "ignore").encode() + b"~" + tail) if head else os.fsdecode(tail)
+
+
 def free_name(folder: Path, name: str, *, companions: tuple[str, ...] = ()) -> str:
     """`name`, or ``stem (2).ext``, ``stem (3).ext``...: the first one that is free in `folder`.
 
     Args:
         folder: where the file will go.
-        name: the wanted name.
+        name: the wanted name (shortened if it and its companions would exceed the filesystem's limit).
         companions: suffixes of files that travel with it (``.reason.txt``); those names must be free too.
     """
+    reserve = max((len(c) for c in companions), default=0) + 8  # room for " (NNNN)"
+    name = fit_name(name, reserve)
     stem, dot, ext = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
     candidate, n = name, 1
     while any((folder / (candidate + c)).exists() for c in ("", *companions)):
@@ -101,7 +126,7 @@ def move_to(source: Path, target: Path) -> Path:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        temp = target.parent / f"{TEMP_PREFIX}{os.getpid()}-{target.name}"
+        temp = target.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
         shutil.copyfile(source, temp)
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())

@@ -28,7 +28,7 @@ from ..cam import overlay
 from ..classifier import Classifier
 from ..errors import CxrEdgeError
 from ..model_info import file_sha256
-from .files import free_name, move_to, remove_stale_temps, same_file, utc_now, write_atomic, write_json_atomic
+from .files import fit_name, free_name, move_to, remove_stale_temps, same_file, utc_now, write_atomic, write_json_atomic
 from .results import LiveSummary, live_record
 
 __all__ = ["FolderWatcher", "WatchLayout", "is_ignored", "result_name", "IGNORED_SUFFIXES"]
@@ -49,7 +49,7 @@ def is_ignored(name: str) -> bool:
 
 def result_name(name: str, sha256: str) -> str:
     """``<input name>.<first 16 hex of its SHA-256>.json``: one result per name and content."""
-    return f"{name[:150]}.{sha256[:16]}.json"
+    return f"{fit_name(name, 40)}.{sha256[:16]}.json"
 
 
 class WatchLayout:
@@ -231,7 +231,9 @@ class FolderWatcher:
     def _take(self, path: Path) -> None:
         arrived = utc_now()
         self._forget(path.name)
-        target = self.layout.processing / free_name(self.layout.processing, path.name)
+        target = self.layout.processing / path.name  # the input's own name: a restart recovers it from there
+        if target.exists():
+            target = self.layout.processing / free_name(self.layout.processing, path.name)
         try:
             move_to(path, target)
         except FileNotFoundError:
@@ -277,7 +279,7 @@ class FolderWatcher:
         extra: dict[str, Any] = {"moved_to": f"{folder.name}/{name}"}
         if prediction.cam is not None and prediction.display is not None:
             ok, png = cv2.imencode(".png", overlay(prediction.display, prediction.cam))
-            cam_path = self.layout.cam / f"{claimed.name[:150]}.{sha256[:16]}.cam.png"
+            cam_path = self.layout.cam / f"{fit_name(claimed.name, 40)}.{sha256[:16]}.cam.png"
             if ok:
                 write_atomic(cam_path, png.tobytes())
                 extra["cam"] = f"cam/{cam_path.name}"
@@ -292,5 +294,5 @@ class FolderWatcher:
                                                companions=(".reason.txt",) if failed else ())
         if failed:
             reason = target.with_name(target.name + ".reason.txt")
-            write_atomic(reason, f"{record['path']}: {record['error']}\n".encode())
+            write_atomic(reason, f"{record['path']}: {record['error']}\n".encode(errors="backslashreplace"))
         move_to(claimed, target)

@@ -309,3 +309,64 @@ def test_cli_with_dcmtk_storescu(tmp_path: Path) -> None:
     assert all(uid in stdout for uid in uids)
     assert PATIENT_NAME not in stdout + stderr and PATIENT_ID not in stdout + stderr
     assert "stopped: 2 classified, 0 failed" in stderr
+
+
+def _listen(port: int, out: Path, model: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cxr_edge.cli", "dicom-listen", "--port", str(port), "--host",
+                             "127.0.0.1", "--out", str(out), "--model", str(model), "--backend", "ort"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_echo(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CXREDGE")
+        if assoc.is_established:
+            assoc.release()
+            return
+        assert time.monotonic() < deadline and process.poll() is None, "listener did not start"
+        time.sleep(0.2)
+
+
+def test_kill_9_loses_no_accepted_instance(tmp_path: Path) -> None:
+    """Every instance that got Success has exactly one result after a kill -9 and a restart."""
+    model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
+    port, out = free_port(), tmp_path / "out"
+    process = _listen(port, out, model)
+    accepted: list[str] = []
+    try:
+        _wait_for_echo(port, process)
+        assoc = associate(port)
+        for i in range(60):
+            if i == 30:
+                process.kill()  # mid-stream: the association breaks, queued instances wait in incoming/
+                process.wait()
+            ds = dicom_dataset(gradient(400, 400))
+            try:
+                status = assoc.send_c_store(ds)
+            except RuntimeError:  # the association is gone
+                break
+            if "Status" in status and status.Status == Status.SUCCESS:
+                accepted.append(ds.SOPInstanceUID)
+        assoc.release()
+    finally:
+        process.kill()
+        process.wait()
+    assert len(accepted) == 30
+    unfinished = len(list((out / "incoming").glob("*.dcm")))
+    process = _listen(port, out, model)
+    try:
+        _wait_for_echo(port, process)
+        deadline = time.monotonic() + 30
+        while list((out / "incoming").glob("*.dcm")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    results = sorted(p.stem for p in (out / "results").iterdir())
+    assert results == sorted(accepted), f"{unfinished} were unfinished at the kill"
+    assert sorted(p.name for p in (out / "sr").iterdir()) == sorted(f"{uid}.sr.dcm" for uid in accepted)
+    assert sorted(p.stem for p in (out / "done").iterdir()) == sorted(accepted)

@@ -133,6 +133,22 @@ def test_names_are_never_overwritten_and_repeats_get_no_second_result(tmp_path: 
     assert len(results(out)) == 2
 
 
+def test_hostile_names(tmp_path: Path, model: Path) -> None:
+    """Names at the filesystem's length limit, with a newline, or not UTF-8 at all: each still gets its result."""
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    names = ["line\nbreak.png", "é" * 125 + ".png", os.fsdecode(b"latin1-\xe9.png"), "[bold]markup[red].png"]
+    for i, name in enumerate(names):
+        (inbox / name).write_bytes(png_bytes(i) if i % 2 == 0 else b"broken")
+    lines: list[str] = []
+    FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), settle_s=0.05,
+                  on_record=lambda r, rep: lines.append(r["path"])).run(once=True)
+    assert len(lines) == 4 and not list(inbox.iterdir())
+    assert len(results(out)) == 4
+    assert len(list((out / "done").iterdir())) == 2
+    assert len(list((out / "failed").glob("*.reason.txt"))) == 2
+
+
 def test_restart_finishes_every_interrupted_step(tmp_path: Path, model: Path) -> None:
     """The states a kill -9 can leave, built by hand, each finished once by the next start."""
     inbox, out = tmp_path / "in", tmp_path / "out"
