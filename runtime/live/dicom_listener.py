@@ -1,11 +1,12 @@
 """A DICOM Storage SCP beside the X-ray machine: store first, answer, then classify from a queue.
 
 An instance is written to ``OUT_DIR/incoming/<SOP Instance UID>.dcm`` (synced) before the sender hears Success,
-so an accepted image survives any crash; classification runs in a worker thread, never inside the association
-handler, so a slow model cannot stall a sender. For each instance the worker writes, in this order,
-``sr/<UID>.sr.dcm`` (a Basic Text SR), ``results/<UID>.json``, then moves the instance to ``done/`` (or to
-``failed/`` with ``<UID>.reason.txt``). A restart resumes everything still in ``incoming/``; an instance that
-already has a result is never classified twice.
+so an accepted image survives any crash; classification runs in worker threads, never inside the association
+handler, so a slow model cannot stall a sender. For each instance a worker writes, in this order,
+``results/<UID>.json`` (the result), ``sr/<UID>.sr.dcm`` (a Basic Text SR built from it), then moves the instance
+to ``done/`` (or to ``failed/`` with ``<UID>.reason.txt``). A restart resumes everything still in
+``incoming/``; an instance that already has a result is never classified twice, and a missing report is rebuilt
+from its result.
 
 A dataset that cannot be used (unreadable, no pixel data, UIDs missing or inconsistent) gets a failure status and
 a copy in ``quarantine/`` with the reason; the listener keeps running. Logs name instances by UID only: patient
@@ -17,13 +18,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import queue
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,8 @@ TRANSFER_SYNTAXES = [
 ]
 """What the runtime's loader decodes (pydicom with the pylibjpeg plugins)."""
 
-READ_AHEAD = 2
-"""Instances decoded ahead of the one being classified (one per core on the 2-core reference machine)."""
+WORKERS = min(4, os.cpu_count() or 1)
+"""Instances classified at once: several associations deliver together, and each worker decodes in parallel."""
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -122,8 +122,10 @@ class DicomListener:
         self._queue: queue.Queue[_Received | None] = queue.Queue()
         self._stopping = threading.Event()
         self._server: Any = None
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self._infer_lock = threading.Lock()
         self._model_sha256 = file_sha256(classifier.path)
+        self._version = _package_version()  # looked up once: a metadata scan costs milliseconds
         self._counter = itertools.count(1)
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
@@ -148,8 +150,10 @@ class DicomListener:
         for path in leftovers:
             self._inflight.add(path.stem)
             self._queue.put(_Received(path.stem, path, utc_now(), time.monotonic(), ""))
-        self._worker = threading.Thread(target=self._work, name="cxr-classify", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name=f"cxr-classify-{i}", daemon=True)
+                         for i in range(WORKERS)]
+        for worker in self._workers:
+            worker.start()
 
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = 16
@@ -179,9 +183,9 @@ class DicomListener:
         if not drain:
             self._stopping.set()
         self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until every received instance has its result; True if that happened within `timeout`."""
@@ -249,36 +253,23 @@ class DicomListener:
 
     # --- classifying (worker thread) -----------------------------------------------------------------------
     def _work(self) -> None:
-        """Classify queued instances in arrival order; the next few are decoded ahead, in parallel.
+        """One of `WORKERS` threads: take the next instance, decode, classify, write its results.
 
-        Decoding (C decoders, GIL released) of the next instances overlaps inference and result writing of the
-        current one; the read-ahead is bounded so a flood of arrivals waits on disk, not in memory.
+        Decoding (C decoders, GIL released) is the larger part of the work and runs in parallel on every worker;
+        only inference is serialised (`_infer_lock`), because an engine's request object is not shared safely.
         """
-        ahead: deque[tuple[_Received, Future[tuple[Prepared, Any]]]] = deque()
-        ended = False  # the queue's end marker was seen
-        with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="cxr-decode") as pool:
-            while True:
-                while not ended and len(ahead) < READ_AHEAD:
-                    try:
-                        item = self._queue.get(block=not ahead)
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        ended = True
-                    else:
-                        ahead.append((item, pool.submit(self._prepare, item)))
-                if not ahead or self._stopping.is_set():
-                    break
-                item, prepared = ahead.popleft()
-                try:
-                    self._classify(item, *prepared.result())
-                except Exception as exc:  # disk full and the like: keep the instance in incoming/ for a restart
-                    log.error("instance %s: cannot write its result: %s", item.uid, first_line(exc))
-                finally:
-                    with self._lock:
-                        self._inflight.discard(item.uid)
-        with self._lock:  # stopped early: these stay in incoming/ for the next start
-            self._inflight.difference_update(item.uid for item, _ in ahead)
+        while not self._stopping.is_set():
+            item = self._queue.get()
+            if item is None:
+                self._queue.put(None)  # let the other workers see the end too
+                return
+            try:
+                self._classify(item, *self._prepare(item))
+            except Exception as exc:  # disk full and the like: keep the instance in incoming/ for a restart
+                log.error("instance %s: cannot write its result: %s", item.uid, first_line(exc))
+            finally:
+                with self._lock:
+                    self._inflight.discard(item.uid)
 
     def _prepare(self, item: _Received) -> tuple[Prepared, Any]:
         """Decode and preprocess one stored instance, and read its header for the report."""
@@ -296,15 +287,13 @@ class DicomListener:
         if result_path.exists():
             record = json.loads(result_path.read_text())
         else:
-            prediction = self.classifier.infer([prepared])[0]
+            with self._infer_lock:
+                prediction = self.classifier.infer([prepared])[0]
             warnings = list(prediction.warnings)
             if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
                 warnings.append(RAW_DETECTOR_WARNING)
                 prediction.warnings = tuple(warnings)
-            sr_name = None
-            if prediction.error is None:
-                sr_name = f"{item.uid}.sr.dcm"
-                self._write_sr(header, prediction.label, prediction.probabilities, warnings, self.reports / sr_name)
+            sr_name = f"{item.uid}.sr.dcm" if prediction.error is None else None
             folder = self.failed if prediction.error else self.done
             extra: dict[str, Any] = {
                 "sop_instance_uid": item.uid, "sop_class": STORAGE_CLASSES.get(str(header.get("SOPClassUID", ""))),
@@ -319,6 +308,9 @@ class DicomListener:
                                  arrived=item.arrived, finished=utc_now(), model=self.classifier.path.name, **extra)
             write_json_atomic(result_path, record)
             self.summary.add(record, record["arrival_to_result_ms"])
+        if record["sr"] and not (self.out / record["sr"]).exists():  # also repairs a crash after the result
+            self._write_sr(header, record["label"], record["probabilities"], record["warnings"],
+                           self.out / record["sr"])
         target = self.out / record["moved_to"]
         if record["error"] is not None:
             write_atomic(target.with_name(f"{item.uid}.reason.txt"),
@@ -333,9 +325,8 @@ class DicomListener:
 
         import pydicom
 
-        version = _package_version()
         report = build_sr(header, label=label, probabilities=probabilities, model_name=self.classifier.path.name,
-                          model_sha256=self._model_sha256, software_version=version, warnings=warnings)
+                          model_sha256=self._model_sha256, software_version=self._version, warnings=warnings)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, report, enforce_file_format=True)
         write_atomic(path, buffer.getvalue())

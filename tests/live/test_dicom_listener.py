@@ -226,16 +226,30 @@ def test_concurrent_associations_and_duplicates(listener: DicomListener) -> None
 def test_restart_resumes_stored_instances(tmp_path: Path, classifier: Classifier) -> None:
     out = tmp_path / "out"
     (out / "incoming").mkdir(parents=True)
-    waiting = dicom_dataset(gradient())
+    waiting = dicom_dataset(gradient())  # stored, then the process died
     waiting.save_as(out / "incoming" / f"{waiting.SOPInstanceUID}.dcm", enforce_file_format=True)
-    node = DicomListener(out, classifier, port=0, host="127.0.0.1")
+    reported = dicom_dataset(gradient())  # its result was written, its report and move were not
+    uid = reported.SOPInstanceUID
+    reported.save_as(out / "incoming" / f"{uid}.dcm", enforce_file_format=True)
+    (out / "results").mkdir()
+    earlier = {"label": "normal", "probabilities": dict.fromkeys(("normal", "covid19"), 0.5), "warnings": [],
+               "error": None, "sr": f"sr/{uid}.sr.dcm", "moved_to": f"done/{uid}.dcm"}
+    (out / "results" / f"{uid}.json").write_text(json.dumps(earlier))
+    records: list[dict] = []
+    node = DicomListener(out, classifier, port=0, host="127.0.0.1", on_record=records.append)
     node.start()
     try:
         assert node.wait_idle()
     finally:
         node.stop()
     assert (out / "results" / f"{waiting.SOPInstanceUID}.json").exists()
+    assert (out / "sr" / f"{waiting.SOPInstanceUID}.sr.dcm").exists()
     assert (out / "done" / f"{waiting.SOPInstanceUID}.dcm").exists() and not list((out / "incoming").iterdir())
+    assert json.loads((out / "results" / f"{uid}.json").read_text()) == earlier  # not classified again
+    report = pydicom.dcmread(out / "sr" / f"{uid}.sr.dcm")  # rebuilt from the result
+    assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
+        0].ReferencedSOPInstanceUID == uid
+    assert (out / "done" / f"{uid}.dcm").exists() and len(records) == 2
 
 
 def test_keep_phi_and_no_phi_in_logs(tmp_path: Path, classifier: Classifier, caplog: pytest.LogCaptureFixture) -> None:
