@@ -31,6 +31,7 @@ import numpy as np
 
 from .classifier import SHIPPED_MODELS, Classifier, resolve_model
 from .contract import Contract
+from .cpu import INT8_FLAGS, cpu_flags, cpu_model
 from .errors import CxrEdgeError
 from .metrics import classification_report
 from .model_info import QUANTIZATION_KEY, model_size_mb
@@ -62,18 +63,9 @@ class BenchRow:
 
 def machine_info() -> dict:
     """CPU model, the instruction-set flags that decide INT8 speed, cores and load."""
-    cpu, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
-              "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
-    return {"cpu": cpu, "cores": os.cpu_count(), "flags": [name for flag, name in wanted.items() if flag in flags],
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(),
+            "flags": [name for flag, name in INT8_FLAGS.items() if flag in flags],
             "platform": platform.platform(),
             "python": platform.python_version()}
 

@@ -10,6 +10,8 @@ import os
 import platform
 from pathlib import Path
 
+from .cpu import cpu_flags
+
 __all__ = ["cache_dir", "model_key", "read_json", "write_json_atomic"]
 
 CACHE_ENV = "CXR_EDGE_CACHE"
@@ -49,13 +51,8 @@ def model_key(path: Path, *parts: object) -> str:
 
 
 def _cpu_flags_digest() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return hashlib.sha256(line.encode()).hexdigest()[:12]
-    except OSError:
-        pass
-    return platform.processor()
+    flags = cpu_flags()
+    return hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12] if flags else platform.processor()
 
 
 def read_json(path: Path) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import cache_dir, model_key, read_json, write_json_atomic
+from ..cpu import has_vnni
 from ..errors import ModelError
 from ..timing import time_interleaved
 from .base import MODES, Backend, ModelIO, check_io
@@ -77,8 +78,10 @@ def resolve_backend(path: str | Path, requested: str = "auto", *, threads: int |
 
     1. an explicit request (``ort`` or ``openvino``);
     2. OpenVINO IR runs on OpenVINO;
-    3. an ONNX file runs on whichever engine was measured faster for it on this machine (measured once, at
-       batch 1, and remembered in the cache); ONNX Runtime if OpenVINO is not installed.
+    3. an INT8 ONNX file on a CPU without VNNI runs on ONNX Runtime, whose exact U8U8 path avoids the 16-bit
+       saturation that OpenVINO's kernels would suffer with full-range INT8 weights there;
+    4. any other ONNX file runs on whichever engine was measured faster for it on this machine (measured once,
+       at batch 1, and remembered in the cache); ONNX Runtime if OpenVINO is not installed.
     """
     path = Path(path)
     if requested != "auto":
@@ -89,6 +92,10 @@ def resolve_backend(path: str | Path, requested: str = "auto", *, threads: int |
         return "openvino", "OpenVINO IR"
     if importlib.util.find_spec("openvino") is None:
         return "ort", "OpenVINO is not installed"
+    from ..model_info import QUANTIZATION_KEY  # model_info builds on this module
+
+    if not has_vnni() and QUANTIZATION_KEY in open_backend(path, "ort", threads=threads).io.metadata:
+        return "ort", "INT8 on a CPU without VNNI: exact on ONNX Runtime only"
     return _measured_faster(path, threads)
 
 
