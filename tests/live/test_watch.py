@@ -133,6 +133,16 @@ def test_names_are_never_overwritten_and_repeats_get_no_second_result(tmp_path: 
     assert len(results(out)) == 2
 
 
+def test_heatmaps_with_cam(tmp_path: Path, model: Path) -> None:
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "a.png").write_bytes(png_bytes(2))
+    FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), cam=True, settle_s=0.05).run(once=True)
+    (record,) = results(out).values()
+    overlay = cv2.imread(str(out / record["cam"]))
+    assert record["cam"].startswith("cam/a.png.") and overlay.shape == (120, 100, 3)
+
+
 def test_hostile_names(tmp_path: Path, model: Path) -> None:
     """Names at the filesystem's length limit, with a newline, or not UTF-8 at all: each still gets its result."""
     inbox, out = tmp_path / "in", tmp_path / "out"
