@@ -23,6 +23,13 @@ __all__ = ["cli", "main"]
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
 _DEFAULTS = TrainConfig()
 
+_MODEL_OPTION = click.option("--model", type=click.Path(dir_okay=False), default=None,
+                             help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
+_BACKEND_OPTION = click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto",
+                               show_default=True, help="Inference engine (see `predict --help`).")
+_THREADS_OPTION = click.option("--threads", type=click.IntRange(1), default=None,
+                               help="Inference threads (default: all cores).")
+
 
 class _Group(click.Group):
     """Turns every error into one line on stderr and an exit code, in one place."""
@@ -139,11 +146,10 @@ def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, ep
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
+@_MODEL_OPTION
 @click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto", show_default=True,
               help="Inference engine. auto: OpenVINO for .xml; for .onnx whichever was measured faster here.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@_THREADS_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default=None,
               help="Output: table (default on a terminal), jsonl (default otherwise) or csv.")
 @click.option("--cam-dir", type=click.Path(file_okay=False), default=None,
@@ -224,12 +230,6 @@ def info(model: str | None, as_json: bool) -> int:
     return EXIT_OK
 
 
-_MODEL_OPTION = click.option("--model", type=click.Path(dir_okay=False), default=None,
-                             help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
-_BACKEND_OPTION = click.option("--backend", type=click.Choice(["auto", "ort", "openvino"]), default="auto",
-                               show_default=True, help="Inference engine (see `predict --help`).")
-
-
 @cli.command()
 @click.argument("in_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
@@ -237,7 +237,7 @@ _BACKEND_OPTION = click.option("--backend", type=click.Choice(["auto", "ort", "o
                    "processing/ (in flight); created if missing.")
 @_MODEL_OPTION
 @_BACKEND_OPTION
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@_THREADS_OPTION
 @click.option("--cam", is_flag=True, help="Also write a heatmap overlay per image to OUT/cam/.")
 @click.option("--settle", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds a file's size must stay unchanged before it counts as complete (when its writer's "
@@ -285,7 +285,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                    "sr/ (Basic Text SR per instance), quarantine/ (refused datasets with their reasons).")
 @_MODEL_OPTION
 @_BACKEND_OPTION
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@_THREADS_OPTION
 @click.option("--allow", multiple=True, metavar="AE",
               help="Accept associations only from this calling AE title (repeat for several). Default: any.")
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
@@ -419,7 +419,7 @@ def _csv_list(kind: type, allowed: tuple | None = None) -> Any:
 @click.option("--precisions", default="fp32,int8", show_default=True, callback=_csv_list(str, ("fp32", "int8")))
 @click.option("--batch", "batches", default="1,8,32", show_default=True, callback=_csv_list(int),
               help="Batch sizes for throughput.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads (default: all cores).")
+@_THREADS_OPTION
 @click.option("--runs", type=click.IntRange(5), default=100, show_default=True, help="Timed batch-1 runs per row.")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
 @click.option("--end-to-end", "e2e", is_flag=True,
