@@ -119,6 +119,27 @@ def test_a_file_is_not_taken_while_it_is_still_being_written(tmp_path: Path, mod
     assert seen[0]["error"] is None and seen[0]["sha256"] == file_sha256(out / "done" / "slow.png")
 
 
+def test_falls_back_to_polling_without_inotify(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """inotify can be exhausted (max_user_instances) or absent (network filesystems): the watcher lists instead."""
+    import watchdog.observers
+
+    class Exhausted(watchdog.observers.Observer):
+        def start(self) -> None:
+            raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Exhausted)
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    seen: list[dict] = []
+    watcher = FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), settle_s=0.2,
+                            on_record=lambda r, rep: seen.append(r))
+    with Running(watcher):
+        (inbox / "a.png").write_bytes(png_bytes(3))
+        wait_for(lambda: len(seen) == 1)
+        assert watcher.mode == "polling"
+    assert (out / "done" / "a.png").exists()
+
+
 def test_names_are_never_overwritten_and_repeats_get_no_second_result(tmp_path: Path, model: Path) -> None:
     inbox, out = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
