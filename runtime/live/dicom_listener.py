@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cxr_edge
+
 from ..classifier import Classifier, Prepared
 from ..errors import CxrEdgeError, first_line
 from ..images import RAW_DETECTOR_WARNING
@@ -117,7 +119,6 @@ class DicomListener:
         self.keep_phi = keep_phi
         self.on_record = on_record
         self.summary = LiveSummary()
-        self.stored = 0
         self.quarantined = 0
         self._queue: queue.Queue[_Received | None] = queue.Queue()
         self._stopping = threading.Event()
@@ -125,7 +126,7 @@ class DicomListener:
         self._workers: list[threading.Thread] = []
         self._infer_lock = threading.Lock()
         self._model_sha256 = file_sha256(classifier.path)
-        self._version = _package_version()  # looked up once: a metadata scan costs milliseconds
+        self._version = cxr_edge.__version__  # looked up once: a metadata scan costs milliseconds
         self._counter = itertools.count(1)
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
@@ -231,7 +232,6 @@ class DicomListener:
                 self._inflight.discard(uid)
             log.error("cannot store instance %s: %s", uid, exc)
             return Status.OUT_OF_RESOURCES
-        self.stored += 1
         self._queue.put(_Received(uid, path, arrived, arrived_s, calling))
         return Status.SUCCESS
 
@@ -344,12 +344,3 @@ def _dataset_problem(ds: Any, uid: str, sop_class: str) -> str | None:
     if "PixelData" not in ds:
         return "the dataset has no pixel data"
     return None
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cxr-edge")
-    except PackageNotFoundError:
-        return "unknown"
