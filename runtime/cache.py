@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .cpu import cpu_flags
 
-__all__ = ["cache_dir", "model_key", "read_json", "write_json_atomic"]
+__all__ = ["cache_dir", "model_key", "read_json", "replace_json"]
 
 CACHE_ENV = "CXR_EDGE_CACHE"
 
@@ -64,8 +64,12 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
+def replace_json(path: Path, data: dict) -> None:
+    """Replace a cache file whole (temporary file, then rename), so a reader never sees half a file.
+
+    Best effort and not synced: a cache entry that fails to land only makes the next start slower. The live
+    modes' `write_atomic` makes the opposite promises (never replaces, durable before it returns) for results.
+    """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         temporary.write_text(json.dumps(data, indent=1))

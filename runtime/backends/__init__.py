@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import cache_dir, model_key, read_json, write_json_atomic
+from ..cache import cache_dir, model_key, read_json, replace_json
 from ..cpu import has_vnni
 from ..errors import ModelError
 from ..timing import time_interleaved
@@ -119,7 +119,7 @@ def _measured_faster(path: Path, threads: int | None, runs: int = 15) -> tuple[s
     detail = ", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items())
     if record_path is not None:
         record[key] = {"backend": best, "detail": detail}
-        write_json_atomic(record_path, record)
+        replace_json(record_path, record)
     return best, f"measured faster here ({detail})"
 
 
