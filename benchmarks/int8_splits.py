@@ -22,11 +22,12 @@ from pathlib import Path
 from rich.console import Console
 
 from cxr_edge.export.config import TrainConfig
-from cxr_edge.export.data import resolve_data_dir, scan_dataset, stratified_split
+from cxr_edge.export.data import stratified_split
 from cxr_edge.export.quantize import quantize
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import train
 from cxr_edge.runtime.bench import machine_info, versions
+from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
 
 ENGINES = {"ort": "int8.onnx", "openvino": "int8.xml"}
 

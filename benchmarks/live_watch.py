@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped INT8 model)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "live")
     args = parser.parse_args()
-    from cxr_edge.export.data import resolve_data_dir
+    from cxr_edge.runtime.dataset import resolve_data_dir
 
     files = plan(resolve_data_dir(args.data), args.count)
     size = -(-len(files) // args.bursts)

@@ -46,10 +46,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "runtime")
     args = parser.parse_args()
 
-    from cxr_edge.export.data import resolve_data_dir, scan_dataset
     from cxr_edge.runtime.classifier import Classifier, resolve_model
+    from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
     from cxr_edge.runtime.pipeline import predict_stream
-    from cxr_edge.runtime.preprocess import load_for_contract, preprocess, stack
+    from cxr_edge.runtime.preprocess import load_many, to_input
 
     model = resolve_model(args.model)
     samples = scan_dataset(resolve_data_dir(args.data)).samples
@@ -117,7 +117,7 @@ def main() -> None:
     batch = 8
     folder_classifier = Classifier.open(model, backend="ort", mode="throughput")
     contract = folder_classifier.contract
-    inputs = stack([preprocess(load_for_contract(p, contract).pixels, contract) for p in (s.path for s in samples)])
+    inputs = to_input(load_many([s.path for s in samples], contract)[0], contract)
     paths = [s.path for s in samples]
     runs: dict[str, list[float]] = {"model_only": [], "decode_only": [], "folder": []}
     for _ in range(3):

@@ -128,8 +128,8 @@ def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, ep
     """
     from rich.console import Console
 
-    from cxr_edge.export.data import resolve_data_dir
     from cxr_edge.export.train import train as run_training
+    from cxr_edge.runtime.dataset import resolve_data_dir
 
     console = Console(stderr=True)
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
@@ -413,7 +413,8 @@ def _csv_list(kind: type, allowed: tuple | None = None) -> Any:
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Training checkpoint for the PyTorch eager FP32 reference row (needs torch).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Labelled class folders: adds accuracy, macro-F1 and agreement with FP32.")
+              help="Labelled class folders, read as `train --data` reads them: adds accuracy, macro-F1 and "
+                   "agreement with FP32; unreadable files are listed.")
 @click.option("--backends", default="ort,openvino,torch", show_default=True,
               callback=_csv_list(str, ("ort", "openvino", "torch")))
 @click.option("--precisions", default="fp32,int8", show_default=True, callback=_csv_list(str, ("fp32", "int8")))
@@ -480,8 +481,9 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
     Checks before it returns: onnx.checker, probabilities within 1e-4 of PyTorch on ONNX Runtime and on
     OpenVINO (which must compile the model).
     """
-    from cxr_edge.export.data import DatasetError, resolve_data_dir, scan_dataset, stratified_split
+    from cxr_edge.export.data import stratified_split
     from cxr_edge.export.to_onnx import export_onnx
+    from cxr_edge.runtime.dataset import DatasetError, resolve_data_dir, scan_dataset
 
     images: list = []
     try:
@@ -532,8 +534,8 @@ def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_ma
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from cxr_edge.export.calibration import resolve_calibration
-    from cxr_edge.export.data import resolve_data_dir, scan_dataset
     from cxr_edge.export.quantize import quantize as run_quantize
+    from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
 
     if accuracy_aware and backend != "openvino":
         raise click.UsageError("--accuracy-aware needs --backend openvino")
@@ -586,7 +588,7 @@ def _print_quant_report(comparison: dict, console: Any) -> None:
 def calibration_manifest(data_dir: str | None, out: str, per_class: int, seed: int) -> int:
     """Write a calibration manifest: names, classes and hashes of a stratified subset (never the images)."""
     from cxr_edge.export.calibration import write_manifest
-    from cxr_edge.export.data import resolve_data_dir, scan_dataset
+    from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
 
     dataset = scan_dataset(resolve_data_dir(data_dir))
     chosen = write_manifest(dataset, out, per_class=per_class, seed=seed)

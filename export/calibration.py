@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.dataset import CLASS_NAMES, Dataset, Sample, scan_dataset
 from ..runtime.errors import CxrEdgeError
 from ..runtime.images import IMAGE_SUFFIXES
-from .data import CLASS_NAMES, Dataset, Sample, file_sha256, manifest_hash, scan_dataset
+from .data import file_sha256, manifest_hash
 
 __all__ = ["MANIFEST_HEADER", "write_manifest", "read_manifest", "resolve_calibration", "CalibrationError"]
 

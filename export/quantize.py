@@ -55,12 +55,12 @@ import numpy as np
 
 from ..runtime.classifier import Classifier
 from ..runtime.contract import Contract
-from ..runtime.errors import CxrEdgeError, ImageError
+from ..runtime.dataset import Sample
+from ..runtime.errors import CxrEdgeError
 from ..runtime.metrics import classification_report
 from ..runtime.model_info import QUANTIZATION_KEY, file_sha256, model_size_mb
-from ..runtime.preprocess import load_for_contract, preprocess, stack
+from ..runtime.preprocess import load_many, to_input
 from ..runtime.timing import time_interleaved
-from .data import Sample
 from .provenance import set_onnx_metadata
 
 __all__ = ["quantize", "ContractReader", "compare_models", "QUANTIZATION_KEY", "BACKENDS", "model_size_mb"]
@@ -71,18 +71,10 @@ BACKENDS = ("ort", "openvino")
 def _inputs(files: Sequence[Path], contract: Contract,
             on_progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list[Path], list[tuple[Path, str]]]:
     """Preprocessed inputs (N x C x H x W) for the readable files, and the unreadable ones with reasons."""
-    tensors, kept, failed = [], [], []
-    for path in files:
-        try:
-            tensors.append(preprocess(load_for_contract(path, contract).pixels, contract))
-            kept.append(path)
-        except ImageError as exc:
-            failed.append((path, exc.reason))
-        if on_progress is not None:
-            on_progress()
-    if not tensors:
+    images, kept, errors = load_many(files, contract, on_progress=on_progress)
+    if not kept:
         raise CxrEdgeError("no readable calibration images")
-    return stack(tensors), kept, failed
+    return to_input(images, contract), [files[i] for i in kept], [(e.path, e.reason) for e in errors]
 
 
 class ContractReader:

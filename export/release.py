@@ -19,9 +19,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ..runtime.classifier import MODELS_DIR
+from ..runtime.dataset import CLASS_NAMES, resolve_data_dir, scan_dataset
 from .calibration import read_manifest, write_manifest
 from .config import TrainConfig
-from .data import CLASS_NAMES, resolve_data_dir, scan_dataset, stratified_split
+from .data import stratified_split
 from .provenance import git_commit, package_version
 from .quantize import quantize
 from .to_onnx import export_onnx

@@ -25,11 +25,12 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from ..runtime.contract import Contract
+from ..runtime.dataset import CLASS_NAMES, scan_dataset
 from ..runtime.errors import CxrEdgeError
 from ..runtime.metrics import classification_report
 from ..runtime.preprocess import to_input
 from .config import TrainConfig
-from .data import CLASS_NAMES, load_resized, manifest_hash, scan_dataset, stratified_split
+from .data import load_resized, manifest_hash, stratified_split
 from .plots import plot_confusion_matrix, plot_curves
 from .provenance import git_commit, package_version
 from .zoo import arch_spec, build_model, read_torch_file
@@ -79,8 +80,7 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _inputs(images: np.ndarray, contract: Contract) -> torch.Tensor:
     """Resized images -> normalised N x C x H x W tensor, through the runtime's own `to_input`."""
-    batch = np.stack([to_input(image, contract) for image in images])
-    return torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+    return torch.from_numpy(to_input(images, contract)).contiguous(memory_format=torch.channels_last)
 
 
 def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -131,7 +131,7 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, con
 
     Args:
         config: the run's settings.
-        data_dir: a class-folder dataset (see `cxr_edge.export.data.scan_dataset`).
+        data_dir: a class-folder dataset (see `cxr_edge.runtime.dataset.scan_dataset`).
         out_dir: new or empty folder for checkpoint.pt, history.json, metrics.json, curves.png and
             confusion_matrix.png; an existing run there is never overwritten.
         console: a rich Console for progress and the final table (None: silent).

@@ -36,7 +36,7 @@ from .errors import CxrEdgeError
 from .metrics import classification_report
 from .model_info import QUANTIZATION_KEY, model_size_mb
 from .outputs import BUDGET_S, budget_verdict
-from .preprocess import load_for_contract, preprocess, stack
+from .preprocess import load_many, to_input
 from .timing import time_interleaved
 
 __all__ = ["BenchRow", "default_rows", "run_bench", "machine_info", "versions",
@@ -155,22 +155,24 @@ def _torch_row(checkpoint: Path, contract: Contract, threads: int) -> BenchRow |
 
 
 def _labelled_inputs(data_dir: Path, contract: Contract) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from .images import IMAGE_SUFFIXES
+    """Preprocessed inputs and labels (indices into the model's classes) of a class-folder dataset.
 
-    names = list(contract.class_names)
-    inputs, labels, failed = [], [], []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
-        if folder.name not in names:
-            continue
-        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                inputs.append(preprocess(load_for_contract(path, contract).pixels, contract))
-                labels.append(names.index(folder.name))
-            except CxrEdgeError as exc:
-                failed.append(str(exc))
-    if not inputs:
-        raise CxrEdgeError(f"{data_dir}: no labelled images (expected folders named {', '.join(names)})")
-    return stack(inputs), np.asarray(labels), failed
+    Folders are read as training reads them (aliases such as ``COVID-19``, a ``train`` subfolder); classes the
+    model does not have are refused rather than silently dropped, since accuracy over a subset misleads.
+    """
+    from .dataset import CLASS_NAMES, scan_dataset
+
+    dataset = scan_dataset(data_dir)
+    present = sorted({CLASS_NAMES[s.label] for s in dataset.samples}, key=CLASS_NAMES.index)
+    foreign = [name for name in present if name not in contract.class_names]
+    if foreign:
+        raise CxrEdgeError(f"{data_dir}: the model has no class {', '.join(foreign)} "
+                           f"(its classes: {', '.join(contract.class_names)})")
+    images, kept, errors = load_many([s.path for s in dataset.samples], contract)
+    if not kept:
+        raise CxrEdgeError(f"{data_dir}: none of the {len(dataset.samples)} labelled images could be read")
+    labels = [contract.class_names.index(CLASS_NAMES[dataset.samples[i].label]) for i in kept]
+    return to_input(images, contract), np.asarray(labels), [str(e) for e in errors]
 
 
 def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, data_dir: Path | None = None,
@@ -256,13 +258,18 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
             row.figures.setdefault("throughput_ips", {})[str(batch_size)] = best[i]
 
     _ratios(rows)
+    unreadable: list[str] = []
     if data_dir is not None:
         progress("accuracy on the labelled folder")
-        _accuracy(rows, Path(data_dir), contract)
+        unreadable = _accuracy(rows, Path(data_dir), contract)
+    warnings = _warnings(rows, load_before)
+    if unreadable:
+        warnings.append(f"{len(unreadable)} labelled images could not be read and are not in the accuracy figures "
+                        f"(listed under 'unreadable'); the first: {unreadable[0]}")
     result = {"machine": machine_info() | {"load_average_1m_before": load_before}, "versions": versions(),
               "threads": threads, "runs": runs, "warmup": warmup, "batches": list(batches), "budget_s": BUDGET_S,
               "contract": contract.to_dict(), "rows": [row.as_dict() for row in rows],
-              "warnings": _warnings(rows, load_before)}
+              "warnings": warnings, "unreadable": unreadable}
     if end_to_end:
         progress("end to end on real files")
         result["end_to_end"] = _end_to_end(specs, end_to_end, open_model)
@@ -280,8 +287,9 @@ def _ratios(rows: list[BenchRow]) -> None:
         row.figures["budget_ratio"] = BUDGET_S * 1000 / p50
 
 
-def _accuracy(rows: list[BenchRow], data_dir: Path, contract: Contract) -> None:
-    inputs, labels, _ = _labelled_inputs(data_dir, contract)
+def _accuracy(rows: list[BenchRow], data_dir: Path, contract: Contract) -> list[str]:
+    """Accuracy, macro-F1 and agreement with FP32 for every row; returns the files that could not be read."""
+    inputs, labels, unreadable = _labelled_inputs(data_dir, contract)
     predicted = {}
     for i, row in enumerate(rows):
         probabilities = np.concatenate([row.run(inputs[j:j + 16]) for j in range(0, len(inputs), 16)])
@@ -293,6 +301,7 @@ def _accuracy(rows: list[BenchRow], data_dir: Path, contract: Contract) -> None:
         reference = fp32_rows.get(row.backend)
         row.figures["agreement_fp32"] = (float(np.mean(predicted[i] == predicted[reference]))
                                          if reference is not None else None)
+    return unreadable
 
 
 def _warnings(rows: list[BenchRow], load: float) -> list[str]:

@@ -6,16 +6,19 @@ Split in two steps so that training can put its augmentation between them and st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .contract import Contract
+from .errors import ImageError
 from .images import LoadedImage, read_image
 
-__all__ = ["resize", "to_input", "preprocess", "stack", "load_for_contract"]
+__all__ = ["resize", "to_input", "preprocess", "stack", "load_for_contract", "load_many"]
 
 _INTERPOLATION = {
     "area": cv2.INTER_AREA,
@@ -53,10 +56,15 @@ def resize(pixels: np.ndarray, contract: Contract) -> np.ndarray:
 
 
 def to_input(resized: np.ndarray, contract: Contract) -> np.ndarray:
-    """Normalise a resized image and repeat it into the contract's channels: C x H x W float32."""
+    """Normalise resized images and repeat them into the contract's channels.
+
+    Args:
+        resized: one image (H x W -> C x H x W) or a batch of them (N x H x W -> N x C x H x W), float32.
+        contract: mean, standard deviation and channel count.
+    """
     mean = np.asarray(contract.mean, np.float32)[:, None, None]
     inv_std = (1.0 / np.asarray(contract.std, np.float32))[:, None, None]
-    return ((resized[None, :, :] - mean) * inv_std).astype(np.float32, copy=False)
+    return ((resized[..., None, :, :] - mean) * inv_std).astype(np.float32, copy=False)
 
 
 def preprocess(pixels: np.ndarray, contract: Contract) -> np.ndarray:
@@ -67,3 +75,38 @@ def preprocess(pixels: np.ndarray, contract: Contract) -> np.ndarray:
 def stack(inputs: Sequence[np.ndarray]) -> np.ndarray:
     """Batch preprocessed inputs into one contiguous N x C x H x W array."""
     return np.ascontiguousarray(np.stack(inputs, axis=0), dtype=np.float32)
+
+
+def load_many(paths: Sequence[str | Path], contract: Contract, *, workers: int | None = None,
+              on_progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list[int], list[ImageError]]:
+    """Decode and resize many files for one contract, in a thread pool (the decoders release the GIL).
+
+    For the jobs that hold a whole set in memory: training, calibration and accuracy figures. Unreadable files
+    come back as errors beside the images, never silently dropped.
+
+    Args:
+        paths: the files, in the order wanted.
+        contract: decides decoding scale and geometry (not normalisation: training augments in between).
+        workers: decoding threads (default: every core).
+        on_progress: called once per file, readable or not.
+
+    Returns:
+        resized images (N x H x W float32, before `to_input`), the index in `paths` of each, and the errors.
+    """
+
+    def decode(path: str | Path) -> np.ndarray | ImageError:
+        try:
+            return resize(load_for_contract(path, contract).pixels, contract)
+        except ImageError as exc:
+            return exc
+        finally:
+            if on_progress is not None:
+                on_progress()
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = list(pool.map(decode, paths))
+    kept = [i for i, r in enumerate(results) if not isinstance(r, ImageError)]
+    errors = [r for r in results if isinstance(r, ImageError)]
+    height, width = contract.input_size
+    images = np.stack([results[i] for i in kept]) if kept else np.zeros((0, height, width), np.float32)
+    return images, kept, errors

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from cxr_edge.export.config import TrainConfig
-from cxr_edge.export.data import manifest_hash, scan_dataset
+from cxr_edge.export.data import manifest_hash
 from cxr_edge.export.train import CHECKPOINT_NAME, load_checkpoint, train
 from cxr_edge.export.zoo import build_model
 from cxr_edge.runtime.contract import Contract
+from cxr_edge.runtime.dataset import scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
 
 TINY = dict(epochs=2, batch_size=8, image_size=64, val_fraction=0.25, threads=2)

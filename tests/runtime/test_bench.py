@@ -6,9 +6,12 @@ No timing thresholds: tests check correctness; the benchmark checks speed.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import openvino as ov
 import pytest
 
@@ -73,6 +76,30 @@ def test_accuracy_columns_with_a_labelled_folder(models, small_dataset):
             assert row["agreement_fp32"] == 1.0
         else:
             assert 0 <= row["agreement_fp32"] <= 1
+
+
+def test_accuracy_reads_folders_as_training_does_and_lists_unreadable_files(models, small_dataset, tmp_path):
+    """Alias folder names and the ``train`` subfolder layout count; a broken file is reported, not dropped."""
+    fp32, _, _ = models
+    aliases = {"normal": "Normal", "covid19": "COVID-19", "bacterial_pneumonia": "pneumonia_bac",
+               "viral_pneumonia": "Viral Pneumonia"}
+    root = tmp_path / "labelled"
+    for folder in small_dataset.iterdir():
+        shutil.copytree(folder, root / "train" / aliases[folder.name])
+    (root / "train" / "Normal" / "broken.png").write_text("not a picture")
+    result = run_bench([fp32], backends=("ort",), data_dir=root, runs=5, warmup=0, batches=(1,))
+    assert [row["images"] for row in result["rows"]] == [24]
+    assert len(result["unreadable"]) == 1 and "broken.png" in result["unreadable"][0]
+    assert any("1 labelled images could not be read" in w for w in result["warnings"])
+
+
+def test_accuracy_refuses_a_folder_with_classes_the_model_lacks(tmp_path):
+    model = tiny_onnx(tmp_path / "two.onnx", size=32, classes=("normal", "covid19"))
+    folder = tmp_path / "labelled" / "viral_pneumonia"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.png"), np.zeros((40, 40), np.uint8))
+    with pytest.raises(CxrEdgeError, match="the model has no class viral_pneumonia"):
+        run_bench([model], backends=("ort",), data_dir=tmp_path / "labelled", runs=2, warmup=0, batches=(1,))
 
 
 def test_refuses_models_with_different_contracts(models, tmp_path):
