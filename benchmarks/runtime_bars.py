@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "runtime")
     args = parser.parse_args()
 
+    from cxr_edge.runtime.backends import resolve_backend
     from cxr_edge.runtime.classifier import Classifier, resolve_model
     from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
     from cxr_edge.runtime.pipeline import predict_stream
@@ -90,7 +91,7 @@ def main() -> None:
     # 2. one 1024 px JPEG end to end, in process, on each engine; the engines take turns in blocks of ten runs
     #    so that a slow moment of the machine hits both alike
     classifiers = {name: Classifier.open(model, backend=name) for name in ("ort", "openvino")}
-    record["default_backend"] = Classifier.open(model).backend.name  # what `predict` picks without --backend
+    record["default_backend"] = resolve_backend(model)[0]  # what `predict` picks without --backend
     samples_ms: dict[str, dict[str, list[float]]] = {
         name: {"total": [], "decode": [], "preprocess": [], "inference": []} for name in classifiers}
     for _ in range(20):
