@@ -51,6 +51,7 @@ def main() -> None:
     from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
     from cxr_edge.runtime.pipeline import predict_stream
     from cxr_edge.runtime.preprocess import load_many, to_input
+    from cxr_edge.runtime.timing import time_interleaved
 
     model = resolve_model(args.model)
     samples = scan_dataset(resolve_data_dir(args.data)).samples
@@ -92,24 +93,22 @@ def main() -> None:
     #    so that a slow moment of the machine hits both alike
     classifiers = {name: Classifier.open(model, backend=name) for name in ("ort", "openvino")}
     record["default_backend"] = resolve_backend(model)[0]  # what `predict` picks without --backend
-    samples_ms: dict[str, dict[str, list[float]]] = {
-        name: {"total": [], "decode": [], "preprocess": [], "inference": []} for name in classifiers}
-    for _ in range(20):
-        for classifier in classifiers.values():
-            classifier.predict([big])
-    for _ in range(20):
-        for name, classifier in classifiers.items():
-            for _ in range(10):
-                start = time.perf_counter()
-                result = classifier.predict([big])[0]
-                samples_ms[name]["total"].append((time.perf_counter() - start) * 1000)
-                for key in ("decode", "preprocess", "inference"):
-                    samples_ms[name][key].append(result.latency_ms[key])
+    stages: dict[str, list[dict[str, float]]] = {name: [] for name in classifiers}
+
+    def runner(name: str):
+        return lambda image: stages[name].append(classifiers[name].predict([image])[0].latency_ms)
+
+    runners = [runner(name) for name in classifiers]
+    time_interleaved(runners, big, runs=20, block=10)  # warm-up
+    for recorded in stages.values():
+        recorded.clear()
+    totals = dict(zip(classifiers, time_interleaved(runners, big, runs=200, block=10), strict=True))
     height, width = cv2.imread(str(big), cv2.IMREAD_GRAYSCALE).shape
-    record["end_to_end_ms"] = {"image": f"{width}x{height} JPEG", "runs": len(samples_ms["ort"]["total"])} | {
-        name: {"p50": statistics.median(v["total"]), "p90": float(np.percentile(v["total"], 90)),
-               "stages_p50": {k: statistics.median(v[k]) for k in ("decode", "preprocess", "inference")}}
-        for name, v in samples_ms.items()}
+    record["end_to_end_ms"] = {"image": f"{width}x{height} JPEG", "runs": len(totals["ort"])} | {
+        name: {"p50": statistics.median(totals[name]), "p90": float(np.percentile(totals[name], 90)),
+               "stages_p50": {k: statistics.median(r[k] for r in stages[name])
+                              for k in ("decode", "preprocess", "inference")}}
+        for name in classifiers}
     for name in classifiers:
         print(f"end to end on {name}: {record['end_to_end_ms'][name]['p50']:.2f} ms p50 ({width}x{height} JPEG)",
               flush=True)
