@@ -4,6 +4,9 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The labelled images: a setting, never a path in the code. The default is the shared set beside the checkout.
+CXR_DATA ?= $(abspath ../shared/datasets/cxr4)
+export CXR_DATA
 
 .PHONY: bench test lint clean release-model system-tools
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cxr_edge.runtime.bench import machine_info, versions
 from cxr_edge.runtime.live.watch import result_name
-from cxr_edge.runtime.model_info import file_sha256
+from cxr_edge.runtime.model_file import file_sha256
 
 
 def rss_mb(pid: int) -> float | None:

@@ -47,8 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from cxr_edge.runtime.backends import resolve_backend
-    from cxr_edge.runtime.classifier import Classifier, resolve_model
+    from cxr_edge.runtime.classifier import Classifier
     from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
+    from cxr_edge.runtime.model_file import resolve_model
     from cxr_edge.runtime.pipeline import predict_stream
     from cxr_edge.runtime.preprocess import load_many, to_input
     from cxr_edge.runtime.timing import time_interleaved

@@ -60,7 +60,7 @@ def read_manifest(manifest: str | Path, data_dir: str | Path) -> list[Sample]:
     try:
         text = manifest.read_text()
     except OSError as exc:
-        raise CalibrationError(f"{manifest}: cannot read the manifest ({exc.strerror or exc})") from None
+        raise CalibrationError(f"{manifest}: cannot read the manifest ({exc.strerror or exc})") from exc
     rows = [line for line in text.splitlines() if line and not line.startswith("#")]
     if not text.startswith(MANIFEST_HEADER) or not rows or rows[0] != _COLUMNS:
         raise CalibrationError(f"{manifest}: not a cxr-edge calibration manifest")

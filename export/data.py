@@ -15,7 +15,7 @@ import numpy as np
 
 from ..runtime.contract import Contract
 from ..runtime.dataset import CLASS_NAMES, DatasetError, Sample
-from ..runtime.model_info import file_sha256
+from ..runtime.model_file import file_sha256
 from ..runtime.preprocess import load_many
 
 __all__ = [

@@ -50,22 +50,33 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..runtime.classifier import Classifier
 from ..runtime.contract import Contract
 from ..runtime.dataset import Sample
-from ..runtime.errors import CxrEdgeError
+from ..runtime.errors import CxrEdgeError, first_line
+from ..runtime.extras import require
 from ..runtime.metrics import classification_report
-from ..runtime.model_info import QUANTIZATION_KEY, file_sha256, model_size_mb
+from ..runtime.model_file import (
+    FORMATS,
+    INPUT_NAME,
+    PROBABILITIES,
+    QUANTIZATION_KEY,
+    engine,
+    file_sha256,
+    model_files,
+    model_size_mb,
+    quantizing_engines,
+    reader_engine,
+)
 from ..runtime.preprocess import load_many, to_input
 from ..runtime.timing import time_interleaved
 from .provenance import set_onnx_metadata
 
-__all__ = ["quantize", "ContractReader", "compare_models", "QUANTIZATION_KEY", "BACKENDS", "model_size_mb"]
-
-BACKENDS = ("ort", "openvino")
+__all__ = ["quantize", "ContractReader", "compare_models", "RECIPES", "QuantReport", "render_comparison"]
 
 
 def _inputs(files: Sequence[Path], contract: Contract,
@@ -88,7 +99,7 @@ class ContractReader:
         if self.index >= len(self.inputs):
             return None
         self.index += 1
-        return {"image": self.inputs[self.index - 1:self.index]}
+        return {INPUT_NAME: self.inputs[self.index - 1:self.index]}
 
     def rewind(self) -> None:
         self.index = 0
@@ -104,7 +115,7 @@ def _metadata_onnx(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str]) -> dict:
+def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str], **_: object) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -133,14 +144,14 @@ def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[st
     return recipe
 
 
-def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str],
+def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str], *,
                        labelled: tuple[np.ndarray, np.ndarray] | None, accuracy_aware: bool,
                        max_drop: float) -> dict:
     import nncf
     import openvino as ov
 
     model = ov.convert_model(str(source))
-    model.reshape({"image": [1, *inputs.shape[1:]]})
+    model.reshape({INPUT_NAME: [1, *inputs.shape[1:]]})
     calibration = nncf.Dataset(list(inputs[:, None]))  # one image per item
     stem = next(op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution")
     ignored = nncf.IgnoredScope(names=[stem])
@@ -154,7 +165,7 @@ def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: di
         validation = nncf.Dataset(list(zip(val_inputs[:, None], val_labels, strict=True)), lambda item: item[0])
 
         def accuracy(compiled: ov.CompiledModel, items: Sequence) -> float:
-            output = compiled.output("probabilities")
+            output = compiled.output(PROBABILITIES)
             hits = [int(np.argmax(compiled(x)[output])) == int(y) for x, y in items]
             return float(np.mean(hits))
 
@@ -169,6 +180,13 @@ def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: di
         quantized.set_rt_info(value, ["cxr_edge", key])
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return recipe
+
+
+RECIPES: dict[str, tuple[Callable[..., dict], tuple[str, ...]]] = {
+    "ort": (_quantize_ort, ("onnx",)),
+    "openvino": (_quantize_openvino, ("nncf", "openvino")),
+}
+"""Engine name -> (recipe, the packages it needs); one per engine in ``ENGINES`` that writes INT8 models."""
 
 
 def compare_models(fp32: Path, int8: Path, backend: str, inputs: np.ndarray, labels: np.ndarray | None, *,
@@ -234,21 +252,24 @@ def quantize(model: str | Path, out: str | Path, *, calibration: Sequence[Path],
         model: FP32 ``.onnx`` exported by cxr-edge (it carries the contract).
         out: ``.onnx`` for ``ort``; ``.xml`` (plus ``.bin``) for ``openvino``. Never overwritten.
         calibration: images that represent what the model will see (ideally from the site's own X-ray machine).
-        backend: ``ort`` (ONNX Runtime static quantisation) or ``openvino`` (NNCF).
+        backend: an engine that writes INT8 models (``RECIPES``): ``ort`` (ONNX Runtime static quantisation) or
+            ``openvino`` (NNCF).
         labelled: images with labels for accuracy figures (and for accuracy-aware quantisation).
         accuracy_aware: OpenVINO only: keep layers in FP32 until the accuracy drop is within `max_drop`.
         threads: threads for the latency comparison.
         on_progress: called once per decoded image.
     """
     model, out = Path(model), Path(out)
-    if backend not in BACKENDS:
-        raise CxrEdgeError(f"unknown quantisation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    expected_suffix = ".onnx" if backend == "ort" else ".xml"
+    if backend not in RECIPES or engine(backend) not in quantizing_engines():
+        raise CxrEdgeError(f"cxr-edge quantizes for {', '.join(RECIPES)}, not {backend!r}")
+    recipe_function, needs = RECIPES[backend]
+    require(*needs, purpose=f"INT8 quantisation for {engine(backend).label}")  # before any image is decoded
+    expected_suffix = FORMATS[engine(backend).writes].suffix
     if out.suffix != expected_suffix:
         raise CxrEdgeError(f"{out}: the {backend} backend writes a {expected_suffix} file")
-    if out.exists() or (backend == "openvino" and out.with_suffix(".bin").exists()):
+    if any(f.exists() for f in model_files(out)):
         raise CxrEdgeError(f"{out} already exists; choose another output file")
-    fp32 = Classifier.open(model, backend="ort")
+    fp32 = Classifier.open(model, backend=reader_engine("onnx").name)
     contract, metadata = fp32.contract, _metadata_onnx(model)
     if QUANTIZATION_KEY in metadata:
         raise CxrEdgeError(f"{model} is already quantised; quantise the FP32 model")
@@ -261,16 +282,33 @@ def quantize(model: str | Path, out: str | Path, *, calibration: Sequence[Path],
         skipped += failed
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if backend == "ort":
-            recipe = _quantize_ort(model, out, inputs, metadata)
-        else:
-            recipe = _quantize_openvino(model, out, inputs, metadata, labelled_arrays, accuracy_aware, max_drop)
+        recipe = recipe_function(model, out, inputs, metadata, labelled=labelled_arrays,
+                                 accuracy_aware=accuracy_aware, max_drop=max_drop)
     except CxrEdgeError:
         raise
     except Exception as exc:
-        out.unlink(missing_ok=True)
-        raise CxrEdgeError(f"{model}: {backend} quantisation failed: {str(exc).splitlines()[0]}") from None
+        for written in model_files(out):
+            written.unlink(missing_ok=True)
+        raise CxrEdgeError(f"{model}: {backend} quantisation failed: {first_line(exc)}") from exc
     recipe["calibration_images"] = len(inputs)
     compare_inputs, compare_labels = labelled_arrays if labelled_arrays else (inputs, None)
     comparison = compare_models(model, out, backend, compare_inputs, compare_labels, threads=threads)
     return QuantReport(out, backend, recipe, len(inputs), skipped, comparison)
+
+
+def render_comparison(comparison: dict, console: Any) -> None:
+    """`compare_models`' figures as a table: accuracy, macro-F1, size and latency of both, then agreement."""
+    from rich.table import Table
+
+    table = Table(title=f"FP32 vs INT8 on {comparison['backend']} ({comparison['images']} images, "
+                        f"{comparison['threads']} threads, batch 1)", title_justify="left")
+    for column in ("", "FP32", "INT8"):
+        table.add_column(column, justify="right" if column else "left")
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        if key in comparison.get("fp32", {}):
+            table.add_row(label, f"{comparison['fp32'][key]:.3f}", f"{comparison['int8'][key]:.3f}")
+    table.add_row("size (MB)", f"{comparison['size_mb']['fp32']:.1f}", f"{comparison['size_mb']['int8']:.1f}")
+    latency = comparison["latency_ms"]
+    table.add_row("latency p50 (ms)", f"{latency['fp32']:.2f}", f"{latency['int8']:.2f}")
+    console.print(table)
+    console.print(f"top-1 agreement {comparison['agreement']:.1%}; INT8 runs {comparison['speedup']:.2f}x as fast")

@@ -22,13 +22,20 @@ from torch import nn
 
 from ..runtime.contract import Contract
 from ..runtime.errors import CxrEdgeError
-from ..runtime.model_info import ARCHITECTURE_KEY, PROVENANCE_KEY, file_sha256
+from ..runtime.model_file import (
+    ARCHITECTURE_KEY,
+    CAM,
+    INPUT_NAME,
+    PROBABILITIES,
+    PROVENANCE_KEY,
+    file_sha256,
+)
 from ..runtime.preprocess import load_for_contract, preprocess, stack
 from .provenance import git_commit, package_version, set_onnx_metadata
 from .train import load_checkpoint
 from .zoo import CamClassifier, build_model
 
-__all__ = ["export_onnx", "ExportReport", "OPSET", "PARITY_TOLERANCE", "model_from_checkpoint"]
+__all__ = ["export_onnx", "ExportReport", "OPSET", "PARITY_TOLERANCE", "model_from_checkpoint", "parity_images"]
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -57,6 +64,16 @@ class ExportReport:
     max_diff_ort: float
     max_diff_openvino: float
     metadata: dict[str, str]
+
+
+def parity_images(data_dir: Path, seed: int = 0) -> list[Path]:
+    """One held-out image per class of a labelled folder (the 20 % validation part of a seeded split), so that
+    the parity check sees real X-rays of every class rather than synthetic noise."""
+    from ..runtime.dataset import scan_dataset
+    from .data import stratified_split
+
+    _, val = stratified_split(scan_dataset(data_dir).samples, 0.2, seed)
+    return [next(s.path for s in val if s.label == label) for label in sorted({s.label for s in val})]
 
 
 def model_from_checkpoint(checkpoint: dict) -> CamClassifier:
@@ -90,8 +107,8 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, *,
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = Path(scratch) / "model.onnx"
-        torch.onnx.export(model, (example,), str(raw), input_names=["image"], output_names=["probabilities", "cam"],
-                          dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=1024)}},
+        torch.onnx.export(model, (example,), str(raw), input_names=[INPUT_NAME], output_names=[PROBABILITIES, CAM],
+                          dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}},
                           opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
         proto = onnx.load(str(raw))
     metadata = contract.to_metadata() | {
@@ -140,9 +157,9 @@ def _check_parity(model: nn.Module, path: Path, contract: Contract, images: Sequ
     with torch.inference_mode():
         expected = model(torch.from_numpy(batch))[0].numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    from_ort = session.run(["probabilities"], {"image": batch})[0]
+    from_ort = session.run([PROBABILITIES], {INPUT_NAME: batch})[0]
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    from_ov = compiled({"image": batch})[compiled.output("probabilities")]
+    from_ov = compiled({INPUT_NAME: batch})[compiled.output(PROBABILITIES)]
     diff_ort = float(np.abs(from_ort - expected).max())
     diff_ov = float(np.abs(from_ov - expected).max())
     if max(diff_ort, diff_ov) > PARITY_TOLERANCE:

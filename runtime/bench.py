@@ -2,20 +2,21 @@
 
 Method, so that the figures survive an engineer's check:
 - every row is opened in the same process; load and first-inference times come from a fresh child process per
-  row (with its peak resident memory), so that caches of one row do not flatter another's start;
+  row (`cxr_edge.runtime.cold_start`, with its peak resident memory), so that caches of one row do not flatter
+  another's start;
 - warm-up runs, then many timed batch-1 runs, the rows interleaved in short blocks (A B C D A B C D ...): drift
   of the machine hits every row alike; blocks of a few runs let each engine's threads settle;
 - thread count pinned and reported; CPU model, the instruction-set flags that matter and library versions in
-  the header; a warning when the machine is loaded or a row's spread is wide.
-PyTorch eager FP32 (the seed project's way) is a reference row only when torch is installed and a checkpoint is
-given; it is imported lazily, so the edge install never needs it.
+  the header; a warning when the machine is loaded or a row's spread is wide;
+- each row is set up on its own: a row that cannot run (a missing engine, a model it cannot load) becomes a row
+  with its reason, and the others are measured as usual.
+A reference row (PyTorch eager FP32, the seed project's way) is measured only when the caller supplies one
+(`Reference`): the runtime never imports the build side.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -29,40 +30,76 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import SHIPPED_MODELS, Classifier, resolve_model
+from .classifier import Classifier
 from .contract import Contract
 from .cpu import INT8_FLAGS, cpu_flags, cpu_model
-from .errors import CxrEdgeError
+from .errors import CxrEdgeError, first_line
 from .metrics import classification_report
-from .model_info import QUANTIZATION_KEY, model_size_mb
+from .model_file import (
+    ENGINES,
+    QUANTIZATION_KEY,
+    engines_for,
+    model_format,
+    model_size_mb,
+    reader_engine,
+    shipped_models,
+)
 from .outputs import BUDGET_S, budget_verdict
 from .preprocess import load_many, to_input
 from .timing import time_interleaved
 
-__all__ = ["BenchRow", "default_rows", "run_bench", "machine_info", "versions",
-           "SHIPPED_OPENVINO"]
+__all__ = ["BenchRow", "Reference", "default_rows", "run_bench", "machine_info", "versions", "end_to_end_files",
+           "row_label", "END_TO_END_FILES"]
 
-SHIPPED_OPENVINO = "cxr-edge-int8-openvino.xml"
 BLOCK = 5
 """Timed runs per row before moving to the next row."""
+END_TO_END_FILES = 200
+"""Real files timed end to end at most (enough for a stable median; a whole archive would only take longer)."""
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Reference:
+    """A row measured beside the engines, supplied by the caller: the build side's PyTorch eager model.
+
+    Args:
+        backend: the row's name (``torch``).
+        label: its name for people.
+        model: the file it runs (a training checkpoint).
+        make_runner: (contract of the engine rows, threads) -> preprocessed batch -> probabilities. Raises if the
+            reference cannot run here (the row then shows the reason).
+    """
+
+    backend: str
+    label: str
+    model: Path
+    make_runner: Callable[[Contract, int], Runner]
 
 
 @dataclass
 class BenchRow:
-    """One (backend, precision, model) combination and its measurements."""
+    """One (backend, precision, model) combination and its measurements, or the reason it could not run."""
 
     backend: str
     precision: str
     model: str
     figures: dict = field(default_factory=dict)
-    run: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    run: Runner | None = field(default=None, repr=False)
+    error: str | None = None
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "model": self.model} | self.figures
+        row = {"backend": self.backend, "precision": self.precision, "model": self.model} | self.figures
+        return row | ({"error": self.error} if self.error is not None else {})
+
+
+def row_label(backend: str) -> str:
+    """An engine's name for people (a reference row's label comes from its `Reference`)."""
+    return ENGINES[backend].label if backend in ENGINES else backend
 
 
 def machine_info() -> dict:
-    """CPU model, the instruction-set flags that decide INT8 speed, cores and load."""
+    """CPU model, the instruction-set flags that decide INT8 speed (those usable here), cores and load."""
     flags = cpu_flags()
     return {"cpu": cpu_model(), "cores": os.cpu_count(),
             "flags": [name for flag, name in INT8_FLAGS.items() if flag in flags],
@@ -72,7 +109,8 @@ def machine_info() -> dict:
 
 def versions() -> dict:
     found = {}
-    for name in ("cxr-edge", "onnxruntime", "openvino", "numpy", "opencv-python-headless", "torch"):
+    packages = ("cxr-edge", *(e.distribution for e in ENGINES.values()), "numpy", "opencv-python-headless", "torch")
+    for name in dict.fromkeys(packages):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -81,77 +119,51 @@ def versions() -> dict:
 
 
 def default_rows(models: Sequence[Path], backends: Sequence[str], precisions: Sequence[str],
-                 open_model: Callable[[Path, str], Classifier] | None = None) -> list[tuple]:
-    """(backend, precision, path) for each model on each engine that should run it.
+                 precision_of: Callable[[Path], str]) -> tuple[list[tuple[str, str, Path]], list[tuple[Path, str]]]:
+    """(backend, precision, path) for each model on each engine that should run it, and the models that cannot
+    be read at all, with the reason.
 
-    ONNX files run on both engines, except INT8 ONNX on OpenVINO when an OpenVINO INT8 model is also given (the
-    NNCF model is OpenVINO's INT8 row); IR runs on OpenVINO only.
+    A model runs on every engine of ``ENGINES`` that reads its format, except an INT8 model on an engine for which
+    an INT8 model in that engine's own format is also given: that one is the engine's INT8 row (OpenVINO runs
+    the NNCF IR, not the ONNX Runtime QDQ file).
 
     Args:
-        open_model: (path, backend) -> Classifier, so that a caller can reuse the models opened here.
+        precision_of: path -> ``fp32`` or ``int8``.
     """
-    open_model = open_model or (lambda path, backend: Classifier.open(path, backend=backend))
-    described = []
+    described, unreadable = [], []
     for path in models:
-        metadata = open_model(path, "ort" if path.suffix == ".onnx" else "openvino").metadata
-        described.append((path, "int8" if QUANTIZATION_KEY in metadata else "fp32"))
-    has_ov_int8 = any(p.suffix == ".xml" and prec == "int8" for p, prec in described)
+        try:
+            described.append((path, model_format(path), precision_of(path)))
+        except CxrEdgeError as exc:
+            unreadable.append((path, str(exc)))
+    native_int8 = {fmt for _, fmt, precision in described if precision == "int8"}
     rows = []
-    for path, precision in described:
-        engines = ["openvino"] if path.suffix == ".xml" else ["ort", "openvino"]
-        if path.suffix == ".onnx" and precision == "int8" and has_ov_int8:
-            engines = ["ort"]
-        rows += [(b, precision, path) for b in engines if b in backends and precision in precisions]
-    return rows
-
-
-def shipped_models() -> list[Path]:
-    """The shipped FP32 ONNX, INT8 ONNX and INT8 OpenVINO IR files that exist."""
-    folder = resolve_model(None).parent
-    return [folder / name for name in (SHIPPED_MODELS[1], SHIPPED_MODELS[0], SHIPPED_OPENVINO)
-            if (folder / name).exists()]
-
-
-_CHILD = """
-import json, resource, sys, time
-start = time.perf_counter()
-from cxr_edge.runtime.classifier import Classifier
-import numpy as np
-c = Classifier.open(sys.argv[1], backend=sys.argv[2], threads=int(sys.argv[3]))
-loaded = time.perf_counter()
-c.backend.run(np.zeros((1, c.contract.channels, *c.contract.input_size), np.float32))
-first = time.perf_counter()
-def peak_mb():
-    # VmHWM belongs to this program's own address space; ru_maxrss would also count the parent's pages that
-    # were shared between fork and exec, and the parent holds every other row.
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"load_s": loaded - start, "first_ms": (first - loaded) * 1000, "peak_rss_mb": peak_mb()}))
-"""
+    for path, fmt, precision in described:
+        for engine in engines_for(fmt):
+            if precision == "int8" and engine.writes in native_int8 and engine.writes != fmt:
+                continue
+            if engine.name in backends and precision in precisions:
+                rows.append((engine.name, precision, path))
+    return rows, unreadable
 
 
 def _cold_figures(path: Path, backend: str, threads: int) -> dict:
     """Load time, first inference and peak RSS of one row, in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(path), backend, str(threads)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "cxr_edge.runtime.cold_start", str(path), backend, str(threads)],
+                          capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
-        raise CxrEdgeError(f"{path}: cannot run on {backend}: {done.stderr.strip().splitlines()[-1:]}")
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        raise CxrEdgeError(f"cold start failed: {last[0]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _torch_row(checkpoint: Path, contract: Contract, threads: int) -> BenchRow | None:
-    """The PyTorch reference row, or None where torch is not installed (the edge install)."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    reference = importlib.import_module("cxr_edge.export.reference")  # build side; imports torch
-    row = BenchRow("torch", "fp32", str(checkpoint), run=reference.torch_runner(checkpoint, contract, threads))
-    row.figures["size_mb"] = checkpoint.stat().st_size / 2**20
-    return row
+def end_to_end_files(data_dir: Path, limit: int = END_TO_END_FILES) -> list[Path]:
+    """Up to `limit` labelled files of a data folder, spread over its classes, for end-to-end timing."""
+    from .dataset import scan_dataset
+
+    samples = scan_dataset(data_dir).samples
+    step = max(1, len(samples) // limit)
+    return [s.path for s in samples[::step][:limit]]
 
 
 def _labelled_inputs(data_dir: Path, contract: Contract) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -175,15 +187,15 @@ def _labelled_inputs(data_dir: Path, contract: Contract) -> tuple[np.ndarray, np
     return to_input(images, contract), np.asarray(labels), [str(e) for e in errors]
 
 
-def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, data_dir: Path | None = None,
-              backends: Sequence[str] = ("ort", "openvino", "torch"), precisions: Sequence[str] = ("fp32", "int8"),
+def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None, data_dir: Path | None = None,
+              backends: Sequence[str] = (*ENGINES, "torch"), precisions: Sequence[str] = ("fp32", "int8"),
               batches: Sequence[int] = (1, 8, 32), threads: int | None = None, runs: int = 100, warmup: int = 10,
               end_to_end: Sequence[Path] = (), on_progress: Callable[[str], None] | None = None) -> dict:
     """Benchmark models on every requested engine and precision; returns the JSON-ready result.
 
     Args:
         models: model files (default: the shipped FP32 ONNX, INT8 ONNX and INT8 OpenVINO IR).
-        checkpoint: training checkpoint for the PyTorch reference row.
+        reference: a row to measure beside the engines (the PyTorch checkpoint), if its name is in `backends`.
         data_dir: labelled class-folder images for accuracy, macro-F1 and agreement with FP32.
         backends, precisions: which rows to run.
         batches: batch sizes for throughput.
@@ -205,38 +217,61 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
             opened[path, backend] = Classifier.open(path, backend=backend, threads=threads)
         return opened[path, backend]
 
-    specs = default_rows(models, backends, precisions, open_model)
-    rows: list[BenchRow] = []
+    def precision_of(path: Path) -> str:
+        metadata = open_model(path, reader_engine(model_format(path)).name).metadata
+        return "int8" if QUANTIZATION_KEY in metadata else "fp32"
+
+    specs, unreadable_models = default_rows(models, backends, precisions, precision_of)
+    rows = [BenchRow("-", "-", str(path), error=reason) for path, reason in unreadable_models]
     contract = None
     for backend, precision, path in specs:
         progress(f"opening {path.name} on {backend}")
-        classifier = open_model(path, backend)
+        row = BenchRow(backend, precision, str(path))
+        rows.append(row)
+        try:
+            classifier = open_model(path, backend)
+        except CxrEdgeError as exc:
+            row.error = str(exc)
+            continue
         if contract is None:
             contract = classifier.contract
         elif classifier.contract != contract:
             raise CxrEdgeError(f"{path} carries a different preprocessing contract from {specs[0][2]}; "
                                "bench compares one model in its variants, not different models")
-        row = BenchRow(backend, precision, str(path), run=lambda b, c=classifier: c.backend.run(b)[0])
-        row.figures["size_mb"] = model_size_mb(path)
-        row.figures |= _cold_figures(path, backend, threads)
+        try:
+            row.figures["size_mb"] = model_size_mb(path)
+            row.figures |= _cold_figures(path, backend, threads)
+        except (CxrEdgeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            row.error = first_line(exc)
+            continue
+        row.run = lambda b, c=classifier: c.backend.run(b)[0]
+    if contract is None:
+        reasons = "; ".join(f"{Path(r.model).name} on {r.backend}: {r.error}" for r in rows)
+        raise CxrEdgeError(f"no model could run: {reasons or 'no (backend, precision) pair; check --backends'}")
+    if reference is not None and reference.backend in backends:
+        row = BenchRow(reference.backend, "fp32", str(reference.model))
         rows.append(row)
-    if checkpoint is not None and "torch" in backends and contract is not None:
-        reference = _torch_row(Path(checkpoint), contract, threads)
-        if reference is not None:
-            rows.append(reference)
-    if not rows:
-        raise CxrEdgeError("no (backend, precision) pair to run; check --backends and --precisions")
+        try:
+            row.figures["size_mb"] = reference.model.stat().st_size / 2**20
+            row.run = reference.make_runner(contract, threads)
+        except Exception as exc:  # a reference that cannot run here is a row with its reason
+            row.error = first_line(exc)
 
     one = np.zeros((1, contract.channels, *contract.input_size), np.float32)
-    rng = np.random.default_rng(0)
-    one[:] = rng.normal(size=one.shape)
+    one[:] = np.random.default_rng(0).normal(size=one.shape)
     for row in rows:
-        for _ in range(warmup):
-            row.run(one)
+        if row.run is None:
+            continue
+        try:
+            for _ in range(max(1, warmup)):
+                row.run(one)
+        except Exception as exc:
+            row.error, row.run = f"inference failed: {first_line(exc)}", None
+    live = [row for row in rows if row.run is not None]
     progress(f"timing {runs} batch-1 runs per row, interleaved")
-    samples = time_interleaved([row.run for row in rows], one, runs, block=BLOCK)
-    for i, row in enumerate(rows):
-        times = np.asarray(samples[i])
+    samples = time_interleaved([row.run for row in live], one, runs, block=BLOCK)
+    for row, times in zip(live, samples, strict=True):
+        times = np.asarray(times)
         row.figures["latency_ms"] = {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90)),
                                      "p99": float(np.percentile(times, 99)), "min": float(times.min()),
                                      "max": float(times.max())}
@@ -248,37 +283,41 @@ def run_bench(models: Sequence[Path] = (), *, checkpoint: Path | None = None, da
         repeats = max(3, 64 // batch_size)
         best: dict[int, float] = {}
         for _ in range(2):  # two interleaved passes; the better one counts (the other absorbs warm-up)
-            for i, row in enumerate(rows):
+            for i, row in enumerate(live):
                 row.run(batch)
                 start = time.perf_counter()
                 for _ in range(repeats):
                     row.run(batch)
                 best[i] = max(best.get(i, 0.0), batch_size * repeats / (time.perf_counter() - start))
-        for i, row in enumerate(rows):
+        for i, row in enumerate(live):
             row.figures.setdefault("throughput_ips", {})[str(batch_size)] = best[i]
 
-    _ratios(rows)
+    _ratios(live, reference.backend if reference is not None else None)
     unreadable: list[str] = []
     if data_dir is not None:
         progress("accuracy on the labelled folder")
-        unreadable = _accuracy(rows, Path(data_dir), contract)
+        unreadable = _accuracy(live, Path(data_dir), contract)
     warnings = _warnings(rows, load_before)
     if unreadable:
         warnings.append(f"{len(unreadable)} labelled images could not be read and are not in the accuracy figures "
                         f"(listed under 'unreadable'); the first: {unreadable[0]}")
+    labels = {row.backend: row_label(row.backend) for row in rows}
+    if reference is not None:
+        labels[reference.backend] = reference.label
     result = {"machine": machine_info() | {"load_average_1m_before": load_before}, "versions": versions(),
               "threads": threads, "runs": runs, "warmup": warmup, "batches": list(batches), "budget_s": BUDGET_S,
-              "contract": contract.to_dict(), "rows": [row.as_dict() for row in rows],
+              "contract": contract.to_dict(), "labels": labels, "rows": [row.as_dict() for row in rows],
               "warnings": warnings, "unreadable": unreadable}
     if end_to_end:
         progress("end to end on real files")
-        result["end_to_end"] = _end_to_end(specs, end_to_end, open_model)
+        engine_rows = [(r.backend, r.precision, Path(r.model)) for r in live if r.backend in ENGINES]
+        result["end_to_end"] = _end_to_end(engine_rows, end_to_end, open_model)
     return result
 
 
-def _ratios(rows: list[BenchRow]) -> None:
+def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:
     fp32 = {r.backend: r.figures["latency_ms"]["p50"] for r in rows if r.precision == "fp32"}
-    reference = next((r for r in rows if r.backend == "torch"), None)
+    reference = next((r for r in rows if r.backend == reference_backend), None)
     for row in rows:
         p50 = row.figures["latency_ms"]["p50"]
         row.figures["speedup_vs_fp32"] = fp32[row.backend] / p50 if row.backend in fp32 else None
@@ -310,6 +349,9 @@ def _warnings(rows: list[BenchRow], load: float) -> list[str]:
         found.append(f"the machine was loaded (1-minute load average {load:.1f} on {os.cpu_count()} cores): "
                      "figures may be pessimistic")
     for row in rows:
+        if row.error is not None:
+            found.append(f"{row.backend} {row.precision} ({Path(row.model).name}) did not run: {row.error}")
+            continue
         latency = row.figures["latency_ms"]
         if latency["max"] > 3 * latency["min"]:
             found.append(f"{row.backend} {row.precision}: wide spread (min {latency['min']:.2f} ms, max "

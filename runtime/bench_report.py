@@ -6,9 +6,19 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from .model_file import ENGINES
+
 __all__ = ["bench_table", "bench_markdown", "bench_plot", "header_line"]
 
-_ENGINE = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch eager"}
+
+
+def _label(result: dict, backend: str) -> str:
+    return result.get("labels", {}).get(backend, backend)
+
+
+def _short_label(result: dict, backend: str) -> str:
+    """The engine's short name from the engine table; a reference row's first word (``PyTorch``)."""
+    return ENGINES[backend].short if backend in ENGINES else _label(result, backend).split()[0]
 
 
 def header_line(result: dict) -> str:
@@ -18,9 +28,14 @@ def header_line(result: dict) -> str:
             f"{result['threads']} threads; {libs}; batch-1 latency over {result['runs']} interleaved runs")
 
 
-def _cells(row: dict, batches: list[int]) -> list[str]:
+def _cells(result: dict, row: dict, width: int) -> list[str]:
+    """One row's cells under `_columns`; a row that did not run shows its reason in the first free cell."""
+    batches = result["batches"]
+    if "error" in row:
+        return [_label(result, row["backend"]), row["precision"].upper(), f"did not run: {row['error']}"] + \
+            [""] * (width - 3)
     latency = row["latency_ms"]
-    cells = [_ENGINE.get(row["backend"], row["backend"]), row["precision"].upper(), f"{row['size_mb']:.1f}",
+    cells = [_label(result, row["backend"]), row["precision"].upper(), f"{row['size_mb']:.1f}",
              f"{row['load_s']:.2f}" if "load_s" in row else "", f"{row['first_ms']:.1f}" if "first_ms" in row else "",
              f"{latency['p50']:.2f}", f"{latency['p90']:.2f}", f"{latency['p99']:.2f}"]
     cells += [f"{row['throughput_ips'][str(b)]:,.0f}" for b in batches]
@@ -32,7 +47,7 @@ def _cells(row: dict, batches: list[int]) -> list[str]:
         agreement = row.get("agreement_fp32")
         cells += [f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}",
                   f"{agreement:.1%}" if agreement is not None else ""]
-    return cells
+    return cells + [""] * (width - len(cells))
 
 
 def _columns(result: dict) -> list[str]:
@@ -50,34 +65,37 @@ _SPEED = ["engine", "precision", "p50 ms", "p90 ms", "p99 ms", "vs FP32", "vs Py
 _RESOURCES = ["engine", "precision", "img/s b", "size MB", "load s", "first ms", "peak RSS MB"]
 
 
-_SHORT = {"ONNX Runtime": "ORT", "PyTorch eager": "PyTorch", "precision": "prec.", "60 s budget": "x under 60 s",
+_SHORT = {"precision": "prec.", "60 s budget": "x under 60 s",
           "peak RSS MB": "RSS MB", "agree FP32": "agree", "vs PyTorch": "vs torch", "size MB": "MB",
           "first ms": "1st ms"}
 
 
 def bench_table(result: dict, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     columns = _columns(result)
-    has_torch = any(r["backend"] == "torch" for r in result["rows"])
-    cells = [dict(zip(columns, _cells(row, result["batches"]), strict=True)) for row in result["rows"]]
+    has_reference = any(r.get("speedup_vs_reference") for r in result["rows"])
+    cells = [dict(zip(columns, _cells(result, row, len(columns)), strict=True)) for row in result["rows"]]
     for title, wanted in (("batch-1 latency and headroom", _SPEED),
                           ("images/s at batch N (bN/s), size, start and memory", _RESOURCES)):
         shown = [c for c in columns if (c in wanted or (c.startswith("img/s b") and "img/s b" in wanted))
-                 and (c != "vs PyTorch" or has_torch)]
+                 and (c != "vs PyTorch" or has_reference)]
         table = Table(title=f"cxr-edge bench: {title}", title_justify="left")
         for i, column in enumerate(shown):
             header = column.replace("img/s b", "b") + "/s" if column.startswith("img/s b") else column
             table.add_column(_SHORT.get(header, header), justify="left" if i < 2 else "right", no_wrap=True)
-        for row in cells:
-            values = [_SHORT.get(row[c], row[c]).replace("x under", "x") if c != "engine" else
-                      _SHORT.get(row[c], row[c]) for c in shown]
-            table.add_row(*values)
+        for raw, row in zip(result["rows"], cells, strict=True):
+            engine = escape(_short_label(result, raw["backend"]))
+            if "error" in raw:  # its reason is among the warnings under the tables
+                table.add_row(engine, row["precision"], "[red]did not run[/]")
+                continue
+            table.add_row(engine, *(row[c].replace("x under", "x") for c in shown[1:]))
         console.print(table)
     console.print(header_line(result), style="dim")
     for item in result.get("end_to_end", []):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in item["share"].items())
-        console.print(f"end to end, {_ENGINE[item['backend']]} {item['precision'].upper()}: "
+        console.print(f"end to end, {_label(result, item['backend'])} {item['precision'].upper()}: "
                       f"{item['total_ms']:.2f} ms per file over {item['files']} files ({shares})")
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
@@ -87,38 +105,35 @@ def bench_markdown(result: dict) -> str:
     columns = _columns(result)
     lines = [f"Measured: {header_line(result)}.", "", "| " + " | ".join(columns) + " |",
              "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(_cells(row, result["batches"])) + " |" for row in result["rows"]]
+    lines += ["| " + " | ".join(_cells(result, row, len(columns))) + " |" for row in result["rows"]]
     for item in result.get("end_to_end", []):
         stages = ", ".join(f"{k} {v:.2f} ms ({item['share'][k]:.0%})" for k, v in item["stage_ms_p50"].items())
-        lines.append(f"\nEnd to end, {_ENGINE[item['backend']]} {item['precision'].upper()} over {item['files']} "
-                     f"files: {item['total_ms']:.2f} ms per file: {stages}.")
+        lines.append(f"\nEnd to end, {_label(result, item['backend'])} {item['precision'].upper()} over "
+                     f"{item['files']} files: {item['total_ms']:.2f} ms per file: {stages}.")
     lines += [f"\nWarning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
 
 def bench_plot(result: dict, path: str | Path) -> None:
     """Latency distributions (box plot) and throughput per batch size, one colour per row."""
-    try:
-        import matplotlib
-    except ImportError:
-        from .errors import CxrEdgeError
+    import matplotlib  # the caller checked for it (`cxr_edge.runtime.extras.require`) before the benchmark ran
 
-        raise CxrEdgeError("--plot needs matplotlib: pip install 'cxr-edge[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{_ENGINE[r['backend']]}\n{r['precision'].upper()}" for r in result["rows"]]
+    rows = [r for r in result["rows"] if "error" not in r]
+    labels = [f"{_label(result, r['backend'])}\n{r['precision'].upper()}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    left.boxplot([r["raw_latency_ms"] for r in result["rows"]], showfliers=True)
+    left.boxplot([r["raw_latency_ms"] for r in rows], showfliers=True)
     left.set_xticks(range(1, len(labels) + 1), labels)
     left.set(ylabel="ms per image (batch 1)", title="Latency distribution")
     left.grid(alpha=0.3, axis="y")
     batches = result["batches"]
-    width = 0.8 / max(1, len(result["rows"]))
-    for i, row in enumerate(result["rows"]):
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
         values = [row["throughput_ips"][str(b)] for b in batches]
         right.bar([j + i * width for j in range(len(batches))], values, width, label=labels[i].replace("\n", " "))
-    right.set_xticks([j + width * (len(result["rows"]) - 1) / 2 for j in range(len(batches))],
+    right.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(batches))],
                      [f"batch {b}" for b in batches])
     right.set(ylabel="images per second", title="Throughput")
     right.legend()

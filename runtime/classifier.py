@@ -20,27 +20,14 @@ import numpy as np
 
 from .backends import Backend, check_io, open_backend, resolve_backend
 from .contract import Contract
-from .errors import ContractError, ImageError, ModelError
+from .errors import ContractError, ImageError
+from .model_file import CAM, resolve_model
 from .preprocess import load_for_contract, preprocess, stack
 
-__all__ = ["Classifier", "Prediction", "Prepared", "resolve_model", "SHIPPED_MODELS", "DISPLAY_MAX_SIDE"]
-
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-SHIPPED_MODELS = ("cxr-edge-int8.onnx", "cxr-edge-fp32.onnx")
-"""Shipped model files in order of preference when no model is given."""
+__all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE"]
 
 DISPLAY_MAX_SIDE = 1024
 """Images kept for heatmap overlays are shrunk to this, so that memory does not grow with detector size."""
-
-
-def resolve_model(path: str | Path | None) -> Path:
-    """The model to load: the given file, else the shipped INT8 model, else a `ModelError` saying what to do."""
-    if path is not None:
-        return Path(path)
-    for name in SHIPPED_MODELS:
-        if (MODELS_DIR / name).exists():
-            return MODELS_DIR / name
-    raise ModelError("no --model given and this installation ships no model; pass --model FILE (.onnx or .xml)")
 
 
 @dataclass
@@ -111,7 +98,7 @@ class Classifier:
 
         Args:
             path: ``.onnx`` or OpenVINO ``.xml``; None for the shipped INT8 model.
-            backend: ``auto``, ``ort`` or ``openvino``; see `resolve_backend` for what ``auto`` decides.
+            backend: ``auto`` or a name in ``ENGINES``; see `resolve_backend` for what ``auto`` decides.
             threads: inference threads (default: every core).
             mode: ``latency`` for single images, ``throughput`` for folders.
 
@@ -125,7 +112,7 @@ class Classifier:
         try:
             contract = Contract.from_metadata(engine.io.metadata)
         except ContractError as exc:
-            raise ContractError(f"{model_path}: {exc}") from None
+            raise ContractError(f"{model_path}: {exc}") from exc
         check_io(model_path, engine.io, contract)
         return cls(engine, contract, reason)
 
@@ -139,7 +126,7 @@ class Classifier:
 
     @property
     def has_cam(self) -> bool:
-        return "cam" in self.backend.io.outputs
+        return CAM in self.backend.io.outputs
 
     def prepare(self, item: str | Path | np.ndarray, *, keep_display: bool = False,
                 name: str | None = None) -> Prepared:

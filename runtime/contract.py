@@ -13,14 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ContractError
+from .model_file import CONTRACT_KEY, VERSION_KEY
 
-__all__ = ["Contract", "FORMAT_VERSION", "METADATA_KEY", "VERSION_KEY", "RESAMPLING", "FITS"]
+__all__ = ["Contract", "FORMAT_VERSION", "RESAMPLING", "FITS"]
 
 FORMAT_VERSION = 1
 """Version of the contract's layout; a runtime refuses a model whose contract is newer than it understands."""
-
-METADATA_KEY = "cxr_edge.contract"
-VERSION_KEY = "cxr_edge.format_version"
 
 RESAMPLING = ("area", "linear", "cubic", "lanczos", "nearest")
 """Names of OpenCV interpolation modes a contract may ask for."""
@@ -107,18 +105,18 @@ class Contract:
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ContractError(f"contract fields have wrong types: {exc}") from None
+            raise ContractError(f"contract fields have wrong types: {exc}") from exc
 
     def to_metadata(self) -> dict[str, str]:
         """Key/value strings for ONNX ``metadata_props`` (and OpenVINO rt_info)."""
-        return {VERSION_KEY: str(self.format_version), METADATA_KEY: json.dumps(self.to_dict(), sort_keys=True)}
+        return {VERSION_KEY: str(self.format_version), CONTRACT_KEY: json.dumps(self.to_dict(), sort_keys=True)}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str]) -> Contract:
         """Read a contract back from model metadata; a model without one is refused with the reason."""
-        if METADATA_KEY not in metadata:
+        if CONTRACT_KEY not in metadata:
             raise ContractError(
-                f"the model carries no cxr-edge preprocessing contract (metadata key {METADATA_KEY!r}); "
+                f"the model carries no cxr-edge preprocessing contract (metadata key {CONTRACT_KEY!r}); "
                 "export it with `cxr-edge export` so the runtime knows how to preprocess images"
             )
         version = metadata.get(VERSION_KEY)
@@ -127,7 +125,7 @@ class Contract:
                 f"the model's contract has format version {version}; this cxr-edge reads version {FORMAT_VERSION}"
             )
         try:
-            data = json.loads(metadata[METADATA_KEY])
+            data = json.loads(metadata[CONTRACT_KEY])
         except json.JSONDecodeError as exc:
-            raise ContractError(f"the model's contract is not valid JSON: {exc}") from None
+            raise ContractError(f"the model's contract is not valid JSON: {exc}") from exc
         return cls.from_dict(data)

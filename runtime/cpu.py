@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import platform
 from pathlib import Path
@@ -33,8 +34,42 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> frozenset[str]:
-    """The kernel's CPU flags (``avx2``, ``avx512_vnni``, ...); empty where /proc/cpuinfo is unavailable."""
-    return _cpuinfo()[1]
+    """The CPU flags a program here can use (``avx2``, ``avx512_vnni``, ...); empty without /proc/cpuinfo.
+
+    /proc/cpuinfo lists what the processor reports, and a virtual machine may report instruction sets whose
+    register state its kernel does not enable (AMX tiles above all): such flags are dropped, as the kernel's own
+    list of supported extended states (``arch_prctl(ARCH_GET_XCOMP_SUPP)``) says.
+    """
+    flags = _cpuinfo()[1]
+    states = _xsave_states()
+    if states is None:
+        return flags
+    unusable = set()
+    if states & _AMX_STATES != _AMX_STATES:
+        unusable |= {f for f in flags if f.startswith("amx")}
+    if states & _AVX512_STATES != _AVX512_STATES:
+        unusable |= {f for f in flags if f.startswith("avx512")}
+    return flags - unusable
+
+
+_AVX512_STATES = 0b111 << 5  # opmask, ZMM_Hi256, Hi16_ZMM
+_AMX_STATES = 0b11 << 17  # XTILECFG, XTILEDATA
+
+
+@functools.cache
+def _xsave_states() -> int | None:
+    """The extended register states the Linux kernel supports for processes, or None where unknown."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return None
+    arch_prctl, get_xcomp_supp = 158, 0x1021  # x86_64 syscall number; ARCH_GET_XCOMP_SUPP (Linux 5.16+)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        states = ctypes.c_uint64(0)
+        if libc.syscall(arch_prctl, get_xcomp_supp, ctypes.byref(states)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return states.value
 
 
 def has_vnni() -> bool:

@@ -71,23 +71,22 @@ class Dataset:
 
 
 def resolve_data_dir(option: str | Path | None) -> Path:
-    """Where the labelled data is, in order: the command-line option, ``$CXR_DATA``, then the shared dataset
-    beside a source checkout (``../shared/datasets/cxr4``).
+    """Where the labelled data is: the command-line option, else the ``$CXR_DATA`` setting.
 
     Args:
         option: the value of ``--data``, if given.
+
+    Raises:
+        DatasetError: neither is given, or the folder does not exist.
     """
     if option:
-        candidates = [("--data", Path(option))]
+        source, path = "--data", Path(option)
     elif os.environ.get(DATA_ENV):
-        candidates = [(f"${DATA_ENV}", Path(os.environ[DATA_ENV]))]
+        source, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
     else:
-        checkout = Path(__file__).resolve().parent.parent
-        candidates = [("the shared dataset beside the checkout", checkout.parent / "shared" / "datasets" / "cxr4")]
-    source, path = candidates[0]
+        raise DatasetError(f"no labelled data given: pass --data DIR or set {DATA_ENV}")
     if not path.is_dir():
-        hint = "" if option or os.environ.get(DATA_ENV) else f"; pass --data DIR or set {DATA_ENV}"
-        raise DatasetError(f"data folder {path} (from {source}) does not exist{hint}")
+        raise DatasetError(f"data folder {path} (from {source}) does not exist")
     return path
 
 

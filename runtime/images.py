@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +109,10 @@ def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> 
         return _read_raster(path, data, fmt, min_size)
     except ImageError:
         raise
-    except MemoryError:
-        raise ImageError(path, "not enough memory to decode this image") from None
+    except MemoryError as exc:
+        raise ImageError(path, "not enough memory to decode this image") from exc
     except Exception as exc:  # a decoder failing on hostile bytes must still be a per-file error
-        raise ImageError(path, f"cannot decode {fmt.upper()}: {first_line(exc)}") from None
+        raise ImageError(path, f"cannot decode {fmt.upper()}: {first_line(exc)}") from exc
 
 
 def load_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -129,14 +130,14 @@ def _read_bytes(path: Path) -> bytes:
         if size > MAX_FILE_BYTES:
             raise ImageError(path, f"file is {size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES >> 30} GiB limit")
         return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory") from None
+    except FileNotFoundError as exc:
+        raise ImageError(path, "no such file") from exc
+    except PermissionError as exc:
+        raise ImageError(path, "permission denied") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(path, "is a directory") from exc
     except OSError as exc:
-        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from exc
 
 
 def _looks_like(data: bytes) -> str:
@@ -175,17 +176,21 @@ def _read_raster(path: Path, data: bytes, fmt: str, min_size: tuple[int, int] | 
 
 
 def _raster_header(path: Path, data: bytes, fmt: str) -> tuple[int, int, int]:
-    """Width, height and frame count from the header alone (Pillow parses headers lazily)."""
-    from PIL import Image, UnidentifiedImageError
+    """Width, height and frame count from the header alone.
 
-    # Pillow's own bomb check fires inside open(), before the size can be reported; cxr-edge applies MAX_PIXELS
-    # itself right after, from the same header, so that the message can say how large the image claims to be.
-    Image.MAX_IMAGE_PIXELS = None
+    The format's own Pillow parser is called directly rather than through ``Image.open``: it reads the header
+    lazily and skips Pillow's process-wide decompression-bomb limit, which cxr-edge replaces with `MAX_PIXELS`
+    so that the message can say how large the image claims to be.
+    """
+    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+    parser = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile,
+              "bmp": BmpImagePlugin.BmpImageFile, "tiff": TiffImagePlugin.TiffImageFile}[fmt]
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with parser(io.BytesIO(data)) as img:
             return img.width, img.height, getattr(img, "n_frames", 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(path, f"corrupt {fmt.upper()} header: {first_line(exc)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise ImageError(path, f"corrupt {fmt.upper()} header: {first_line(exc)}") from exc
 
 
 def _check_pixel_count(path: Path, width: int, height: int) -> None:
@@ -246,10 +251,10 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=sniff_format(data[:132]) != "dicom")
-    except InvalidDicomError:
-        raise ImageError(path, "not a DICOM file: the 'DICM' marker is missing") from None
+    except InvalidDicomError as exc:
+        raise ImageError(path, "not a DICOM file: the 'DICM' marker is missing") from exc
     except Exception as exc:
-        raise ImageError(path, f"unreadable DICOM header: {first_line(exc)}") from None
+        raise ImageError(path, f"unreadable DICOM header: {first_line(exc)}") from exc
     if "PixelData" not in ds:
         what = "" if "SOPClassUID" not in ds else f" (SOP class {ds.SOPClassUID.name})"
         raise ImageError(path, f"DICOM has no pixel data{what}")
@@ -268,7 +273,7 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
     except Exception as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         name = getattr(syntax, "name", None) or "unknown transfer syntax"
-        raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {first_line(exc)}") from None
+        raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {first_line(exc)}") from exc
     if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # colour secondary captures: pydicom gives RGB
         pixels = _to_unit_range(cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY))
     elif stored.ndim == 2:

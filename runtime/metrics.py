@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "classification_report"]
+__all__ = ["confusion_matrix", "classification_report", "render_report"]
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
@@ -42,3 +43,19 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], class_na
         "confusion_matrix": matrix.tolist(),
         "class_names": list(class_names),
     }
+
+
+def render_report(report: dict, console: Any, title: str) -> None:
+    """A `classification_report` as a table: per-class precision, recall, F1 and support, then the totals."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "F1", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    table.add_section()
+    total = sum(r["support"] for r in report["per_class"].values())
+    table.add_row("accuracy", "", "", f"{report['accuracy']:.3f}", str(total))
+    table.add_row("macro-F1", "", "", f"{report['macro_f1']:.3f}", str(total))
+    console.print(table)

@@ -13,12 +13,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared training images: $CXR_DATA, else ../shared/datasets/cxr4 beside the checkout.
+    """The labelled training images, from the ``$CXR_DATA`` setting (`make test` sets it to the shared set).
 
     Missing data fails the tests that need it rather than skipping them: a skipped check proves nothing.
     """
-    path = Path(os.environ.get("CXR_DATA") or REPO.parent / "shared" / "datasets" / "cxr4")
-    assert path.is_dir(), f"labelled data not found at {path}; set CXR_DATA"
+    setting = os.environ.get("CXR_DATA")
+    assert setting, "set CXR_DATA to the labelled images (make test sets it to ../shared/datasets/cxr4)"
+    path = Path(setting)
+    assert path.is_dir(), f"labelled data not found at {path} (from $CXR_DATA)"
     return path
 
 

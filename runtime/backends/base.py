@@ -10,12 +10,10 @@ import numpy as np
 
 from ..contract import Contract
 from ..errors import ModelError
+from ..model_file import PROBABILITIES
 
-__all__ = ["Backend", "ModelIO", "check_io", "INPUT_NAME", "PROBABILITIES", "CAM", "MODES"]
+__all__ = ["Backend", "ModelIO", "check_io", "MODES"]
 
-INPUT_NAME = "image"
-PROBABILITIES = "probabilities"
-CAM = "cam"
 MODES = ("latency", "throughput")
 """``latency``: one image at a time as fast as possible; ``throughput``: many images, best images per second."""
 
@@ -33,7 +31,7 @@ class Backend(Protocol):
     """An opened model on one engine. Adding an engine is one module that provides this.
 
     Attributes:
-        name: registry name (``ort``, ``openvino``).
+        name: its key in `cxr_edge.runtime.model_file.ENGINES`.
         path: the model file.
         io: declared input shape, outputs and metadata.
         settings: what was configured (threads, hints, cache), for reports.

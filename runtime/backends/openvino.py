@@ -17,7 +17,8 @@ import openvino as ov
 
 from ..cache import cache_dir
 from ..errors import ModelError, first_line
-from .base import CAM, INPUT_NAME, PROBABILITIES, ModelIO
+from ..model_file import CAM, INPUT_NAME, PROBABILITIES
+from .base import ModelIO
 
 __all__ = ["OpenVinoBackend", "read_metadata"]
 
@@ -46,7 +47,7 @@ class OpenVinoBackend:
         try:
             model = core.read_model(str(path))
         except Exception as exc:
-            raise ModelError(f"{path}: OpenVINO cannot read it ({first_line(exc)})") from None
+            raise ModelError(f"{path}: OpenVINO cannot read it ({first_line(exc)})") from exc
         inputs = model.inputs
         if len(inputs) != 1 or INPUT_NAME not in inputs[0].get_names():
             raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}")
@@ -60,7 +61,7 @@ class OpenVinoBackend:
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            raise ModelError(f"{path}: OpenVINO cannot compile it for the CPU ({first_line(exc)})") from None
+            raise ModelError(f"{path}: OpenVINO cannot compile it for the CPU ({first_line(exc)})") from exc
         self.ports = {name: self.compiled.output(name) for name in outputs}
         self.request = self.compiled.create_infer_request()
         self.queue = ov.AsyncInferQueue(self.compiled) if mode == "throughput" else None

@@ -17,7 +17,8 @@ import onnxruntime as ort
 from ..cache import cache_dir, model_key
 from ..cpu import has_vnni
 from ..errors import ModelError, first_line
-from .base import CAM, INPUT_NAME, PROBABILITIES, ModelIO
+from ..model_file import CAM, INPUT_NAME, PROBABILITIES
+from .base import ModelIO
 
 __all__ = ["OrtBackend"]
 
@@ -72,7 +73,7 @@ class OrtBackend:
                 cached.unlink(missing_ok=True)
                 self.__init__(path, threads=threads, mode=mode)
                 return
-            raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from exc
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
             raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}, got {[i.name for i in inputs]}")

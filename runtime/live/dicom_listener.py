@@ -33,7 +33,7 @@ import cxr_edge
 from ..classifier import Classifier, Prepared
 from ..errors import CxrEdgeError, first_line
 from ..images import RAW_DETECTOR_WARNING
-from ..model_info import file_sha256
+from ..model_file import file_sha256
 from .files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
 from .results import LiveSummary, live_record
 from .sr import build_sr
@@ -171,7 +171,7 @@ class DicomListener:
                                                          (evt.EVT_C_ECHO, lambda event: Status.SUCCESS)])
         except OSError as exc:
             self.stop()
-            raise CxrEdgeError(f"cannot listen on port {self.requested_port}: {exc.strerror or exc}") from None
+            raise CxrEdgeError(f"cannot listen on port {self.requested_port}: {exc.strerror or exc}") from exc
 
     def stop(self, *, drain: bool = False) -> None:
         """Stop accepting, let the worker finish the instance in hand (or, with `drain`, the queue), then return.

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..classifier import Prediction
 
-__all__ = ["live_record", "LiveSummary"]
+__all__ = ["live_record", "live_line", "printable", "LiveSummary"]
 
 
 def live_record(prediction: Prediction, *, path: str, sha256: str, arrived: str, finished: str,
@@ -27,6 +27,32 @@ def live_record(prediction: Prediction, *, path: str, sha256: str, arrived: str,
     record = prediction.to_record() | {"path": path}
     return record | {"sha256": sha256, "arrived": arrived, "finished": finished, "warnings": list(prediction.warnings),
                      "model": model} | extra
+
+
+def printable(name: str) -> str:
+    """A name safe to print on a terminal: control characters (escape sequences among them) shown as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
+def live_line(record: dict[str, Any], name: str, *, note: str | None = None, latency_ms: float | None = None) -> str:
+    """One line per live result: time, input, label, confidence, latency (or the reason it failed).
+
+    Args:
+        record: the result record.
+        name: how to call the input (a file name, or a SOP Instance UID: never a patient identifier).
+        note: said instead of the result (``already classified``).
+        latency_ms: the latency to show (default: the record's own total).
+    """
+    clock = record["finished"][11:23]
+    name = printable(name)
+    if note:
+        return f"{clock}  {name}  {note}"
+    if record["error"] is not None:
+        return f"{clock}  {name}  FAILED: {printable(record['error'])}"
+    label = record["label"]
+    ms = latency_ms if latency_ms is not None else record["latency_ms"]["total"]
+    warn = "  (warning: " + "; ".join(record["warnings"]) + ")" if record.get("warnings") else ""
+    return f"{clock}  {name}  {label:<19} {record['probabilities'][label]:6.1%}  {ms:7.1f} ms{warn}"
 
 
 class LiveSummary:

@@ -27,7 +27,7 @@ import cv2
 from ..cam import overlay
 from ..classifier import Classifier
 from ..errors import CxrEdgeError
-from ..model_info import file_sha256
+from ..model_file import file_sha256
 from .files import fit_name, free_name, move_to, remove_stale_temps, same_file, utc_now, write_atomic, write_json_atomic
 from .results import LiveSummary, live_record
 

@@ -13,14 +13,14 @@ import pytest
 
 from cxr_edge.export.calibration import CalibrationError, read_manifest, resolve_calibration, write_manifest
 from cxr_edge.export.config import TrainConfig
-from cxr_edge.export.quantize import QUANTIZATION_KEY, compare_models, quantize
+from cxr_edge.export.quantize import compare_models, quantize
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import load_checkpoint, train
 from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.contract import Contract
 from cxr_edge.runtime.dataset import scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.model_info import ARCHITECTURE_KEY, PROVENANCE_KEY
+from cxr_edge.runtime.model_file import ARCHITECTURE_KEY, PROVENANCE_KEY, QUANTIZATION_KEY
 
 
 @pytest.fixture(scope="module")

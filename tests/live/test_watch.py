@@ -18,7 +18,7 @@ import pytest
 from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.live.files import TEMP_PREFIX
 from cxr_edge.runtime.live.watch import FolderWatcher, result_name
-from cxr_edge.runtime.model_info import file_sha256
+from cxr_edge.runtime.model_file import file_sha256
 from tests.factories import gradient, tiny_onnx, truncated, write_dicom
 
 RECORD_KEYS = {"path", "label", "probabilities", "latency_ms", "error", "sha256", "arrived", "finished", "warnings",

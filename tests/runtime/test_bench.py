@@ -15,7 +15,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from cxr_edge.runtime.bench import run_bench
+from cxr_edge.runtime.bench import Reference, run_bench
 from cxr_edge.runtime.errors import CxrEdgeError
 from cxr_edge.runtime.timing import time_interleaved
 from tests.factories import tiny_int8, tiny_onnx
@@ -111,6 +111,7 @@ def test_refuses_models_with_different_contracts(models, tmp_path):
 
 def test_torch_reference_row_when_a_checkpoint_is_given(small_dataset, tmp_path):
     from cxr_edge.export.config import TrainConfig
+    from cxr_edge.export.reference import torch_runner
     from cxr_edge.export.to_onnx import export_onnx
     from cxr_edge.export.train import train
 
@@ -118,14 +119,17 @@ def test_torch_reference_row_when_a_checkpoint_is_given(small_dataset, tmp_path)
           tmp_path / "run")
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     model = export_onnx(checkpoint, tmp_path / "model.onnx").path
-    result = run_bench([model], checkpoint=checkpoint, runs=5, warmup=1, batches=(1,), data_dir=small_dataset)
+    reference = Reference("torch", "PyTorch eager", checkpoint,
+                          lambda contract, threads: torch_runner(checkpoint, contract, threads))
+    result = run_bench([model], reference=reference, runs=5, warmup=1, batches=(1,), data_dir=small_dataset)
     backends = [r["backend"] for r in result["rows"]]
     assert backends == ["ort", "openvino", "torch"]
     torch_row = result["rows"][-1]
     assert torch_row["speedup_vs_reference"] == pytest.approx(1.0)
     assert result["rows"][0]["speedup_vs_reference"] > 0
     assert torch_row["agreement_fp32"] == 1.0  # FP32 in PyTorch agrees with itself
-    without = run_bench([model], checkpoint=checkpoint, backends=("ort", "openvino"), runs=5, warmup=0, batches=(1,))
+    assert result["labels"]["torch"] == "PyTorch eager"
+    without = run_bench([model], reference=reference, backends=("ort", "openvino"), runs=5, warmup=0, batches=(1,))
     assert "torch" not in [r["backend"] for r in without["rows"]]
 
 

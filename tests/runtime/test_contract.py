@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from cxr_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, VERSION_KEY, Contract
+from cxr_edge.runtime.contract import FORMAT_VERSION, Contract
 from cxr_edge.runtime.errors import ContractError
+from cxr_edge.runtime.model_file import CONTRACT_KEY, VERSION_KEY
 
 CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
 
@@ -12,7 +13,7 @@ def test_metadata_round_trip_keeps_every_field():
     contract = Contract(input_size=(224, 192), class_names=CLASSES, channels=1, mean=(0.5,), std=(0.25,),
                         resampling="cubic", fit="pad")
     metadata = contract.to_metadata()
-    assert set(metadata) == {METADATA_KEY, VERSION_KEY}
+    assert set(metadata) == {CONTRACT_KEY, VERSION_KEY}
     assert all(isinstance(v, str) for v in metadata.values())
     assert Contract.from_metadata(metadata) == contract
     assert Contract.from_dict(json.loads(json.dumps(contract.to_dict()))) == contract
@@ -58,4 +59,4 @@ def test_unknown_and_missing_fields_are_errors():
     with pytest.raises(ContractError, match="lacks required fields: class_names"):
         Contract.from_dict(data)
     with pytest.raises(ContractError, match="not valid JSON"):
-        Contract.from_metadata({METADATA_KEY: "{not json", VERSION_KEY: str(FORMAT_VERSION)})
+        Contract.from_metadata({CONTRACT_KEY: "{not json", VERSION_KEY: str(FORMAT_VERSION)})

@@ -1,0 +1,68 @@
+"""What every room of the CLI shares: exit codes, the options that several commands take, progress bars."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cxr_edge.runtime.model_file import ENGINES
+
+__all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "model_option", "backend_option", "threads_option", "progress",
+           "csv_list", "engine_choices"]
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
+"""0 success, 1 usage or model error, 2 some inputs failed while the rest were processed."""
+
+
+def engine_choices() -> list[str]:
+    """``auto`` and every engine of the engine table."""
+    return ["auto", *ENGINES]
+
+
+model_option = click.option("--model", type=click.Path(dir_okay=False), default=None,
+                            help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
+threads_option = click.option("--threads", type=click.IntRange(1), default=None,
+                              help="Inference threads (default: all cores).")
+
+
+def backend_option(help_text: str = "Inference engine (see `predict --help`).") -> Any:
+    """``--backend``, its choices read from the engine table when the command is defined."""
+    return click.option("--backend", type=click.Choice(engine_choices()), default="auto", show_default=True,
+                        help=help_text)
+
+
+def progress(console: Any, total: int | None, *, spinner: bool = False) -> Any:
+    """A progress bar on stderr for long work on a terminal; silent otherwise (pipes, single files)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if spinner:
+        return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                        transient=True, disable=not console.is_terminal)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=(total is not None and total < 2)
+                    or not console.is_terminal)
+
+
+def csv_list(kind: type, allowed: tuple | None = None) -> Any:
+    """A click callback turning "a,b,c" into a validated tuple."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
+        try:
+            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}") from exc
+        bad = [v for v in items if allowed is not None and v not in allowed]
+        if bad or not items:
+            raise click.BadParameter(f"choose from {', '.join(map(str, allowed or ()))}; got {value!r}")
+        return items
+
+    return parse

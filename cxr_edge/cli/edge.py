@@ -1,0 +1,192 @@
+"""The edge room: `predict`, `info` and `bench` (numpy, OpenCV, ONNX Runtime, OpenVINO; never torch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from cxr_edge.runtime.errors import CxrEdgeError
+from cxr_edge.runtime.model_file import ENGINES
+
+from .common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    backend_option,
+    csv_list,
+    model_option,
+    progress,
+    threads_option,
+)
+
+__all__ = ["COMMANDS", "predict", "info", "bench"]
+
+OUTPUT_FORMATS = ("table", "jsonl", "csv")
+"""`cxr_edge.runtime.outputs.FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
+REFERENCE = "torch"
+"""The bench's reference row: a training checkpoint in PyTorch eager mode, from the build side."""
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@model_option
+@backend_option("Inference engine. auto: OpenVINO for .xml; for .onnx whichever was measured faster here.")
+@threads_option
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
+              help="Output: table (default on a terminal), jsonl (default otherwise) or csv.")
+@click.option("--cam-dir", type=click.Path(file_okay=False), default=None,
+              help="Write a heatmap overlay PNG per image here (<input name>.cam.png); never overwrites.")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into subfolders of folder arguments.")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Images per inference call (default: 1 for a single file, 8 for many).")
+@click.option("--show-phi", is_flag=True, help="Include DICOM patient name and ID in the output (never in logs).")
+def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
+            cam_dir: str | None, recursive: bool, batch_size: int | None, show_phi: bool) -> int:
+    """Classify X-rays: files, folders and glob patterns of PNG, JPEG, BMP, TIFF or DICOM.
+
+    Every input gets a result in input order; an unreadable one gets a one-line reason and the rest are still
+    classified. Exit code 0: all classified; 2: some inputs failed; 1: usage or model error.
+    """
+    from rich.console import Console
+
+    from cxr_edge.runtime.cam import overlay, write_overlay
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.outputs import Summary, make_writer
+    from cxr_edge.runtime.pipeline import expand_inputs, predict_stream
+
+    items = expand_inputs(paths, recursive=recursive)
+    many = len(items) > 1
+    err = Console(stderr=True, highlight=False)
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput" if many else "latency")
+    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    title = f"{classifier.path.name} on {classifier.backend.name} ({classifier.backend_reason})"
+    writer = make_writer(fmt, sys.stdout, Console(highlight=False), classifier.contract.class_names,
+                         show_phi=show_phi, title=title)
+    if fmt != "table":
+        click.echo(f"cxr-edge: model {classifier.path} on {classifier.backend.name} ({classifier.backend_reason})",
+                   err=True)
+    want_cam = cam_dir is not None
+    if want_cam and not classifier.has_cam:
+        raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so --cam-dir cannot draw heatmaps")
+    inputs = {p.resolve() for p in items if isinstance(p, Path)}
+    summary = Summary()
+    bar = progress(err, len(items))
+    with bar:
+        task = bar.add_task("classifying", total=len(items))
+        for prediction in predict_stream(classifier, items, batch_size=batch_size or (8 if many else 1),
+                                         cam=want_cam):
+            for warning in prediction.warnings:
+                click.echo(f"cxr-edge: warning: {prediction.path}: {warning}", err=True)
+            if prediction.error is not None:
+                click.echo(f"cxr-edge: error: {prediction.path}: {prediction.error}", err=True)
+            elif want_cam and prediction.cam is not None and prediction.display is not None:
+                written = write_overlay(Path(cam_dir), prediction.path, overlay(prediction.display, prediction.cam),
+                                        protected=inputs)
+                prediction.display = prediction.cam = None  # free the image as soon as it is drawn
+                logging.getLogger(__name__).debug("heatmap %s", written)
+            summary.add(prediction)
+            writer.write(prediction)
+            bar.advance(task)
+    writer.close(summary)
+    return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def info(model: str | None, as_json: bool) -> int:
+    """Show a model's preprocessing contract, classes, provenance and file hashes (default: the shipped model)."""
+    from rich.console import Console
+
+    from cxr_edge.runtime.model_info import model_info, render_info
+
+    details = model_info(model)
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+    else:
+        render_info(details, Console(highlight=False))
+    return EXIT_OK
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Model file to compare (repeatable). Default: the shipped FP32 ONNX, INT8 ONNX and INT8 IR.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Training checkpoint for the PyTorch eager FP32 reference row (needs the export extra).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Labelled class folders, read as `train --data` reads them: adds accuracy, macro-F1 and "
+                   "agreement with FP32; unreadable files are listed.")
+@click.option("--backends", default=",".join([*ENGINES, REFERENCE]), show_default=True,
+              callback=csv_list(str, (*ENGINES, REFERENCE)))
+@click.option("--precisions", default="fp32,int8", show_default=True, callback=csv_list(str, ("fp32", "int8")))
+@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=csv_list(int),
+              help="Batch sizes for throughput.")
+@threads_option
+@click.option("--runs", type=click.IntRange(5), default=100, show_default=True, help="Timed batch-1 runs per row.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--end-to-end", "e2e", is_flag=True,
+              help="Also time real files (up to 200 from --data) through decode, preprocess, inference and "
+                   "post-processing.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+              help="PNG of latency distributions and throughput (needs the plot extra: matplotlib).")
+@click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), default=None,
+              help="The table as markdown, for a report.")
+def bench(models: tuple[str, ...], checkpoint: str | None, data_dir: str | None, backends: tuple[str, ...],
+          precisions: tuple[str, ...], batches: tuple[int, ...], threads: int | None, runs: int, warmup: int,
+          e2e: bool, json_out: str | None, plot_out: str | None, markdown_out: str | None) -> int:
+    """How fast, how accurate, how much headroom: every engine and precision side by side.
+
+    With no arguments: the shipped model, FP32 and INT8, on ONNX Runtime and OpenVINO, on synthetic input.
+    Rows are interleaved so that drift of the machine hits all alike; the header records CPU and versions. A row
+    that cannot run here is listed with its reason; the others are still measured.
+    """
+    from rich.console import Console
+
+    from cxr_edge.runtime.bench import Reference, end_to_end_files, run_bench
+    from cxr_edge.runtime.bench_report import bench_markdown, bench_plot, bench_table
+    from cxr_edge.runtime.extras import require
+
+    if e2e and data_dir is None:
+        raise click.UsageError("--end-to-end needs real files: give --data DIR")
+    if plot_out:
+        require("matplotlib", purpose="--plot")  # before the benchmark, not after it
+    reference = None
+    if checkpoint is not None and REFERENCE in backends:
+        reference = Reference(REFERENCE, "PyTorch eager", Path(checkpoint), _torch_runner(Path(checkpoint)))
+    err = Console(stderr=True)
+    with progress(err, None, spinner=True) as bar:
+        task = bar.add_task("benchmarking", total=None)
+        result = run_bench([Path(m) for m in models], reference=reference,
+                           data_dir=Path(data_dir) if data_dir else None, backends=backends, precisions=precisions,
+                           batches=batches, threads=threads, runs=runs, warmup=warmup,
+                           end_to_end=end_to_end_files(Path(data_dir)) if e2e else (),
+                           on_progress=lambda text: bar.update(task, description=text))
+    bench_table(result, Console(highlight=False))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if markdown_out:
+        Path(markdown_out).write_text(bench_markdown(result))
+    if plot_out:
+        bench_plot(result, plot_out)
+    return EXIT_OK
+
+
+def _torch_runner(checkpoint: Path):  # noqa: ANN202 (returns the bench's runner factory)
+    """The build side's PyTorch runner for `checkpoint`, imported only when the bench asks for it."""
+
+    def make(contract, threads):  # noqa: ANN001, ANN202
+        from cxr_edge.runtime.extras import require
+
+        require("torch", "timm", purpose="the PyTorch reference row")
+        from cxr_edge.export.reference import torch_runner
+
+        return torch_runner(checkpoint, contract, threads)
+
+    return make
+
+
+COMMANDS = (predict, info, bench)

@@ -1,0 +1,134 @@
+"""The live room: `watch` and `dicom-listen`, the long-running modes beside the X-ray machine."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import EXIT_OK, backend_option, model_option, threads_option
+
+__all__ = ["COMMANDS", "watch", "dicom_listen"]
+
+
+@click.command()
+@click.argument("in_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Results folder: results/ (one JSON per image), done/ and failed/ (the inputs, moved), "
+                   "processing/ (in flight); created if missing.")
+@model_option
+@backend_option()
+@threads_option
+@click.option("--cam", is_flag=True, help="Also write a heatmap overlay per image to OUT/cam/.")
+@click.option("--settle", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="Seconds a file's size must stay unchanged before it counts as complete (when its writer's "
+                   "close is not seen: polling, files present at start).")
+@click.option("--poll", type=click.FloatRange(0.05), default=None,
+              help="List the folder every POLL seconds instead of using inotify (network shares).")
+@click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
+def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, cam: bool,
+          settle: float, poll: float | None, once: bool) -> int:
+    """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
+
+    A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
+    ignored until then). Each image gets OUT/results/<name>.<hash>.json (the `predict` jsonl record plus its
+    SHA-256 and arrival and finish times) and moves to OUT/done/, or to OUT/failed/ with a .reason.txt. Files
+    already in IN_DIR are processed too. After a crash or kill -9, restarting finishes the work in flight: no
+    image is lost and none gets two results. Prints one line per image and a summary whenever it goes idle.
+    """
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.live.results import live_line
+    from cxr_edge.runtime.live.watch import FolderWatcher
+
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency")
+
+    def show(record: dict, repeated: bool) -> None:
+        click.echo(live_line(record, Path(record["path"]).name,
+                             note="already classified: kept the earlier result" if repeated else None))
+
+    watcher = FolderWatcher(in_dir, out_dir, classifier, cam=cam, settle_s=settle, poll_s=poll, on_record=show,
+                            on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True))
+    click.echo(f"cxr-edge: watching {in_dir} ({'once' if once else watcher.mode}) with {classifier.path.name} on "
+               f"{classifier.backend.name}; results in {out_dir}", err=True)
+    with StopOnSignals(watcher.stop):
+        summary = watcher.run(once=once)
+    click.echo(f"cxr-edge: stopped: {summary.line()}", err=True)
+    return EXIT_OK
+
+
+@click.command("dicom-listen")
+@click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
+              help="TCP port (104 needs root or CAP_NET_BIND_SERVICE).")
+@click.option("--ae-title", default="CXREDGE", show_default=True, help="This node's AE title (1-16 characters).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Results folder: incoming/, done/, failed/ (instances), results/ (JSON per SOP Instance UID), "
+                   "sr/ (Basic Text SR per instance), quarantine/ (refused datasets with their reasons).")
+@model_option
+@backend_option()
+@threads_option
+@click.option("--allow", multiple=True, metavar="AE",
+              help="Accept associations only from this calling AE title (repeat for several). Default: any.")
+@click.option("--host", default="", help="Address to listen on (default: every interface).")
+@click.option("--keep-phi", is_flag=True, help="Also write patient name and ID into the JSON results.")
+def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
+                 allow: tuple[str, ...], host: str, keep_phi: bool) -> int:
+    """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
+
+    Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
+    images, uncompressed, JPEG, JPEG 2000 or RLE, and answers C-ECHO. Each instance is stored before Success is
+    returned, then classified from a queue: OUT/results/<SOP Instance UID>.json and OUT/sr/<UID>.sr.dcm, a Basic
+    Text SR in the image's study. Bad datasets get a failure status and a copy in OUT/quarantine/. Logs name
+    instances by UID only; patient identifiers are never printed.
+    """
+    import threading
+
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.live.dicom_listener import DicomListener
+    from cxr_edge.runtime.live.results import live_line
+
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines describe every association
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency")
+
+    def show(record: dict) -> None:
+        click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))
+
+    listener = DicomListener(out_dir, classifier, port=port, ae_title=ae_title, host=host, allow=allow or None,
+                             keep_phi=keep_phi, on_record=show)
+    listener.start()
+    click.echo(f"cxr-edge: listening as {listener.ae_title} on port {listener.port} with {classifier.path.name} on "
+               f"{classifier.backend.name}; results in {out_dir}"
+               + (f"; calling AEs allowed: {', '.join(allow)}" if allow else ""), err=True)
+    stopped = threading.Event()
+    with StopOnSignals(stopped.set):
+        while not stopped.wait(60):
+            click.echo(f"-- {listener.summary.line()}, {listener.quarantined} quarantined", err=True)
+    listener.stop()
+    click.echo(f"cxr-edge: stopped: {listener.summary.line()}, {listener.quarantined} quarantined", err=True)
+    return EXIT_OK
+
+
+class StopOnSignals:
+    """Route SIGINT and SIGTERM to `stop` (finish the image in hand, then return) while inside the block."""
+
+    def __init__(self, stop: Callable[[], Any]) -> None:
+        self.stop = stop
+        self.previous: dict = {}
+
+    def __enter__(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            click.echo("cxr-edge: stopping after the image in hand", err=True)
+            self.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+
+
+COMMANDS = (watch, dicom_listen)

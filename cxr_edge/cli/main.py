@@ -1,0 +1,87 @@
+"""The click group: help, version, `--debug`, and the one place errors become lines and exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from cxr_edge.runtime.errors import CxrEdgeError
+
+from . import build, edge, live
+from .common import EXIT_ERROR, EXIT_OK
+
+__all__ = ["cli", "main", "CxrEdgeGroup"]
+
+
+class CxrEdgeGroup(click.Group):
+    """Turns every error into one line on stderr and an exit code, in one place.
+
+    Expected failures (`CxrEdgeError`) print their message; anything else is an internal error. Both keep their
+    cause chain, which ``--debug`` shows as a full traceback.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> None:  # type: ignore[override]
+        debug = "--debug" in (sys.argv[1:] if args is None else list(args))
+        try:
+            code = super().main(args=args, prog_name=prog_name or "cxr-edge", standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("cxr-edge: interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:  # usage errors: exit 1, not click's 2 (2 means "some inputs failed")
+            exc.show()
+            sys.exit(EXIT_ERROR)
+        except CxrEdgeError as exc:
+            if debug:
+                raise
+            click.echo(f"cxr-edge: error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("cxr-edge: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"cxr-edge: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+                       err=True)
+            sys.exit(EXIT_ERROR)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=CxrEdgeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cxr-edge", prog_name="cxr-edge")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Chest X-ray classification at the edge: normal, COVID-19, bacterial or viral pneumonia.
+
+    Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG and DICOM images in
+    milliseconds, `info` shows what a model file contains, `bench` measures every engine and precision
+    against the one-minute budget per image. Live mode: `watch` classifies every file dropped into a folder,
+    `dicom-listen` every image an X-ray console or PACS sends over DICOM.
+
+    Build side (needs the export extra: torch, timm, nncf): `train` fits a classifier on a class-folder
+    dataset, `export` writes it to ONNX, `quantize` makes INT8 models for ONNX Runtime or OpenVINO,
+    `calibration-manifest` records a calibration set by file hashes.
+
+    Exit codes: 0 success, 1 usage or model error, 2 some inputs failed (the rest were processed).
+
+    Not a medical device: results support, never replace, a radiologist's reading.
+    Run `cxr-edge COMMAND --help` for each command's options.
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="cxr-edge: %(levelname)s: %(message)s")
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+
+
+for room in (build, edge, live):
+    for command in room.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main()
