@@ -39,7 +39,8 @@ test: $(VENV)/.dev-installed system-tools
 # Trains, exports and quantises the shipped model into runtime/models/ (about 10 minutes on 2 cores).
 release-model: $(VENV)/.dev-installed
 	rm -rf runs/release
-	$(BIN)/python -m cxr_edge.export.release --work runs/release
+	$(BIN)/python -m cxr_edge.export.release --work runs/release --models-dir runtime/models \
+	  --manifest calibration_data/cxr4-release.tsv --int8-record benchmarks/int8/int8.json
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check cxr_edge runtime export tests benchmarks

@@ -32,11 +32,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -48,6 +46,9 @@ from pydicom.uid import (
 from cxr_edge.runtime.bench import machine_info, versions
 from cxr_edge.runtime.images import load_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the DICOM factory
+from tests.factories import dicom_in_syntax  # noqa: E402
+
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 SYNTAXES = [ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, JPEG2000Lossless]
@@ -55,33 +56,11 @@ BAR_MS = 50.0
 
 
 def make_instance(pixels: np.ndarray, syntax: str, index: int) -> Dataset:
-    """An 8-bit radiograph as a CR or DX instance in `syntax`."""
+    """An 8-bit radiograph as a CR or DX instance in `syntax` (the test suite's own DICOM factory)."""
     sop_class = CR if index % 2 else DX
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID = f"Bench^Patient{index}", f"BENCH{index:05d}"
-    ds.Modality = "CR" if sop_class == CR else "DX"
-    ds.BodyPartExamined = "CHEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    if sop_class == DX:
-        ds.PresentationIntentType = "FOR PRESENTATION"
-    if syntax == JPEGBaseline8Bit:
-        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-        ds.PixelData = encapsulate([encoded.tobytes()])
-        ds["PixelData"].is_undefined_length = True
-        ds.LossyImageCompression = "01"
-    elif syntax != ExplicitVRLittleEndian:
-        ds.compress(syntax, pixels)
-    return ds
+    extra = {"PresentationIntentType": "FOR PRESENTATION"} if sop_class == DX else {}
+    return dicom_in_syntax(pixels, syntax, modality="CR" if sop_class == CR else "DX", sop_class=sop_class,
+                           PatientName=f"Bench^Patient{index}", PatientID=f"BENCH{index:05d}", **extra)
 
 
 def build_instances(data_dir: Path, count: int, folder: Path) -> list[Path]:

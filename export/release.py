@@ -4,8 +4,10 @@ Two stages, because a model trained on every image has nothing left to be judged
 1. Validation: the default recipe on a seeded 80/20 split; export; INT8 for ONNX Runtime and OpenVINO calibrated
    on the training part; per-class figures and FP32/INT8 agreement measured on the held-out 20 %.
 2. Release: the same recipe on all images for the number of epochs the validation run selected; export; INT8 for
-   both engines calibrated with the committed manifest ``calibration_data/cxr4-release.tsv``.
-The three model files, ``release.json`` (every figure) and ``MODEL_CARD.md`` go to ``runtime/models/``.
+   both engines calibrated with a committed calibration manifest.
+The three model files, ``release.json`` (every figure) and ``MODEL_CARD.md`` go to a models folder. Every path
+(data, manifest, models folder, the multi-split INT8 record quoted in the card) comes from the caller: the
+Makefile's ``release-model`` target names the repository's own.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..runtime.classifier import MODELS_DIR
 from ..runtime.dataset import CLASS_NAMES, resolve_data_dir, scan_dataset
+from ..runtime.model_file import SHIPPED_FP32, SHIPPED_INT8, SHIPPED_OPENVINO
 from .calibration import read_manifest, write_manifest
 from .config import TrainConfig
 from .data import stratified_split
@@ -30,9 +32,7 @@ from .train import train
 
 __all__ = ["build_release", "FILES", "MIN_EPOCHS"]
 
-REPO = Path(__file__).resolve().parent.parent
-MANIFEST = REPO / "calibration_data" / "cxr4-release.tsv"
-FILES = {"fp32": "cxr-edge-fp32.onnx", "ort": "cxr-edge-int8.onnx", "openvino": "cxr-edge-int8-openvino.xml"}
+FILES = {"fp32": SHIPPED_FP32, "ort": SHIPPED_INT8, "openvino": SHIPPED_OPENVINO}
 MIN_EPOCHS = 8
 """The release run trains at least this long, whatever epoch the validation run happened to select."""
 
@@ -44,14 +44,16 @@ def _trained(config: TrainConfig, data_dir: Path, out: Path, console: Console, r
     return json.loads((out / "metrics.json").read_text())
 
 
-def build_release(data_dir: Path, work: Path, models_dir: Path = MODELS_DIR, seed: int = 0,
-                  console: Console | None = None, reuse_training: bool = False) -> dict:
+def build_release(data_dir: Path, work: Path, models_dir: Path, manifest: Path, *, int8_record: Path | None = None,
+                  seed: int = 0, console: Console | None = None, reuse_training: bool = False) -> dict:
     """Run both stages and write the release into `models_dir`; returns the release record.
 
     Args:
         data_dir: the labelled class folders.
         work: scratch folder for the runs (must not exist, unless `reuse_training`).
         models_dir: where the release goes (the package's models folder).
+        manifest: the calibration manifest (written from the data, 64 per class, if it does not exist yet).
+        int8_record: the multi-split INT8 benchmark (``benchmarks/int8/int8.json``) quoted in the model card.
         seed: training and split seed.
         console: where progress goes.
         reuse_training: keep the trained checkpoints already in `work` and redo export, quantisation and the
@@ -84,9 +86,9 @@ def build_release(data_dir: Path, work: Path, models_dir: Path = MODELS_DIR, see
     say(f"[bold]2/2 release run[/] (all {len(dataset.samples)} images, {epochs} epochs)")
     final = _trained(TrainConfig(seed=seed, val_fraction=0.0, epochs=epochs), data_dir, work / "release", console,
                      reuse_training)
-    if not MANIFEST.exists():
-        write_manifest(dataset, MANIFEST, per_class=64, seed=seed)
-    calibration = [s.path for s in read_manifest(MANIFEST, dataset.root)]
+    if not manifest.exists():
+        write_manifest(dataset, manifest, per_class=64, seed=seed)
+    calibration = [s.path for s in read_manifest(manifest, dataset.root)]
     staged = work / "models"
     staged.mkdir()
     export_onnx(work / "release" / "checkpoint.pt", staged / FILES["fp32"], check_images=calibration[::32])
@@ -105,9 +107,10 @@ def build_release(data_dir: Path, work: Path, models_dir: Path = MODELS_DIR, see
                        "epochs_run": validation["epochs_run"], "int8": val_int8,
                        "train_images": len(train_part), "val_images": len(val_part)},
         "release": {"epochs": epochs, "train_seconds": final["train_seconds"], "int8_on_training_images": release_int8,
-                    "calibration_manifest": MANIFEST.relative_to(REPO).as_posix(),
+                    "calibration_manifest": manifest.name,
                     "calibration_images": len(calibration)},
         "files": {key: name for key, name in FILES.items()},
+        "int8_splits": json.loads(int8_record.read_text())["pooled"] if int8_record and int8_record.exists() else None,
     }
     (staged / "release.json").write_text(json.dumps(record, indent=2) + "\n")
     (staged / "MODEL_CARD.md").write_text(model_card(record))  # also: python -m cxr_edge.export.release --card
@@ -141,12 +144,10 @@ def _int8_table(comparisons: dict, labelled_as: str) -> str:
     return "\n".join(rows)
 
 
-def _splits_summary() -> str:
-    """The five-split INT8 estimate (benchmarks/int8_splits.py), which resolves far finer than one split."""
-    path = REPO / "benchmarks" / "int8" / "int8.json"
-    if not path.exists():
+def _splits_summary(pooled: dict | None) -> str:
+    """The multi-split INT8 estimate (benchmarks/int8_splits.py), which resolves far finer than one split."""
+    if not pooled:
         return ""
-    pooled = json.loads(path.read_text())["pooled"]
     rows = [f"{'ONNX Runtime' if engine == 'ort' else 'OpenVINO'}: accuracy "
             f"{pooled[engine]['accuracy_change_points']:+.1f} points, {pooled[engine]['agreement']:.1%} agreement"
             for engine in ("ort", "openvino")]
@@ -209,7 +210,7 @@ On the training images (release model; in-sample, so accuracy here says nothing 
 
 {_int8_table(release['int8_on_training_images'], 'training')}
 
-{_splits_summary()}
+{_splits_summary(record.get('int8_splits'))}
 Latency: median of batch-1 runs, 2 threads, FP32 and INT8 interleaved in one process on the build machine;
 see `benchmarks/` for the full measurement.
 
@@ -227,17 +228,22 @@ prompts, throughput studies. Not for diagnosis, treatment decisions or any use w
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train, export and quantise the shipped cxr-edge model.")
-    parser.add_argument("--data", default=None, help="labelled data (default: $CXR_DATA or the shared set)")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "release", help="scratch folder (new)")
+    parser.add_argument("--data", default=None, help="labelled data (default: the $CXR_DATA setting)")
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder (new)")
+    parser.add_argument("--models-dir", type=Path, required=True, help="where the release goes")
+    parser.add_argument("--manifest", type=Path, required=True, help="calibration manifest (made if missing)")
+    parser.add_argument("--int8-record", type=Path, default=None, help="multi-split INT8 record for the card")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse-training", action="store_true",
                         help="keep the checkpoints in --work; redo export, INT8 and the figures")
     parser.add_argument("--card", action="store_true", help="only rewrite MODEL_CARD.md from release.json")
     args = parser.parse_args()
     if args.card:
-        (MODELS_DIR / "MODEL_CARD.md").write_text(model_card(json.loads((MODELS_DIR / "release.json").read_text())))
+        (args.models_dir / "MODEL_CARD.md").write_text(
+            model_card(json.loads((args.models_dir / "release.json").read_text())))
         return
-    build_release(resolve_data_dir(args.data), args.work, seed=args.seed, reuse_training=args.reuse_training)
+    build_release(resolve_data_dir(args.data), args.work, args.models_dir, args.manifest,
+                  int8_record=args.int8_record, seed=args.seed, reuse_training=args.reuse_training)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,17 @@ def require(*modules: str, purpose: str) -> None:
         modules: top-level import names.
         purpose: what needs them, for the message (``"cxr-edge train"``).
     """
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not _importable(m)]
     if not missing:
         return
     extras = sorted({EXTRAS.get(m, "export") for m in missing})
     install = " ".join(f"'cxr-edge[{e}]'" for e in extras)
     raise MissingExtraError(f"{purpose} needs {', '.join(missing)}, which this installation lacks: "
                             f"pip install {install}")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken installation, or an import hook that refuses the name
+        return False

@@ -14,7 +14,7 @@ from typing import IO, Any, Protocol
 
 from .classifier import Prediction
 
-__all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict"]
+__all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict", "shorten_left"]
 
 FORMATS = ("table", "jsonl", "csv")
 BUDGET_S = 60.0
@@ -104,7 +104,15 @@ class CsvWriter:
 
 
 class TableWriter:
-    """A rich table, one row per image, then the run's summary."""
+    """A rich table, one row per image, then the run's summary.
+
+    On a wide terminal every class probability has a column; on a narrow one (80 columns) the table keeps only
+    file, label, confidence and latency (the probabilities are in ``--format jsonl`` and ``csv``), and a path too
+    long for its column is shortened from the left, so that every row still names its file.
+    """
+
+    MIN_FILE_WIDTH = 28
+    """Narrower than this, the file column could no longer show a typical file name: switch to the compact layout."""
 
     def __init__(self, console: Any, class_names: Sequence[str], show_phi: bool, title: str) -> None:
         self.console = console
@@ -116,28 +124,45 @@ class TableWriter:
     def write(self, prediction: Prediction) -> None:
         self.rows.append(prediction)
 
+    def _columns(self, compact: bool) -> list[tuple[str, int]]:
+        """(header, width) of every column but the file's."""
+        label = max([5, *(len(n) for n in self.class_names)])
+        columns = [("patient", 24)] if self.show_phi else []
+        columns += [("label", label), ("conf.", 5)]
+        if not compact:
+            columns += [(n.replace("_", "\n"), max(5, *(len(part) for part in n.split("_")))) for n in self.class_names]
+        return columns + [("ms", 6)]
+
+    def _file_width(self, columns: list[tuple[str, int]]) -> int:
+        borders = 3 * (len(columns) + 1) + 1  # a separator and a space either side of every cell
+        return self.console.width - borders - sum(width for _, width in columns)
+
     def close(self, summary: Summary) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=self.title, title_justify="left")
-        table.add_column("file", overflow="fold")
-        if self.show_phi:
-            table.add_column("patient", overflow="fold")
-        table.add_column("label", no_wrap=True)
-        table.add_column("conf.", justify="right", no_wrap=True)
-        for name in self.class_names:
-            table.add_column(name.replace("_", "\n"), justify="right", no_wrap=True)
-        table.add_column("ms", justify="right", no_wrap=True)
+        compact = self._file_width(self._columns(False)) < self.MIN_FILE_WIDTH
+        columns = self._columns(compact)
+        file_width = max(12, self._file_width(columns))
+        title = escape(self.title) + (" [dim](probabilities: --format jsonl or csv)[/]" if compact else "")
+        table = Table(title=title, title_justify="left")
+        table.add_column("file", overflow="fold", min_width=min(file_width, 12), max_width=file_width)
+        for header, width in columns:
+            left = header in ("patient", "label")
+            table.add_column(header, justify="left" if left else "right", no_wrap=not left or header == "label",
+                             min_width=width if header != "patient" else None)
         for p in self.rows:
-            patient = [f"{(p.patient or {}).get('name', '')} {(p.patient or {}).get('id', '')}".strip()] \
-                if self.show_phi else []
+            cells = [escape(shorten_left(p.path, file_width))]
+            if self.show_phi:
+                cells.append(f"{(p.patient or {}).get('name', '')} {(p.patient or {}).get('id', '')}".strip())
             if p.error is not None:  # the reason is listed under the table, where it has room
-                table.add_row(escape(p.path), *patient, "[red]failed[/]", *([""] * (len(self.class_names) + 2)))
+                table.add_row(*cells, "[red]failed[/]", *([""] * (len(columns) - len(cells))))
                 continue
             probabilities = p.probabilities or {}
-            table.add_row(escape(p.path), *patient, f"[bold]{p.label}[/]", f"{p.confidence:.3f}",
-                          *(f"{probabilities[c]:.3f}" for c in self.class_names), f"{p.latency_ms['total']:.1f}")
+            cells += [f"[bold]{p.label}[/]", f"{p.confidence:.3f}"]
+            if not compact:
+                cells += [f"{probabilities[c]:.3f}" for c in self.class_names]
+            table.add_row(*cells, f"{p.latency_ms['total']:.1f}")
         self.console.print(table)
         for p in self.rows:
             if p.error is not None:
@@ -149,6 +174,18 @@ class TableWriter:
         self.console.print(f"{info['images']} images{failed}; {median}")
 
 
+def shorten_left(path: str, width: int) -> str:
+    """`path` cut from the left to `width` characters, keeping its end (the file name) whole: ``…/b/c.png``."""
+    if len(path) <= width:
+        return path
+    name = path.rsplit("/", 1)[-1]
+    if len(name) + 2 > width:
+        return name  # the name alone is too long: the column folds it, but nothing of it is lost
+    tail = path[-(width - 1):]
+    cut = tail.find("/")
+    return "…" + (tail[cut:] if 0 <= cut < len(tail) - len(name) else "/" + name)
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
@@ -156,6 +193,8 @@ def _fmt(value: float | None) -> str:
 def make_writer(fmt: str, stream: IO[str], console: Any, class_names: Sequence[str], *, show_phi: bool,
                 title: str = "") -> Writer:
     """The writer for ``table``, ``jsonl`` or ``csv``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "jsonl":
         return JsonlWriter(stream, show_phi)
     if fmt == "csv":

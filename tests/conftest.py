@@ -1,4 +1,5 @@
-"""Shared fixtures: the labelled data folder (never committed) and small copies of it for quick runs."""
+"""Shared fixtures: a private runtime cache per test, a tiny model, the labelled data folder (never committed)
+and small copies of it for quick runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import tiny_onnx
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own runtime cache, so that one test's remembered engine choice or compiled graph can
+    neither help nor hide a problem in another."""
+    monkeypatch.setenv("CXR_EDGE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def model(tmp_path: Path) -> Path:
+    """A tiny real CAM network (64 px, four classes) that follows the model contract."""
+    return tiny_onnx(tmp_path / "tiny.onnx", size=64)
 
 
 @pytest.fixture(scope="session")

@@ -71,24 +71,33 @@ def write_dicom(path: Path, pixels: np.ndarray, **kwargs: object) -> Path:
     return path
 
 
+def dicom_in_syntax(pixels: np.ndarray, transfer_syntax: str, **kwargs: object) -> Dataset:
+    """A radiograph (`dicom_dataset`) stored in `transfer_syntax`: JPEG Baseline made by OpenCV and encapsulated
+    by pydicom, everything else compressed by pydicom's own encoders (RLE natively, JPEG 2000 through
+    pylibjpeg-openjpeg)."""
+    ds = dicom_dataset(pixels, **kwargs)
+    if transfer_syntax == JPEGBaseline8Bit:
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert ok
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([encoded.tobytes()])
+        ds["PixelData"].is_undefined_length = True
+        ds.LossyImageCompression = "01"
+    elif transfer_syntax != ExplicitVRLittleEndian:
+        ds.compress(transfer_syntax, pixels)
+    return ds
+
+
 def write_jpeg_dicom(path: Path, pixels: np.ndarray) -> Path:
-    """An 8-bit image stored as JPEG Baseline (the codestream made by OpenCV, encapsulated by pydicom)."""
-    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    assert ok
-    ds = dicom_dataset(pixels, modality="CR", sop_class=ComputedRadiographyImageStorage)
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.PixelData = encapsulate([encoded.tobytes()])
-    ds["PixelData"].is_undefined_length = True
-    ds.LossyImageCompression = "01"
-    ds.save_as(path, enforce_file_format=True)
+    """An 8-bit image stored as JPEG Baseline."""
+    dicom_in_syntax(pixels, JPEGBaseline8Bit, modality="CR", sop_class=ComputedRadiographyImageStorage).save_as(
+        path, enforce_file_format=True)
     return path
 
 
 def write_compressed_dicom(path: Path, pixels: np.ndarray, transfer_syntax: str, **kwargs: object) -> Path:
     """Compressed with pydicom's own encoders (RLE natively, JPEG 2000 through pylibjpeg-openjpeg)."""
-    ds = dicom_dataset(pixels, **kwargs)
-    ds.compress(transfer_syntax, pixels)
-    ds.save_as(path, enforce_file_format=True)
+    dicom_in_syntax(pixels, transfer_syntax, **kwargs).save_as(path, enforce_file_format=True)
     return path
 
 

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _committed_tree(target: Path) -> Path:
+    """The files git knows (committed or staged), copied: a wheel built from them cannot pick up stale build/ output
+    or files that were never added."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (REPO / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
+
+
+@pytest.mark.slow
 def test_wheel_maps_the_folders_into_cxr_edge_and_ships_the_model(tmp_path):
+    source = _committed_tree(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=600)
-    wheel = next(tmp_path.glob("cxr_edge-*.whl"))
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=600)
+    wheel = next((tmp_path / "dist").glob("cxr_edge-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    for expected in ("cxr_edge/cli.py", "cxr_edge/runtime/backends/ort.py", "cxr_edge/runtime/backends/openvino.py",
+    for expected in ("cxr_edge/cli/main.py", "cxr_edge/cli/edge.py", "cxr_edge/cli/build.py", "cxr_edge/cli/live.py",
+                     "cxr_edge/runtime/model_file.py", "cxr_edge/runtime/cold_start.py",
+                     "cxr_edge/runtime/backends/ort.py", "cxr_edge/runtime/backends/openvino.py",
                      "cxr_edge/runtime/live/watch.py", "cxr_edge/runtime/live/dicom_listener.py",
                      "cxr_edge/export/quantize.py", "cxr_edge/runtime/models/cxr-edge-int8.onnx",
                      "cxr_edge/runtime/models/cxr-edge-fp32.onnx", "cxr_edge/runtime/models/cxr-edge-int8-openvino.xml",

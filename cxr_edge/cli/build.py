@@ -67,16 +67,18 @@ def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, ep
     Prints a progress bar per epoch and, at the end, per-class precision, recall and F1 on the validation split.
     """
     _require_build("train")
+    from cxr_edge.runtime.dataset import resolve_data_dir
+
+    data = resolve_data_dir(data_dir)  # a wrong folder is reported before torch is imported
     from rich.console import Console
 
     from cxr_edge.export.train import train as run_training
-    from cxr_edge.runtime.dataset import resolve_data_dir
     from cxr_edge.runtime.metrics import render_report
 
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
                          split_seed=split_seed, val_fraction=val_fraction, patience=patience,
                          freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads)
-    result = run_training(config, resolve_data_dir(data_dir), out_dir, console=Console(stderr=True))
+    result = run_training(config, data, out_dir, console=Console(stderr=True))
     if result.report is not None:
         render_report(result.report, Console(), title=f"Validation, epoch {result.best_epoch} of "
                                                       f"{result.epochs_run} ({result.seconds / 60:.1f} min)")

@@ -15,8 +15,8 @@ import pytest
 from tests.factories import CLASSES, PATIENT_ID, PATIENT_NAME, bad_corpus, gradient, tiny_onnx, write_dicom
 
 
-def _run(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"CXR_EDGE_CACHE": str(cache), "COLUMNS": "220"}  # rich wraps tables at the width
+def _run(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = os.environ | {"CXR_EDGE_CACHE": str(cache), "COLUMNS": "220"} | (env or {})  # rich wraps at the width
     return subprocess.run([sys.executable, "-m", "cxr_edge.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=env)
 
@@ -164,3 +164,21 @@ def test_the_shipped_int8_model_is_the_default(setup):
     assert info["model"]["path"].endswith("cxr-edge-int8.onnx")
     assert info["model"]["architecture"] == "efficientnet_lite0"
     assert info["contract"]["input_size"] == [224, 224] and "training" in info["provenance"]
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_an_80_column_table_still_names_every_file(setup, tmp_path, columns):
+    model, images, cache = setup
+    deep = tmp_path / "a-rather-long-folder-name" / "with" / "several" / "levels"
+    deep.mkdir(parents=True)
+    inputs = [deep / f"patient-{i:04d}-chest-pa.png" for i in range(3)]
+    for source, target in zip(images, inputs, strict=True):
+        target.write_bytes(source.read_bytes())
+    result = _run("predict", *inputs, "--model", model, "--format", "table", cache=cache,
+                  env={"COLUMNS": str(columns)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= columns
+    for path in inputs:  # each row shows the file's whole name, never cut or folded away
+        assert any(path.name in line and ("normal" in line or "covid19" in line or "pneumonia" in line)
+                   for line in lines), (path.name, result.stdout)

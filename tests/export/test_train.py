@@ -18,6 +18,8 @@ from cxr_edge.runtime.contract import Contract
 from cxr_edge.runtime.dataset import scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
 
+pytestmark = pytest.mark.slow  # trains or exports real networks
+
 TINY = dict(epochs=2, batch_size=8, image_size=64, val_fraction=0.25, threads=2)
 
 

@@ -19,15 +19,10 @@ from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.live.files import TEMP_PREFIX
 from cxr_edge.runtime.live.watch import FolderWatcher, result_name
 from cxr_edge.runtime.model_file import file_sha256
-from tests.factories import gradient, tiny_onnx, truncated, write_dicom
+from tests.factories import gradient, truncated, write_dicom
 
 RECORD_KEYS = {"path", "label", "probabilities", "latency_ms", "error", "sha256", "arrived", "finished", "warnings",
                "model", "moved_to"}
-
-
-@pytest.fixture()
-def model(tmp_path: Path) -> Path:
-    return tiny_onnx(tmp_path / "tiny.onnx", size=64)
 
 
 def png_bytes(seed: int) -> bytes:

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,17 +17,15 @@ import openvino as ov
 import pytest
 
 from cxr_edge.runtime.bench import Reference, run_bench
+from cxr_edge.runtime.classifier import Classifier
+from cxr_edge.runtime.dataset import CLASS_NAMES, scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
+from cxr_edge.runtime.metrics import classification_report
 from cxr_edge.runtime.timing import time_interleaved
 from tests.factories import tiny_int8, tiny_onnx
 
 ROW_KEYS = {"backend", "precision", "model", "size_mb", "load_s", "first_ms", "latency_ms", "throughput_ips",
             "peak_rss_mb", "speedup_vs_fp32", "budget_headroom"}
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXR_EDGE_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture()
@@ -68,14 +67,24 @@ def test_rows_are_interleaved_in_blocks():
 
 
 def test_accuracy_columns_with_a_labelled_folder(models, small_dataset):
+    """Accuracy, macro-F1 and agreement equal what the classifier itself predicts for the same files."""
     fp32, int8, _ = models
     result = run_bench([fp32, int8], data_dir=small_dataset, runs=5, warmup=0, batches=(1,))
+    samples = scan_dataset(small_dataset).samples
+    truth = [CLASS_NAMES[s.label] for s in samples]
+    labels = {}
+    for path in (fp32, int8):
+        labels[path] = [p.label for p in Classifier.open(path, backend="ort").predict([s.path for s in samples])]
     for row in result["rows"]:
-        assert row["images"] == 24 and 0 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
-        if row["precision"] == "fp32":
-            assert row["agreement_fp32"] == 1.0
-        else:
-            assert 0 <= row["agreement_fp32"] <= 1
+        predicted = labels[Path(row["model"])]
+        expected = classification_report([CLASS_NAMES.index(t) for t in truth],
+                                         [CLASS_NAMES.index(p) for p in predicted], CLASS_NAMES)
+        assert row["images"] == 24
+        assert row["accuracy"] == pytest.approx(expected["accuracy"])
+        assert row["macro_f1"] == pytest.approx(expected["macro_f1"])
+        agreement = np.mean([a == b for a, b in zip(predicted, labels[fp32], strict=True)])
+        assert row["agreement_fp32"] == pytest.approx(agreement)
+    assert [r["agreement_fp32"] for r in result["rows"] if r["precision"] == "fp32"] == [1.0, 1.0]
 
 
 def test_accuracy_reads_folders_as_training_does_and_lists_unreadable_files(models, small_dataset, tmp_path):
@@ -109,6 +118,7 @@ def test_refuses_models_with_different_contracts(models, tmp_path):
         run_bench([fp32, other], runs=5, warmup=0, batches=(1,))
 
 
+@pytest.mark.slow
 def test_torch_reference_row_when_a_checkpoint_is_given(small_dataset, tmp_path):
     from cxr_edge.export.config import TrainConfig
     from cxr_edge.export.reference import torch_runner
@@ -126,7 +136,8 @@ def test_torch_reference_row_when_a_checkpoint_is_given(small_dataset, tmp_path)
     assert backends == ["ort", "openvino", "torch"]
     torch_row = result["rows"][-1]
     assert torch_row["speedup_vs_reference"] == pytest.approx(1.0)
-    assert result["rows"][0]["speedup_vs_reference"] > 0
+    assert result["rows"][0]["speedup_vs_reference"] == pytest.approx(
+        torch_row["latency_ms"]["p50"] / result["rows"][0]["latency_ms"]["p50"])
     assert torch_row["agreement_fp32"] == 1.0  # FP32 in PyTorch agrees with itself
     assert result["labels"]["torch"] == "PyTorch eager"
     without = run_bench([model], reference=reference, backends=("ort", "openvino"), runs=5, warmup=0, batches=(1,))
@@ -175,3 +186,34 @@ def test_cli_end_to_end_prints_where_the_time_goes(models, small_dataset, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "end to end, ONNX Runtime FP32" in result.stdout and "decode" in result.stdout
     assert "accuracy" in result.stdout
+
+
+def test_a_row_that_cannot_run_is_a_row_with_its_reason(models, tmp_path):
+    """A broken model and a reference that cannot run here become rows with reasons; the others are measured."""
+    from rich.console import Console
+
+    from cxr_edge.runtime.bench_report import bench_markdown, bench_table
+
+    fp32, _, _ = models
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<?xml version='1.0'?>\n<net name='nothing'/>\n")
+    broken.with_suffix(".bin").write_bytes(b"")
+
+    def refuse(contract, threads):
+        raise RuntimeError("torch is not installed here")
+
+    result = run_bench([fp32, broken], reference=Reference("torch", "PyTorch eager", fp32, refuse), runs=5, warmup=0,
+                       batches=(1,))
+    rows = {(r["backend"], Path(r["model"]).name): r for r in result["rows"]}
+    assert set(rows) == {("ort", "fp32.onnx"), ("openvino", "fp32.onnx"), ("-", "broken.xml"), ("torch", "fp32.onnx")}
+    for engine in ("ort", "openvino"):
+        assert "error" not in rows[engine, "fp32.onnx"] and len(rows[engine, "fp32.onnx"]["raw_latency_ms"]) == 5
+    assert "OpenVINO cannot read it" in rows["-", "broken.xml"]["error"]
+    assert rows["torch", "fp32.onnx"]["error"] == "torch is not installed here"
+    assert sum("did not run" in w for w in result["warnings"]) == 2
+    console = Console(record=True, width=120)
+    bench_table(result, console)
+    text = console.export_text()
+    assert text.count("did not run") >= 4  # in both tables, and the reasons below them
+    assert "torch is not installed here" in text
+    assert "did not run: torch is not installed here" in bench_markdown(result)

@@ -20,16 +20,6 @@ from cxr_edge.runtime.preprocess import preprocess
 from tests.factories import CLASSES, gradient, tiny_onnx, write_compressed_dicom, write_dicom, write_jpeg_dicom
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXR_EDGE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture()
-def model(tmp_path):
-    return tiny_onnx(tmp_path / "tiny.onnx", size=64)
-
-
 def _images(tmp_path, count=5):
     rng = np.random.default_rng(1)
     paths = []

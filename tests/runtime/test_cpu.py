@@ -13,16 +13,32 @@ from cxr_edge.runtime.backends import open_backend, resolve_backend
 from tests.factories import tiny_int8, tiny_onnx
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_EDGE_CACHE", str(tmp_path / "cache"))
-
-
-def test_flags_come_from_proc_cpuinfo() -> None:
+def test_flags_come_from_proc_cpuinfo_and_what_the_kernel_enables() -> None:
     line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     flags = set(line.split(":", 1)[1].split())
-    assert cpu.cpu_flags() == flags
-    assert cpu.has_vnni() == bool(flags & {"avx512_vnni", "avx_vnni"})
+    states = cpu._xsave_states()
+    assert states is not None and states & 0b111 == 0b111  # x87, SSE and AVX state: any x86-64 Linux of this decade
+    unusable = set()
+    if states & (0b11 << 17) != 0b11 << 17:
+        unusable |= {f for f in flags if f.startswith("amx")}
+    if states & (0b111 << 5) != 0b111 << 5:
+        unusable |= {f for f in flags if f.startswith("avx512")}
+    assert cpu.cpu_flags() == flags - unusable
+    assert cpu.has_vnni() == bool((flags - unusable) & {"avx512_vnni", "avx_vnni"})
+
+
+def test_amx_and_avx512_flags_count_only_where_the_kernel_enables_their_registers(monkeypatch) -> None:
+    """A virtual machine may report AMX in /proc/cpuinfo without the kernel enabling its tile state."""
+    reported = frozenset({"avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("a CPU", reported))
+    monkeypatch.setattr(cpu, "_xsave_states", lambda: 0b1110_0111)  # AVX-512 state, no tile state
+    assert cpu.cpu_flags() == {"avx2", "avx512f", "avx512_vnni"}
+    monkeypatch.setattr(cpu, "_xsave_states", lambda: 0b111)  # neither
+    assert cpu.cpu_flags() == {"avx2"} and not cpu.has_vnni()
+    monkeypatch.setattr(cpu, "_xsave_states", lambda: 0b11 << 17 | 0b1110_0111)
+    assert cpu.cpu_flags() == reported
+    monkeypatch.setattr(cpu, "_xsave_states", lambda: None)  # unknown (not Linux on x86-64): trust the report
+    assert cpu.cpu_flags() == reported
 
 
 @pytest.mark.parametrize("vnni", [True, False])

@@ -63,3 +63,6 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_DATA", str(tmp_path / "absent"))
     with pytest.raises(DatasetError, match=r"absent \(from \$CXR_DATA\) does not exist"):
         resolve_data_dir(None)
+    monkeypatch.delenv("CXR_DATA")
+    with pytest.raises(DatasetError, match=r"^no labelled data given: pass --data DIR or set CXR_DATA$"):
+        resolve_data_dir(None)  # no folder is guessed

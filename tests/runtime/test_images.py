@@ -219,3 +219,23 @@ def test_random_bytes_raise_only_image_error(tmp_path, data, prefix, suffix):
         assert loaded.pixels.ndim == 2 and loaded.pixels.dtype == np.float32
         assert np.isfinite(loaded.pixels).all()
         assert loaded.pixels.min() >= 0.0 and loaded.pixels.max() <= 1.0
+
+
+def test_a_corrupt_header_is_named_without_object_reprs_and_keeps_its_cause(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\x01" * 7)
+    with pytest.raises(ImageError) as caught:
+        load_image(path)
+    assert caught.value.reason.startswith("corrupt PNG header: ")
+    assert " at 0x" not in caught.value.reason and "BytesIO" not in caught.value.reason
+    assert caught.value.__cause__ is not None  # --debug shows the decoder's own exception
+
+
+def test_reading_images_leaves_pillow_settings_alone(tmp_path):
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    load_image(_write(tmp_path / "g.png", gradient()))
+    with pytest.raises(ImageError, match="3600 megapixels"):
+        load_image(png_header_only(tmp_path / "bomb.png", 60000, 60000))
+    assert Image.MAX_IMAGE_PIXELS == before and before is not None
