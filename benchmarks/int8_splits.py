@@ -27,12 +27,12 @@ from cxr_edge.export.quantize import quantize
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import train
 from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
+from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
 
 ENGINES = {"ort": "int8.onnx", "openvino": "int8.xml"}
 
 
-def run_split(data_dir: Path, split_seed: int, work: Path, console: Console) -> dict:
+def run_split(data_dir: list[Path], split_seed: int, work: Path, console: Console) -> dict:
     """Train and export on one split (unless `work` already holds that model), quantise, and count FP32 and INT8
     results on its held-out part."""
     dataset = scan_dataset(data_dir)
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "int8")
     args = parser.parse_args()
     console = Console(stderr=True)
-    data_dir = resolve_data_dir(args.data)
+    data_dir = resolve_data_dirs(args.data)
     splits = [run_split(data_dir, seed, args.work / f"split{seed}", console) for seed in args.splits]
     record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
               "versions": versions(), "splits": splits, "pooled": pooled(splits)}

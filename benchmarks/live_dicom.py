@@ -63,8 +63,10 @@ def make_instance(pixels: np.ndarray, syntax: str, index: int) -> Dataset:
                            PatientName=f"Bench^Patient{index}", PatientID=f"BENCH{index:05d}", **extra)
 
 
-def build_instances(data_dir: Path, count: int, folder: Path) -> list[Path]:
-    images = sorted(p for p in (data_dir / "train").rglob("*") if p.is_file())
+def build_instances(data_dirs: list[Path], count: int, folder: Path) -> list[Path]:
+    from cxr_edge.runtime.dataset import scan_dataset
+
+    images = [s.path for s in scan_dataset(data_dirs).samples]
     folder.mkdir(parents=True)
     paths = []
     for i in range(count):
@@ -200,13 +202,13 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped INT8 model)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "live")
     args = parser.parse_args()
-    from cxr_edge.runtime.dataset import resolve_data_dir
+    from cxr_edge.runtime.dataset import resolve_data_dirs
 
-    data_dir = resolve_data_dir(args.data)
+    data_dirs = resolve_data_dirs(args.data)
     phases = []
     with tempfile.TemporaryDirectory() as scratch:
         scratch_dir = Path(scratch)
-        paths = build_instances(data_dir, args.count, scratch_dir / "send")
+        paths = build_instances(data_dirs, args.count, scratch_dir / "send")
         out, port = scratch_dir / "out", free_port()
         command = [sys.executable, "-m", "cxr_edge.cli", "dicom-listen", "--port", str(port), "--host", "127.0.0.1",
                    "--out", str(out)] + (["--model", args.model] if args.model else [])

@@ -62,9 +62,11 @@ class Sampler:
         self._thread.join()
 
 
-def plan(data_dir: Path, count: int) -> list[tuple[str, bytes, bool]]:
+def plan(data_dirs: list[Path], count: int) -> list[tuple[str, bytes, bool]]:
     """(name, content, valid) for every file to drop; every tenth is broken in one of three ways."""
-    images = sorted(p for p in (data_dir / "train").rglob("*") if p.is_file())
+    from cxr_edge.runtime.dataset import scan_dataset
+
+    images = [s.path for s in scan_dataset(data_dirs).samples]
     files = []
     for i in range(count):
         source = images[i % len(images)]
@@ -117,9 +119,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped INT8 model)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "live")
     args = parser.parse_args()
-    from cxr_edge.runtime.dataset import resolve_data_dir
+    from cxr_edge.runtime.dataset import resolve_data_dirs
 
-    files = plan(resolve_data_dir(args.data), args.count)
+    files = plan(resolve_data_dirs(args.data), args.count)
     size = -(-len(files) // args.bursts)
     bursts = [files[i:i + size] for i in range(0, len(files), size)]
     dropped_at: dict[str, float] = {}

@@ -48,14 +48,14 @@ def main() -> None:
 
     from cxr_edge.runtime.backends import resolve_backend
     from cxr_edge.runtime.classifier import Classifier
-    from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
+    from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
     from cxr_edge.runtime.model_file import resolve_model
     from cxr_edge.runtime.pipeline import predict_stream
     from cxr_edge.runtime.preprocess import load_many, to_input
     from cxr_edge.runtime.timing import time_interleaved
 
     model = resolve_model(args.model)
-    samples = scan_dataset(resolve_data_dir(args.data)).samples
+    samples = scan_dataset(resolve_data_dirs(args.data)).samples
     jpegs = [s.path for s in samples if s.path.suffix.lower() in (".jpg", ".jpeg")]
     big = max(jpegs, key=lambda p: cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8).size)
     record: dict = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
@@ -124,7 +124,7 @@ def main() -> None:
     for _ in range(3):
         start = time.perf_counter()
         for i in range(0, len(inputs), batch):
-            folder_classifier.backend.run(inputs[i:i + batch])
+            folder_classifier.run(inputs[i:i + batch])
         runs["model_only"].append(len(inputs) / (time.perf_counter() - start))
         # decoding and preprocessing alone, on the same pool size predict_stream uses
         start = time.perf_counter()

@@ -8,6 +8,7 @@ hash differs from the manifest is an error, because a different image means a di
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,10 @@ from .data import file_sha256, manifest_hash
 
 __all__ = ["MANIFEST_HEADER", "write_manifest", "read_manifest", "resolve_calibration", "CalibrationError"]
 
-MANIFEST_HEADER = "# cxr-edge calibration manifest v1"
+MANIFEST_HEADER = "# cxr-edge calibration manifest v2"
+"""v2 names each file as ``<data root's folder name>/<path under it>``, so one manifest spans several roots;
+v1 manifests (paths under a single root) are still read."""
+_V1_HEADER = "# cxr-edge calibration manifest v1"
 _COLUMNS = "class\tfile\tsha256"
 
 
@@ -28,9 +32,11 @@ class CalibrationError(CxrEdgeError):
 
 
 def write_manifest(dataset: Dataset, out: str | Path, *, per_class: int, seed: int = 0) -> list[Sample]:
-    """Write a manifest of a seeded, stratified subset: `per_class` images of each class (all, if fewer).
+    """Write a manifest of a seeded subset: `per_class` images of each class (all, if fewer), shared equally
+    among the class's sources, so that every detector and format the model knows sets the INT8 ranges.
 
-    Paths are stored relative to the dataset root, so the manifest resolves against any copy of the data.
+    Files are named by their data root's folder name and their path under it, so the manifest resolves against
+    any copy of the data.
     """
     out = Path(out)
     if out.exists():
@@ -38,48 +44,66 @@ def write_manifest(dataset: Dataset, out: str | Path, *, per_class: int, seed: i
     rng = np.random.default_rng(seed)
     chosen: list[Sample] = []
     for label in range(len(CLASS_NAMES)):
-        members = sorted((s for s in dataset.samples if s.label == label), key=lambda s: s.path.as_posix())
-        picks = sorted(rng.permutation(len(members))[:per_class])
-        chosen += [members[i] for i in picks]
-    lines = [MANIFEST_HEADER, f"# data manifest hash of the source dataset: "
-             f"{manifest_hash(dataset.samples, dataset.root)}", f"# {per_class} per class, seed {seed}", _COLUMNS]
-    lines += [f"{CLASS_NAMES[s.label]}\t{s.path.relative_to(dataset.root).as_posix()}\t{file_sha256(s.path)}"
-              for s in chosen]
+        members = sorted((s for s in dataset.samples if s.label == label), key=lambda s: s.key)
+        by_source: dict[str, list[Sample]] = {}
+        for sample in members:
+            by_source.setdefault(sample.source, []).append(sample)
+        queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_source.items())]
+        picked: list[Sample] = []
+        while len(picked) < per_class and any(queues):
+            for queue in queues:
+                if queue and len(picked) < per_class:
+                    picked.append(queue.pop(0))
+        chosen += sorted(picked, key=lambda s: s.key)
+    lines = [MANIFEST_HEADER, f"# data manifest hash of the source dataset: {manifest_hash(dataset.samples)}",
+             f"# {per_class} per class, shared among sources, seed {seed}", _COLUMNS]
+    lines += [f"{CLASS_NAMES[s.label]}\t{s.key}\t{file_sha256(s.path)}" for s in chosen]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return chosen
 
 
-def read_manifest(manifest: str | Path, data_dir: str | Path) -> list[Sample]:
-    """Resolve a manifest against a data folder; every file must exist and match its hash.
+def read_manifest(manifest: str | Path, data_dirs: str | Path | Sequence[str | Path]) -> list[Sample]:
+    """Resolve a manifest against data folders; every file must exist and match its hash.
 
     Raises:
         CalibrationError: naming every missing or changed file (not just the first).
     """
-    manifest, data_dir = Path(manifest), Path(data_dir)
+    manifest = Path(manifest)
+    roots = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(d) for d in data_dirs]
     try:
         text = manifest.read_text()
     except OSError as exc:
         raise CalibrationError(f"{manifest}: cannot read the manifest ({exc.strerror or exc})") from exc
     rows = [line for line in text.splitlines() if line and not line.startswith("#")]
-    if not text.startswith(MANIFEST_HEADER) or not rows or rows[0] != _COLUMNS:
+    version_two = text.startswith(MANIFEST_HEADER)
+    if not (version_two or text.startswith(_V1_HEADER)) or not rows or rows[0] != _COLUMNS:
         raise CalibrationError(f"{manifest}: not a cxr-edge calibration manifest")
+    by_name = {root.name: root for root in roots}
     samples, problems = [], []
     for number, row in enumerate(rows[1:], start=2):
         fields = row.split("\t")
         if len(fields) != 3 or fields[0] not in CLASS_NAMES:
             raise CalibrationError(f"{manifest}: malformed row {number}: {row!r}")
         name, relative, digest = fields
-        path = data_dir / relative
+        if version_two:
+            root_name, _, under = relative.partition("/")
+            root = by_name.get(root_name)
+            if root is None:
+                problems.append(f"{relative}: no data folder named {root_name!r} was given")
+                continue
+            path = root / under
+        else:
+            root, path = roots[0], roots[0] / relative
         if not path.is_file():
             problems.append(f"{relative} is missing")
         elif file_sha256(path) != digest:
             problems.append(f"{relative} differs from the manifest (SHA-256 mismatch)")
         else:
-            samples.append(Sample(path, CLASS_NAMES.index(name)))
+            samples.append(Sample(path, CLASS_NAMES.index(name), root=root))
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise CalibrationError(f"{manifest} does not match {data_dir}: {shown}")
+        raise CalibrationError(f"{manifest} does not match {', '.join(map(str, roots))}: {shown}")
     return samples
 
 

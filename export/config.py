@@ -31,6 +31,10 @@ class TrainConfig:
         ema_decay: per-step decay of the exponential moving average of the weights that is validated and kept
             (0 keeps the raw weights). Averaging over a few epochs removes most epoch-to-epoch swing.
         freeze_early: keep the architecture's generic early layers frozen.
+        intensity: per-image intensity standardisation written into the contract (``none`` or ``equalize``).
+        balanced: draw batches so that every class, and within a class every source, weighs the same.
+        exclude_sources: sources left out entirely (leave-one-source-out studies: how would an unseen hospital
+            of that kind fare?).
         weights: optional user-supplied starting weights.
         pretrained: allow packaged ImageNet weights.
         threads: torch intra-op threads (default: every core).
@@ -50,6 +54,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.97
     freeze_early: bool = True
+    intensity: str = "equalize"
+    balanced: bool = True
+    exclude_sources: tuple[str, ...] = ()
     weights: str | None = None
     pretrained: bool = True
     threads: int | None = None

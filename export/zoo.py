@@ -79,6 +79,9 @@ class ArchSpec:
         from_scratch: designed to train from random weights (no warning when no weights are given).
         early_layers: the generic first layers (stem and high-resolution stages) that fine-tuning keeps frozen:
             on a few hundred images they gain nothing from training and cost most of the backward pass.
+        split: the feature extractor cut in two, ``(first, second)`` with ``features(x) == second(first(x))``;
+            the statistics of ``first``'s output (mid-level texture: what an X-ray looks like, as opposed to what
+            it shows) are what the gate measures first (`cxr_edge.export.reliability`).
     """
 
     build: Callable[[int, dict | None], CamClassifier]
@@ -89,6 +92,8 @@ class ArchSpec:
     description: str
     early_layers: Callable[[CamClassifier], list[nn.Module]] = lambda model: []
     from_scratch: bool = False
+    split: Callable[[CamClassifier], tuple[nn.Module, nn.Module]] = lambda model: (
+        model.features[: len(model.features) * 3 // 4], model.features[len(model.features) * 3 // 4:])
 
 
 # --- EfficientNet-Lite0 -----------------------------------------------------------------------------------------
@@ -212,18 +217,30 @@ def _lite0_early(model: CamClassifier) -> list[nn.Module]:
     return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:2]]
 
 
+def _lite0_split(model: CamClassifier) -> tuple[nn.Module, nn.Module]:
+    backbone = model.features  # stem, 7 stages, head: cut after the fifth stage (112 channels at 1/16 scale)
+    return (nn.Sequential(backbone.conv_stem, backbone.bn1, *backbone.blocks[:5]),
+            nn.Sequential(*backbone.blocks[5:], backbone.conv_head, backbone.bn2))
+
+
 def _resnet_early(model: CamClassifier) -> list[nn.Module]:
     return list(model.features[:5])  # conv1, bn1, relu, maxpool, layer1
+
+
+def _resnet_split(model: CamClassifier) -> tuple[nn.Module, nn.Module]:
+    return model.features[:7], model.features[7:]  # after layer3
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "efficientnet_lite0": ArchSpec(_build_lite0, 1, (0.5,), (0.5,), _packaged_lite0_weights,
                                    "EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights packaged",
-                                   _lite0_early),
+                                   _lite0_early, split=_lite0_split),
     "resnet18": ArchSpec(_build_resnet(18), 3, IMAGENET_MEAN, IMAGENET_STD, None,
-                         "torchvision ResNet-18; ImageNet weights only from --weights FILE", _resnet_early),
+                         "torchvision ResNet-18; ImageNet weights only from --weights FILE", _resnet_early,
+                         split=_resnet_split),
     "resnet50": ArchSpec(_build_resnet(50), 3, IMAGENET_MEAN, IMAGENET_STD, None,
-                         "torchvision ResNet-50; ImageNet weights only from --weights FILE", _resnet_early),
+                         "torchvision ResNet-50; ImageNet weights only from --weights FILE", _resnet_early,
+                         split=_resnet_split),
     "simple_cnn": ArchSpec(_build_simple_cnn, 1, (0.5,), (0.25,), None, "small 8-layer CNN, trained from scratch",
                            from_scratch=True),
 }

@@ -33,10 +33,12 @@ import numpy as np
 from .classifier import Classifier
 from .contract import Contract
 from .cpu import INT8_FLAGS, cpu_flags, cpu_model
+from .dataset import CLASS_NAMES, Sample, scan_dataset
 from .errors import CxrEdgeError, first_line
-from .metrics import classification_report
+from .metrics import classification_report, group_report
 from .model_file import (
     ENGINES,
+    PROBABILITIES,
     QUANTIZATION_KEY,
     engines_for,
     model_format,
@@ -157,23 +159,20 @@ def _cold_figures(path: Path, backend: str, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def end_to_end_files(data_dir: Path, limit: int = END_TO_END_FILES) -> list[Path]:
-    """Up to `limit` labelled files of a data folder, spread over its classes, for end-to-end timing."""
-    from .dataset import scan_dataset
-
-    samples = scan_dataset(data_dir).samples
+def end_to_end_files(data_dirs: Path | Sequence[Path], limit: int = END_TO_END_FILES) -> list[Path]:
+    """Up to `limit` labelled files of data folders, spread over their classes, for end-to-end timing."""
+    samples = scan_dataset(data_dirs).samples
     step = max(1, len(samples) // limit)
     return [s.path for s in samples[::step][:limit]]
 
 
-def _labelled_inputs(data_dir: Path, contract: Contract) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _labelled_inputs(data_dir: Path | Sequence[Path],
+                     contract: Contract) -> tuple[np.ndarray, np.ndarray, list[str], list[Sample]]:
     """Preprocessed inputs and labels (indices into the model's classes) of a class-folder dataset.
 
     Folders are read as training reads them (aliases such as ``COVID-19``, a ``train`` subfolder); classes the
     model does not have are refused rather than silently dropped, since accuracy over a subset misleads.
     """
-    from .dataset import CLASS_NAMES, scan_dataset
-
     dataset = scan_dataset(data_dir)
     present = sorted({CLASS_NAMES[s.label] for s in dataset.samples}, key=CLASS_NAMES.index)
     foreign = [name for name in present if name not in contract.class_names]
@@ -184,10 +183,11 @@ def _labelled_inputs(data_dir: Path, contract: Contract) -> tuple[np.ndarray, np
     if not kept:
         raise CxrEdgeError(f"{data_dir}: none of the {len(dataset.samples)} labelled images could be read")
     labels = [contract.class_names.index(CLASS_NAMES[dataset.samples[i].label]) for i in kept]
-    return to_input(images, contract), np.asarray(labels), [str(e) for e in errors]
+    return to_input(images, contract), np.asarray(labels), [str(e) for e in errors], [dataset.samples[i] for i in kept]
 
 
-def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None, data_dir: Path | None = None,
+def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None,
+              data_dir: Path | Sequence[Path] | None = None,
               backends: Sequence[str] = (*ENGINES, "torch"), precisions: Sequence[str] = ("fp32", "int8"),
               batches: Sequence[int] = (1, 8, 32), threads: int | None = None, runs: int = 100, warmup: int = 10,
               end_to_end: Sequence[Path] = (), on_progress: Callable[[str], None] | None = None) -> dict:
@@ -196,7 +196,8 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
     Args:
         models: model files (default: the shipped FP32 ONNX, INT8 ONNX and INT8 OpenVINO IR).
         reference: a row to measure beside the engines (the PyTorch checkpoint), if its name is in `backends`.
-        data_dir: labelled class-folder images for accuracy, macro-F1 and agreement with FP32.
+        data_dir: labelled class-folder images (one root or several) for accuracy, macro-F1, accuracy per
+            class-source-age cell and agreement with FP32.
         backends, precisions: which rows to run.
         batches: batch sizes for throughput.
         threads: inference threads (default: every core), the same for every row.
@@ -244,7 +245,7 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
         except (CxrEdgeError, OSError, subprocess.SubprocessError, ValueError) as exc:
             row.error = first_line(exc)
             continue
-        row.run = lambda b, c=classifier: c.backend.run(b)[0]
+        row.run = lambda b, c=classifier: c.run(b)[PROBABILITIES]  # every output a prediction asks for
     if contract is None:
         reasons = "; ".join(f"{Path(r.model).name} on {r.backend}: {r.error}" for r in rows)
         raise CxrEdgeError(f"no model could run: {reasons or 'no (backend, precision) pair; check --backends'}")
@@ -296,7 +297,7 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
     unreadable: list[str] = []
     if data_dir is not None:
         progress("accuracy on the labelled folder")
-        unreadable = _accuracy(live, Path(data_dir), contract)
+        unreadable = _accuracy(live, data_dir, contract)
     warnings = _warnings(rows, load_before)
     if unreadable:
         warnings.append(f"{len(unreadable)} labelled images could not be read and are not in the accuracy figures "
@@ -326,15 +327,19 @@ def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:
         row.figures["budget_ratio"] = BUDGET_S * 1000 / p50
 
 
-def _accuracy(rows: list[BenchRow], data_dir: Path, contract: Contract) -> list[str]:
-    """Accuracy, macro-F1 and agreement with FP32 for every row; returns the files that could not be read."""
-    inputs, labels, unreadable = _labelled_inputs(data_dir, contract)
+def _accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: Contract) -> list[str]:
+    """Accuracy, macro-F1, accuracy per class-source-age cell and agreement with FP32 for every row; returns the
+    files that could not be read."""
+    inputs, labels, unreadable, samples = _labelled_inputs(data_dir, contract)
+    cells = [f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in samples]
     predicted = {}
     for i, row in enumerate(rows):
         probabilities = np.concatenate([row.run(inputs[j:j + 16]) for j in range(0, len(inputs), 16)])
         predicted[i] = probabilities.argmax(axis=1)
         report = classification_report(labels, predicted[i], contract.class_names)
-        row.figures |= {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": len(labels)}
+        row.figures |= {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": len(labels),
+                        "by_cell": group_report(labels, predicted[i], cells, contract.class_names,
+                                                [s.group for s in samples])}
     fp32_rows = {r.backend: i for i, r in enumerate(rows) if r.precision == "fp32"}
     for i, row in enumerate(rows):
         reference = fp32_rows.get(row.backend)

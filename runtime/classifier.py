@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -20,14 +20,17 @@ import numpy as np
 
 from .backends import Backend, check_io, open_backend, resolve_backend
 from .contract import Contract
-from .errors import ContractError, ImageError
-from .model_file import CAM, resolve_model
+from .errors import ContractError, ImageError, ModelError
+from .gate import GATE_MODES, GatePolicy, HeaderFacts, judge
+from .model_file import CAM, GATE_SCORE, ORIENTATION, PROBABILITIES, resolve_model
 from .preprocess import load_for_contract, preprocess, stack
 
 __all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE"]
 
 DISPLAY_MAX_SIDE = 1024
 """Images kept for heatmap overlays are shrunk to this, so that memory does not grow with detector size."""
+PROBABILITY_SUM_TOLERANCE = 0.02
+"""How far from 1 the probabilities of one image may sum before the output counts as broken."""
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Prepared:
     warnings: tuple[str, ...] = ()
     patient: dict[str, str] | None = None
     display: np.ndarray | None = None
+    header: HeaderFacts | None = None
 
 
 @dataclass
@@ -50,12 +54,15 @@ class Prediction:
 
     Attributes:
         path: the input as given.
-        label: predicted class name, or None when the input failed.
-        probabilities: class name -> probability, or None when the input failed.
+        label: predicted class name; None when the input failed or was rejected.
+        probabilities: class name -> probability (after the model's temperature), or None when the input failed.
         latency_ms: decode, preprocess, inference (this image's share of its batch) and total, in milliseconds.
         error: why the input could not be classified, or None.
-        warnings: doubts that did not stop classification (wrong modality, raw detector data).
-        cam: the predicted class's activation map (h x w, model resolution), when asked for.
+        status: ``classified``, ``uncertain``, ``rejected`` or ``failed`` (see `cxr_edge.runtime.gate`).
+        gate: the gate's score and threshold, or None for a model without a gate (or with ``--gate off``).
+        warnings: doubts that did not stop classification (wrong modality, raw detector data, near the gate), and
+            for a rejected input, why.
+        cam: the top class's activation map (h x w, model resolution), when asked for.
         patient: DICOM patient name and ID; printed only when a user asks.
         display: the grayscale image (shrunk) for drawing the activation map, when asked for.
     """
@@ -65,19 +72,27 @@ class Prediction:
     probabilities: dict[str, float] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    status: str = "failed"
+    gate: dict[str, float] | None = None
     warnings: tuple[str, ...] = ()
     cam: np.ndarray | None = field(default=None, repr=False)
     patient: dict[str, str] | None = None
     display: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def top(self) -> str | None:
+        """The most probable class, whatever the status (a rejected input has no label but still a top class)."""
+        return None if self.probabilities is None else max(self.probabilities, key=self.probabilities.get)
+
+    @property
     def confidence(self) -> float | None:
-        return None if self.probabilities is None else self.probabilities[self.label]
+        return None if self.probabilities is None else self.probabilities[self.top]
 
     def to_record(self) -> dict:
         """The JSON record of one prediction, exactly the documented keys."""
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "latency_ms": self.latency_ms, "error": self.error}
+                "latency_ms": self.latency_ms, "error": self.error, "status": self.status, "gate": self.gate,
+                "warnings": list(self.warnings)}
 
 
 class Classifier:
@@ -86,14 +101,21 @@ class Classifier:
     Use `Classifier.open`; the constructor takes already-opened parts.
     """
 
-    def __init__(self, backend: Backend, contract: Contract, backend_reason: str) -> None:
+    def __init__(self, backend: Backend, contract: Contract, backend_reason: str, policy: GatePolicy | None = None,
+                 gate: str = "reject") -> None:
         self.backend = backend
         self.contract = contract
         self.backend_reason = backend_reason
+        self.policy = policy
+        self.gate = gate
+        present = set(backend.io.outputs)
+        self.outputs = tuple(name for name in (PROBABILITIES, GATE_SCORE, ORIENTATION) if name in present
+                             and (name == PROBABILITIES or gate != "off"))
+        """What every inference asks the engine for (the activation maps only when wanted)."""
 
     @classmethod
     def open(cls, path: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-             mode: str = "latency") -> Classifier:
+             mode: str = "latency", gate: str = "reject") -> Classifier:
         """Open a model and check its contract.
 
         Args:
@@ -101,6 +123,7 @@ class Classifier:
             backend: ``auto`` or a name in ``ENGINES``; see `resolve_backend` for what ``auto`` decides.
             threads: inference threads (default: every core).
             mode: ``latency`` for single images, ``throughput`` for folders.
+            gate: ``reject`` (default), ``warn`` or ``off``; see `cxr_edge.runtime.gate`.
 
         Raises:
             ModelError: the file is missing, not a model, or disagrees with its contract.
@@ -114,7 +137,13 @@ class Classifier:
         except ContractError as exc:
             raise ContractError(f"{model_path}: {exc}") from exc
         check_io(model_path, engine.io, contract)
-        return cls(engine, contract, reason)
+        if gate not in GATE_MODES:
+            raise ModelError(f"unknown gate mode {gate!r}; choose one of {', '.join(GATE_MODES)}")
+        try:
+            policy = GatePolicy.from_metadata(engine.io.metadata)
+        except ContractError as exc:
+            raise ContractError(f"{model_path}: {exc}") from exc
+        return cls(engine, contract, reason, policy, gate)
 
     @property
     def path(self) -> Path:
@@ -140,27 +169,32 @@ class Classifier:
         label = name or (str(item) if not isinstance(item, np.ndarray) else "array")
         start = time.perf_counter()
         if isinstance(item, np.ndarray):
-            pixels, warnings, patient = np.asarray(item, np.float32), (), None
+            pixels, warnings, patient, header = np.asarray(item, np.float32), (), None, None
         else:
             try:
                 loaded = load_for_contract(item, self.contract)
             except ImageError as exc:
                 return Prepared(label, error=exc.reason, decode_ms=_ms(start))
-            pixels, warnings, patient = loaded.pixels, loaded.warnings, loaded.patient
+            pixels, warnings, patient, header = loaded.pixels, loaded.warnings, loaded.patient, loaded.header
         decoded = time.perf_counter()
         tensor = preprocess(pixels, self.contract)
         display = _shrink(pixels) if keep_display else None
-        return Prepared(label, tensor, None, (decoded - start) * 1000, _ms(decoded), warnings, patient, display)
+        return Prepared(label, tensor, None, (decoded - start) * 1000, _ms(decoded), warnings, patient, display,
+                        header)
+
+    def run(self, batch: np.ndarray, *, cam: bool = False) -> dict[str, np.ndarray]:
+        """The model's outputs for a preprocessed batch: probabilities, the gate's outputs, and maps if asked."""
+        names = self.outputs + ((CAM,) if cam and self.has_cam else ())
+        return self.backend.run(batch, names)
 
     def infer(self, prepared: Sequence[Prepared], *, cam: bool = False) -> list[Prediction]:
         """Run one batch of prepared inputs (failed ones pass through as errors), keeping their order."""
         ready = [p for p in prepared if p.input is not None]
-        probabilities: np.ndarray = np.zeros((0, self.contract.num_classes), np.float32)
-        maps = None
+        outputs: dict[str, np.ndarray] = {}
         per_image_ms = 0.0
         if ready:
             start = time.perf_counter()
-            probabilities, maps = self.backend.run(stack([p.input for p in ready]), cam=cam)
+            outputs = self.run(stack([p.input for p in ready]), cam=cam)
             per_image_ms = _ms(start) / len(ready)
         results, index = [], 0
         for item in prepared:
@@ -169,16 +203,29 @@ class Classifier:
                 latency |= {"inference": 0.0, "total": round(item.decode_ms + item.preprocess_ms, 3)}
                 results.append(Prediction(item.path, latency_ms=latency, error=item.error, warnings=item.warnings))
                 continue
-            row = probabilities[index]
-            best = int(np.argmax(row))
             latency |= {"inference": round(per_image_ms, 3),
                         "total": round(item.decode_ms + item.preprocess_ms + per_image_ms, 3)}
-            results.append(Prediction(
-                item.path, self.contract.class_names[best],
-                {name: float(p) for name, p in zip(self.contract.class_names, row, strict=True)}, latency, None,
-                item.warnings, maps[index, best] if maps is not None else None, item.patient, item.display))
+            results.append(self._verdict(item, outputs, index, latency))
             index += 1
         return results
+
+    def _verdict(self, item: Prepared, outputs: dict[str, np.ndarray], index: int,
+                 latency: dict[str, float]) -> Prediction:
+        row = outputs[PROBABILITIES][index]
+        # A model whose softmax output is itself quantised (uint8 steps of 1/255) sums to 1 within a few steps.
+        if not (np.isfinite(row).all() and abs(float(row.sum()) - 1.0) < PROBABILITY_SUM_TOLERANCE and row.min() >= 0):
+            return Prediction(item.path, latency_ms=latency, warnings=item.warnings,
+                              error=f"the model produced no valid probabilities ({np.array2string(row, precision=3)});"
+                                    " the model file may be damaged")
+        probabilities = {name: float(p) for name, p in zip(self.contract.class_names, row, strict=True)}
+        verdict = judge(probabilities, policy=self.policy, mode=self.gate,
+                        gate_score=float(outputs[GATE_SCORE][index]) if GATE_SCORE in outputs else None,
+                        orientation=outputs[ORIENTATION][index] if ORIENTATION in outputs else None,
+                        header=item.header, warnings=item.warnings)
+        maps = outputs.get(CAM)
+        return Prediction(item.path, verdict.label, probabilities, latency, None, verdict.status, verdict.gate,
+                          verdict.warnings, maps[index, int(np.argmax(row))] if maps is not None else None,
+                          item.patient, item.display)
 
     def predict(self, items: Iterable[str | Path | np.ndarray], *, cam: bool = False,
                 batch_size: int = 1) -> list[Prediction]:
@@ -200,7 +247,8 @@ class Classifier:
     def describe(self) -> dict:
         """What is running, for reports: model, backend and why, engine settings, contract."""
         return {"model": str(self.path), "backend": self.backend.name, "backend_reason": self.backend_reason,
-                "settings": self.backend.settings, "contract": self.contract.to_dict()}
+                "settings": self.backend.settings, "contract": self.contract.to_dict(), "gate": self.gate,
+                "policy": None if self.policy is None else asdict(self.policy)}
 
 
 def _ms(since: float) -> float:

@@ -42,7 +42,7 @@ def measure(model: str, backend: str, threads: int) -> dict[str, float]:
     classifier = Classifier.open(model, backend=backend, threads=threads)
     loaded = time.perf_counter()
     contract = classifier.contract
-    classifier.backend.run(np.zeros((1, contract.channels, *contract.input_size), np.float32))
+    classifier.run(np.zeros((1, contract.channels, *contract.input_size), np.float32))
     first = time.perf_counter()
     return {"load_s": loaded - _STARTED, "first_ms": (first - loaded) * 1000, "peak_rss_mb": peak_rss_mb()}
 

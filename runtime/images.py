@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError, first_line
+from .gate import LATERAL_VIEWS, HeaderFacts
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -61,12 +62,14 @@ class LoadedImage:
         format: ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``.
         warnings: reasons to doubt the result that do not stop it (wrong modality, raw detector data, ...).
         patient: DICOM patient identifiers; kept apart so that nothing prints them unless a user asks.
+        header: what a DICOM header says about the image (modality, body part, view, age), for the gate.
     """
 
     pixels: np.ndarray
     format: str
     warnings: tuple[str, ...] = ()
     patient: dict[str, str] | None = None
+    header: HeaderFacts | None = None
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -281,7 +284,7 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
     else:
         raise ImageError(path, f"unexpected DICOM pixel array shape {stored.shape}")
     patient = {"name": str(ds.get("PatientName", "") or ""), "id": str(ds.get("PatientID", "") or "")}
-    return LoadedImage(pixels, "dicom", _dicom_warnings(ds), patient)
+    return LoadedImage(pixels, "dicom", _dicom_warnings(ds), patient, HeaderFacts.from_dataset(ds))
 
 
 def _jpeg_baseline_gray(ds: object, rows: int, cols: int) -> np.ndarray | None:
@@ -375,6 +378,9 @@ def _dicom_warnings(ds: object) -> tuple[str, ...]:
     body_part = str(ds.get("BodyPartExamined", "") or "").upper()
     if body_part and body_part != "CHEST":
         found.append(f"body part is {body_part}, not CHEST")
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view in LATERAL_VIEWS:
+        found.append(f"view position is {view}: a lateral view; the model was trained on frontal films")
     if str(ds.get("PresentationIntentType", "") or "").upper() == "FOR PROCESSING":
         found.append(RAW_DETECTOR_WARNING)
     return tuple(found)

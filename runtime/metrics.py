@@ -59,3 +59,49 @@ def render_report(report: dict, console: Any, title: str) -> None:
     table.add_row("accuracy", "", "", f"{report['accuracy']:.3f}", str(total))
     table.add_row("macro-F1", "", "", f"{report['macro_f1']:.3f}", str(total))
     console.print(table)
+
+
+def bootstrap_interval(hits: Sequence[bool] | np.ndarray, clusters: Sequence[str] | None = None, *,
+                       level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of a proportion, resampling whole clusters (patients) with replacement.
+
+    Serial films of one patient are not independent evidence; resampling patients rather than images keeps the
+    interval honest about that. Without clusters every item is its own.
+    """
+    hits = np.asarray(hits, np.float64)
+    if hits.size == 0:
+        return (float("nan"), float("nan"))
+    keys = np.asarray(clusters if clusters is not None else np.arange(hits.size).astype(str))
+    names, index = np.unique(keys, return_inverse=True)
+    sums = np.bincount(index, weights=hits, minlength=len(names))
+    sizes = np.bincount(index, minlength=len(names)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(resamples, len(names)))
+    shares = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(shares, tail)), float(np.percentile(shares, 100 - tail))
+
+
+def group_report(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str], class_names: Sequence[str],
+                 clusters: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per group (a class/source/age cell, say): images, accuracy with its bootstrap interval, and what the
+    images were called.
+
+    Args:
+        y_true, y_pred: class indices.
+        groups: the group of each image.
+        class_names: names of the indices.
+        clusters: the patient of each image (for the interval), if known.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    groups = np.asarray(groups)
+    clusters = np.asarray(clusters) if clusters is not None else None
+    report = {}
+    for name in sorted(set(groups.tolist())):
+        mask = groups == name
+        hits = y_true[mask] == y_pred[mask]
+        low, high = bootstrap_interval(hits, clusters[mask] if clusters is not None else None)
+        called = np.bincount(y_pred[mask], minlength=len(class_names))
+        report[name] = {"images": int(mask.sum()), "accuracy": float(hits.mean()), "ci95": [low, high],
+                        "called": {c: int(n) for c, n in zip(class_names, called, strict=True)}}
+    return report

@@ -19,8 +19,8 @@ from pathlib import Path
 from .errors import ModelError
 
 __all__ = [
-    "CONTRACT_KEY", "VERSION_KEY", "PROVENANCE_KEY", "ARCHITECTURE_KEY", "QUANTIZATION_KEY",
-    "INPUT_NAME", "PROBABILITIES", "CAM",
+    "CONTRACT_KEY", "VERSION_KEY", "PROVENANCE_KEY", "ARCHITECTURE_KEY", "QUANTIZATION_KEY", "GATE_KEY",
+    "INPUT_NAME", "PROBABILITIES", "CAM", "FEATURES", "GATE_SCORE", "ORIENTATION",
     "ModelFormat", "FORMATS", "model_format", "model_files", "model_size_mb", "file_sha256",
     "Engine", "ENGINES", "engine", "engines_for", "reader_engine", "quantizing_engines", "installed",
     "MODELS_DIR", "SHIPPED_FP32", "SHIPPED_INT8", "SHIPPED_OPENVINO", "resolve_model", "shipped_models",
@@ -38,6 +38,8 @@ ARCHITECTURE_KEY = "cxr_edge.architecture"
 """The network's name in the model zoo."""
 QUANTIZATION_KEY = "cxr_edge.quantization"
 """Present (with the recipe) in INT8 models only: how the runtime tells INT8 from FP32."""
+GATE_KEY = "cxr_edge.gate"
+"""The reliability policy as JSON (`cxr_edge.runtime.gate.GatePolicy`): temperature, thresholds, populations."""
 
 # --- tensor names --------------------------------------------------------------------------------------------
 
@@ -47,6 +49,12 @@ PROBABILITIES = "probabilities"
 """N x classes, softmax."""
 CAM = "cam"
 """N x classes x h x w class activation maps (optional)."""
+FEATURES = "features"
+"""N x F pooled features, what the classifier reads (optional: the shortcut audit's linear probe)."""
+GATE_SCORE = "gate_score"
+"""N: how unlike the training images an input is (optional; 2 is a typical training film)."""
+ORIENTATION = "orientation"
+"""N x 5: probabilities of upright, rotated by 90, 180 or 270 degrees, and inverted (optional)."""
 
 
 # --- formats -------------------------------------------------------------------------------------------------

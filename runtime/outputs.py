@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
 from .classifier import Prediction
+from .gate import STATUSES
 
 __all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict", "shorten_left"]
 
@@ -22,25 +24,39 @@ BUDGET_S = 60.0
 
 
 class Summary:
-    """Counts and latencies of a run, updated per prediction."""
+    """Counts per status and latencies of a run, updated per prediction."""
 
     def __init__(self) -> None:
         self.images = 0
-        self.failures = 0
+        self.statuses: Counter[str] = Counter()
         self.totals_ms: list[float] = []
+
+    @property
+    def failures(self) -> int:
+        return self.statuses["failed"]
+
+    @property
+    def doubtful(self) -> int:
+        """Inputs that were read but not plainly classified: rejected by the gate, or uncertain."""
+        return self.statuses["rejected"] + self.statuses["uncertain"]
 
     def add(self, prediction: Prediction) -> None:
         self.images += 1
-        if prediction.error is not None:
-            self.failures += 1
-        else:
+        self.statuses[prediction.status] += 1
+        if prediction.error is None:
             self.totals_ms.append(prediction.latency_ms["total"])
 
     def as_dict(self) -> dict[str, Any]:
         median = statistics.median(self.totals_ms) if self.totals_ms else None
-        return {"images": self.images, "failures": self.failures, "median_ms": median,
+        return {"images": self.images, "failures": self.failures,
+                "statuses": {status: self.statuses[status] for status in STATUSES}, "median_ms": median,
                 "max_ms": max(self.totals_ms) if self.totals_ms else None,
                 "verdict": budget_verdict(max(self.totals_ms)) if self.totals_ms else "no image classified"}
+
+    def line(self) -> str:
+        """``3 images, 0 failed (2 classified, 1 rejected)``: failures always, then every status that occurred."""
+        counts = [f"{self.statuses[s]} {s}" for s in STATUSES if self.statuses[s] and s != "failed"]
+        return f"{self.images} images, {self.failures} failed" + (f" ({', '.join(counts)})" if counts else "")
 
 
 def budget_verdict(latency_ms: float) -> str:
@@ -76,7 +92,8 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """One row per input: path, label, confidence, a probability column per class, latencies, error."""
+    """One row per input: path, label, confidence, a probability column per class, latencies, error, status, the
+    gate's score and threshold, and the warnings (joined by '; ')."""
 
     def __init__(self, stream: IO[str], class_names: Sequence[str], show_phi: bool) -> None:
         self.class_names = list(class_names)
@@ -84,7 +101,8 @@ class CsvWriter:
         self.writer = csv.writer(stream)
         self.stream = stream
         header = ["path", "label", "confidence", *(f"p_{c}" for c in self.class_names), "decode_ms",
-                  "preprocess_ms", "inference_ms", "total_ms", "error"]
+                  "preprocess_ms", "inference_ms", "total_ms", "error", "status", "gate_score", "gate_threshold",
+                  "warnings"]
         self.writer.writerow(header + (["patient_name", "patient_id"] if show_phi else []))
 
     def write(self, prediction: Prediction) -> None:
@@ -92,7 +110,9 @@ class CsvWriter:
         latency = prediction.latency_ms
         row = [prediction.path, prediction.label or "", _fmt(prediction.confidence),
                *(_fmt(probabilities.get(c)) for c in self.class_names),
-               *(_fmt(latency.get(k)) for k in ("decode", "preprocess", "inference", "total")), prediction.error or ""]
+               *(_fmt(latency.get(k)) for k in ("decode", "preprocess", "inference", "total")), prediction.error or "",
+               prediction.status, _fmt((prediction.gate or {}).get("score")),
+               _fmt((prediction.gate or {}).get("threshold")), "; ".join(prediction.warnings)]
         if self.show_phi:
             patient = prediction.patient or {}
             row += [patient.get("name", ""), patient.get("id", "")]
@@ -126,7 +146,7 @@ class TableWriter:
 
     def _columns(self, compact: bool) -> list[tuple[str, int]]:
         """(header, width) of every column but the file's."""
-        label = max([5, *(len(n) for n in self.class_names)])
+        label = max([9, *(len(n) + 1 for n in self.class_names)])  # "rejected", or a label and "?"
         columns = [("patient", 24)] if self.show_phi else []
         columns += [("label", label), ("conf.", 5)]
         if not compact:
@@ -159,19 +179,25 @@ class TableWriter:
                 table.add_row(*cells, "[red]failed[/]", *([""] * (len(columns) - len(cells))))
                 continue
             probabilities = p.probabilities or {}
-            cells += [f"[bold]{p.label}[/]", f"{p.confidence:.3f}"]
+            shown = {"classified": f"[bold]{p.label}[/]", "uncertain": f"[yellow]{p.label}?[/]",
+                     "rejected": "[red]rejected[/]"}[p.status]
+            cells += [shown, f"{p.confidence:.3f}"]
             if not compact:
                 cells += [f"{probabilities[c]:.3f}" for c in self.class_names]
             table.add_row(*cells, f"{p.latency_ms['total']:.1f}")
         self.console.print(table)
-        for p in self.rows:
+        for p in self.rows:  # what the table has no room for: reasons and warnings, one line each
             if p.error is not None:
                 self.console.print(f"[red]failed[/] {escape(p.path)}: {escape(p.error)}")
+            for warning in p.warnings:
+                colour = "red" if warning.startswith("rejected") else "yellow"
+                self.console.print(f"[{colour}]{p.status}[/] {escape(p.path)}: {escape(warning)}")
         info = summary.as_dict()
         median = f"median {info['median_ms']:.1f} ms per image; slowest {info['verdict']}" \
             if info["median_ms"] is not None else info["verdict"]
-        failed = f", [red]{info['failures']} failed[/]" if info["failures"] else ", 0 failed"
-        self.console.print(f"{info['images']} images{failed}; {median}")
+        line = escape(summary.line()).replace(f", {summary.failures} failed", f", [red]{summary.failures} failed[/]") \
+            if summary.failures else escape(summary.line())
+        self.console.print(f"{line}; {median}")
 
 
 def shorten_left(path: str, width: int) -> str:

@@ -1,7 +1,9 @@
 """Contract-driven preprocessing: canonical grayscale image -> network input.
 
 Split in two steps so that training can put its augmentation between them and still share both:
-`resize` (geometry: input size, resampling, fit) and `to_input` (normalisation and channels).
+`resize` (geometry: input size, resampling, fit) and `to_input` (intensity standardisation, normalisation and
+channels). Intensity standardisation comes after augmentation, as at run time: whatever contrast an augmented
+image has, the model sees it standardised exactly as it will see a site's images.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .contract import Contract
 from .errors import ImageError
 from .images import LoadedImage, read_image
 
-__all__ = ["resize", "to_input", "preprocess", "stack", "load_for_contract", "load_many"]
+__all__ = ["resize", "standardize", "to_input", "preprocess", "stack", "load_for_contract", "load_many"]
 
 _INTERPOLATION = {
     "area": cv2.INTER_AREA,
@@ -55,13 +57,24 @@ def resize(pixels: np.ndarray, contract: Contract) -> np.ndarray:
     return canvas
 
 
+def standardize(resized: np.ndarray, contract: Contract) -> np.ndarray:
+    """The contract's per-image intensity standardisation of one resized image or a batch (float32 in [0, 1])."""
+    if contract.intensity == "none":
+        return resized
+    if resized.ndim == 3:
+        return np.stack([standardize(image, contract) for image in resized])
+    levels = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+    return cv2.equalizeHist(levels).astype(np.float32) * np.float32(1 / 255)
+
+
 def to_input(resized: np.ndarray, contract: Contract) -> np.ndarray:
-    """Normalise resized images and repeat them into the contract's channels.
+    """Standardise and normalise resized images and repeat them into the contract's channels.
 
     Args:
         resized: one image (H x W -> C x H x W) or a batch of them (N x H x W -> N x C x H x W), float32.
-        contract: mean, standard deviation and channel count.
+        contract: intensity standardisation, mean, standard deviation and channel count.
     """
+    resized = standardize(resized, contract)
     mean = np.asarray(contract.mean, np.float32)[:, None, None]
     inv_std = (1.0 / np.asarray(contract.std, np.float32))[:, None, None]
     return ((resized[..., None, :, :] - mean) * inv_std).astype(np.float32, copy=False)

@@ -28,16 +28,25 @@ def model(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The labelled training images, from the ``$CXR_DATA`` setting (`make test` sets it to the shared set).
+def data_dirs() -> list[Path]:
+    """The labelled training images, from the ``$CXR_DATA`` setting: the four-class set first, then the adult set
+    (`make test` sets it to both shared sets).
 
     Missing data fails the tests that need it rather than skipping them: a skipped check proves nothing.
     """
     setting = os.environ.get("CXR_DATA")
-    assert setting, "set CXR_DATA to the labelled images (make test sets it to ../shared/datasets/cxr4)"
-    path = Path(setting)
-    assert path.is_dir(), f"labelled data not found at {path} (from $CXR_DATA)"
-    return path
+    assert setting, ("set CXR_DATA to the labelled images (make test sets it to "
+                     "../shared/datasets/cxr4:../shared/datasets/cxr-adult)")
+    paths = [Path(p) for p in setting.split(os.pathsep) if p]
+    for path in paths:
+        assert path.is_dir(), f"labelled data not found at {path} (from $CXR_DATA)"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def data_dir(data_dirs: list[Path]) -> Path:
+    """The four-class set (children's normal and pneumonia films, adults' COVID-19 films)."""
+    return data_dirs[0]
 
 
 @pytest.fixture(scope="session")

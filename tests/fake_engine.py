@@ -6,13 +6,14 @@ against the real engines, and follows `cxr_edge.runtime.backends.base.Backend` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from cxr_edge.runtime.backends.base import ModelIO
-from cxr_edge.runtime.model_file import CAM, INPUT_NAME, PROBABILITIES
+from cxr_edge.runtime.model_file import INPUT_NAME, PROBABILITIES
 
 ENTRY = ('Engine("echo", "Echo engine", "Echo", ("onnx",), "tests.fake_engine:EchoBackend", "onnxruntime", '
          'writes=None)')
@@ -30,7 +31,6 @@ class EchoBackend:
                           dict(self.session.get_modelmeta().custom_metadata_map))
         self.settings = {"engine": "echo", "threads": threads, "mode": mode}
 
-    def run(self, batch: np.ndarray, *, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        names = [PROBABILITIES, CAM] if cam and CAM in self.io.outputs else [PROBABILITIES]
-        results = self.session.run(names, {INPUT_NAME: batch})
-        return results[0], (results[1] if len(results) > 1 else None)
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = (PROBABILITIES,)) -> dict[str, np.ndarray]:
+        return {name: value for name, value in zip(outputs, self.session.run(list(outputs), {INPUT_NAME: batch}),
+                                                   strict=True)}

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cxr_edge.export.config import ARCH_NAMES, TrainConfig
+from cxr_edge.runtime.contract import INTENSITIES
 from cxr_edge.runtime.model_file import quantizing_engines
 
 from .common import EXIT_OK, progress
@@ -29,9 +30,10 @@ def _require_build(command: str, *modules: str) -> None:
 
 
 @click.command()
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Class-folder dataset (folders normal, covid19, bacterial_pneumonia, viral_pneumonia or aliases). "
-                   "Default: the $CXR_DATA setting.")
+@click.option("--data", "data_dirs", type=click.Path(file_okay=False), multiple=True,
+              help="Class-folder dataset (folders normal, covid19, bacterial_pneumonia, viral_pneumonia or aliases); "
+                   "repeat to pool several, each image keeping its source. Default: the $CXR_DATA setting (folders "
+                   "separated by ':').")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="New folder for the run: checkpoint.pt, history.json, metrics.json, curves.png, "
                    "confusion_matrix.png. An existing run is never overwritten.")
@@ -58,18 +60,22 @@ def _require_build(command: str, *modules: str) -> None:
               help="Epochs without a lower validation loss before stopping.")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights even where ImageNet weights exist.")
 @click.option("--no-freeze", is_flag=True, help="Also train the early layers that are frozen by default.")
+@click.option("--intensity", type=click.Choice(INTENSITIES), default=_DEFAULTS.intensity, show_default=True,
+              help="Per-image intensity standardisation, written into the contract (equalize: histogram "
+                   "equalisation, so that contrast and exposure cannot tell hospitals apart).")
+@click.option("--unbalanced", is_flag=True, help="Draw batches uniformly instead of balancing classes and sources.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
-def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, epochs: int, batch_size: int,
+def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | None, epochs: int, batch_size: int,
           lr: float, image_size: int, seed: int, split_seed: int, val_fraction: float, patience: int,
-          no_pretrained: bool, no_freeze: bool, threads: int | None) -> int:
+          no_pretrained: bool, no_freeze: bool, intensity: str, unbalanced: bool, threads: int | None) -> int:
     """Train a 4-class classifier by transfer learning and write a checkpoint with its preprocessing contract.
 
     Prints a progress bar per epoch and, at the end, per-class precision, recall and F1 on the validation split.
     """
     _require_build("train")
-    from cxr_edge.runtime.dataset import resolve_data_dir
+    from cxr_edge.runtime.dataset import resolve_data_dirs
 
-    data = resolve_data_dir(data_dir)  # a wrong folder is reported before torch is imported
+    data = resolve_data_dirs(data_dirs)  # a wrong folder is reported before torch is imported
     from rich.console import Console
 
     from cxr_edge.export.train import train as run_training
@@ -77,7 +83,8 @@ def train(data_dir: str | None, out_dir: str, arch: str, weights: str | None, ep
 
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
                          split_seed=split_seed, val_fraction=val_fraction, patience=patience,
-                         freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads)
+                         freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads,
+                         intensity=intensity, balanced=not unbalanced)
     result = run_training(config, data, out_dir, console=Console(stderr=True))
     if result.report is not None:
         render_report(result.report, Console(), title=f"Validation, epoch {result.best_epoch} of "
@@ -102,10 +109,10 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
     """
     _require_build("export")
     from cxr_edge.export.to_onnx import export_onnx, parity_images
-    from cxr_edge.runtime.dataset import DatasetError, resolve_data_dir
+    from cxr_edge.runtime.dataset import DatasetError, resolve_data_dirs
 
     try:
-        images = parity_images(resolve_data_dir(check_data))
+        images = parity_images(resolve_data_dirs(check_data))
     except DatasetError as exc:
         if check_data:
             raise
@@ -130,8 +137,8 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
               help="Folder of calibration images (any images; ideally from this site's X-ray machine).")
 @click.option("--calib-manifest", type=click.Path(dir_okay=False), default=None,
               help="A calibration_data/ manifest, resolved against --data (files must match their SHA-256).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Data folder a manifest refers to (default: the $CXR_DATA setting).")
+@click.option("--data", "data_dirs", type=click.Path(file_okay=False), multiple=True,
+              help="Data folders a manifest refers to (repeat for several; default: the $CXR_DATA setting).")
 @click.option("--val", "val_dir", type=click.Path(file_okay=False), default=None,
               help="Labelled class-folder dataset for accuracy, macro-F1 and agreement in the report.")
 @click.option("--accuracy-aware", is_flag=True,
@@ -140,7 +147,7 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Where to write the JSON report (default: next to the output, <out>.report.json).")
 def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_manifest: str | None,
-             data_dir: str | None, val_dir: str | None, accuracy_aware: bool, max_drop: float,
+             data_dirs: tuple[str, ...], val_dir: str | None, accuracy_aware: bool, max_drop: float,
              report_path: str | None) -> int:
     """Quantise an exported FP32 ONNX model to INT8 and compare the two in the same run.
 
@@ -158,9 +165,9 @@ def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_ma
     from cxr_edge.export.calibration import resolve_calibration
     from cxr_edge.export.quantize import quantize as run_quantize
     from cxr_edge.export.quantize import render_comparison
-    from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
+    from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
 
-    data = resolve_data_dir(data_dir) if calib_manifest else None
+    data = resolve_data_dirs(data_dirs) if calib_manifest else None
     files = resolve_calibration(calib_dir, calib_manifest, data)
     labelled = scan_dataset(val_dir).samples if val_dir else None
     err = Console(stderr=True)
@@ -178,20 +185,20 @@ def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_ma
 
 
 @click.command("calibration-manifest")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Labelled class-folder dataset (default: the $CXR_DATA setting).")
+@click.option("--data", "data_dirs", type=click.Path(file_okay=False), multiple=True,
+              help="Labelled class-folder datasets (repeat for several; default: the $CXR_DATA setting).")
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
               help="Manifest to write, e.g. calibration_data/site.tsv (never overwritten).")
 @click.option("--per-class", type=click.IntRange(1), default=64, show_default=True, help="Images per class.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def calibration_manifest(data_dir: str | None, out: str, per_class: int, seed: int) -> int:
+def calibration_manifest(data_dirs: tuple[str, ...], out: str, per_class: int, seed: int) -> int:
     """Write a calibration manifest: names, classes and hashes of a stratified subset (never the images)."""
     from cxr_edge.export.calibration import write_manifest
-    from cxr_edge.runtime.dataset import resolve_data_dir, scan_dataset
+    from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
 
-    dataset = scan_dataset(resolve_data_dir(data_dir))
+    dataset = scan_dataset(resolve_data_dirs(data_dirs))
     chosen = write_manifest(dataset, out, per_class=per_class, seed=seed)
-    click.echo(f"wrote {out}: {len(chosen)} images from {dataset.root}")
+    click.echo(f"wrote {out}: {len(chosen)} images from {', '.join(map(str, dataset.roots))}")
     return EXIT_OK
 
 

@@ -8,11 +8,21 @@ import click
 
 from cxr_edge.runtime.model_file import ENGINES
 
-__all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "model_option", "backend_option", "threads_option", "progress",
-           "csv_list", "engine_choices"]
+__all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "model_option", "backend_option",
+           "threads_option", "gate_option", "progress", "csv_list", "engine_choices"]
 
-EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
-"""0 success, 1 usage or model error, 2 some inputs failed while the rest were processed."""
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
+"""0 success, 1 usage or model error, 2 some inputs failed while the rest were processed, 3 (with ``--strict``)
+every input was read but some were rejected by the gate or uncertain."""
+
+GATE_MODES = ("reject", "warn", "off")
+"""`cxr_edge.runtime.gate.GATE_MODES`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
+
+gate_option = click.option(
+    "--gate", type=click.Choice(GATE_MODES), default="reject", show_default=True,
+    help="What to do with an image the model's gate says is not a frontal chest radiograph like its training "
+         "images (a photo, another body part, a rotated or inverted film): reject (no label), warn (label and a "
+         "warning) or off.")
 
 
 def engine_choices() -> list[str]:

@@ -13,10 +13,12 @@ from cxr_edge.runtime.errors import CxrEdgeError
 from cxr_edge.runtime.model_file import ENGINES
 
 from .common import (
+    EXIT_DOUBTFUL,
     EXIT_OK,
     EXIT_PARTIAL,
     backend_option,
     csv_list,
+    gate_option,
     model_option,
     progress,
     threads_option,
@@ -43,12 +45,18 @@ REFERENCE = "torch"
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Images per inference call (default: 1 for a single file, 8 for many).")
 @click.option("--show-phi", is_flag=True, help="Include DICOM patient name and ID in the output (never in logs).")
+@gate_option
+@click.option("--strict", is_flag=True, help="Exit with 3 when any image is rejected or uncertain.")
 def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
-            cam_dir: str | None, recursive: bool, batch_size: int | None, show_phi: bool) -> int:
+            cam_dir: str | None, recursive: bool, batch_size: int | None, show_phi: bool, gate: str,
+            strict: bool) -> int:
     """Classify X-rays: files, folders and glob patterns of PNG, JPEG, BMP, TIFF or DICOM.
 
-    Every input gets a result in input order; an unreadable one gets a one-line reason and the rest are still
-    classified. Exit code 0: all classified; 2: some inputs failed; 1: usage or model error.
+    Every input gets a result in input order, with a status: classified; uncertain (top probability below the
+    model's abstention threshold: label kept, flagged); rejected (not a frontal chest radiograph like the training
+    images: no label); failed (unreadable, with a one-line reason; the rest are still classified).
+    Exit code 0: every input read; 2: some inputs failed; 3: with --strict, some rejected or uncertain;
+    1: usage or model error.
     """
     from rich.console import Console
 
@@ -60,7 +68,8 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
     items = expand_inputs(paths, recursive=recursive)
     many = len(items) > 1
     err = Console(stderr=True, highlight=False)
-    classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput" if many else "latency")
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput" if many else "latency",
+                                 gate=gate)
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
     title = f"{classifier.path.name} on {classifier.backend.name} ({classifier.backend_reason})"
     writer = make_writer(fmt, sys.stdout, Console(highlight=False), classifier.contract.class_names,
@@ -91,7 +100,9 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
             writer.write(prediction)
             bar.advance(task)
     writer.close(summary)
-    return EXIT_PARTIAL if summary.failures else EXIT_OK
+    if summary.failures:
+        return EXIT_PARTIAL
+    return EXIT_DOUBTFUL if strict and summary.doubtful else EXIT_OK
 
 
 @click.command()
@@ -116,9 +127,9 @@ def info(model: str | None, as_json: bool) -> int:
               help="Model file to compare (repeatable). Default: the shipped FP32 ONNX, INT8 ONNX and INT8 IR.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Training checkpoint for the PyTorch eager FP32 reference row (needs the export extra).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Labelled class folders, read as `train --data` reads them: adds accuracy, macro-F1 and "
-                   "agreement with FP32; unreadable files are listed.")
+@click.option("--data", "data_dirs", type=click.Path(file_okay=False, exists=True), multiple=True,
+              help="Labelled class folders, read as `train --data` reads them (repeat for several): adds accuracy, "
+                   "macro-F1, agreement with FP32 and accuracy per source; unreadable files are listed.")
 @click.option("--backends", default=",".join([*ENGINES, REFERENCE]), show_default=True,
               callback=csv_list(str, (*ENGINES, REFERENCE)))
 @click.option("--precisions", default="fp32,int8", show_default=True, callback=csv_list(str, ("fp32", "int8")))
@@ -135,7 +146,7 @@ def info(model: str | None, as_json: bool) -> int:
               help="PNG of latency distributions and throughput (needs the plot extra: matplotlib).")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), default=None,
               help="The table as markdown, for a report.")
-def bench(models: tuple[str, ...], checkpoint: str | None, data_dir: str | None, backends: tuple[str, ...],
+def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str, ...], backends: tuple[str, ...],
           precisions: tuple[str, ...], batches: tuple[int, ...], threads: int | None, runs: int, warmup: int,
           e2e: bool, json_out: str | None, plot_out: str | None, markdown_out: str | None) -> int:
     """How fast, how accurate, how much headroom: every engine and precision side by side.
@@ -150,7 +161,7 @@ def bench(models: tuple[str, ...], checkpoint: str | None, data_dir: str | None,
     from cxr_edge.runtime.bench_report import bench_markdown, bench_plot, bench_table
     from cxr_edge.runtime.extras import require
 
-    if e2e and data_dir is None:
+    if e2e and not data_dirs:
         raise click.UsageError("--end-to-end needs real files: give --data DIR")
     if plot_out:
         require("matplotlib", purpose="--plot")  # before the benchmark, not after it
@@ -160,10 +171,10 @@ def bench(models: tuple[str, ...], checkpoint: str | None, data_dir: str | None,
     err = Console(stderr=True)
     with progress(err, None, spinner=True) as bar:
         task = bar.add_task("benchmarking", total=None)
-        result = run_bench([Path(m) for m in models], reference=reference,
-                           data_dir=Path(data_dir) if data_dir else None, backends=backends, precisions=precisions,
-                           batches=batches, threads=threads, runs=runs, warmup=warmup,
-                           end_to_end=end_to_end_files(Path(data_dir)) if e2e else (),
+        roots = [Path(d) for d in data_dirs]
+        result = run_bench([Path(m) for m in models], reference=reference, data_dir=roots or None,
+                           backends=backends, precisions=precisions, batches=batches, threads=threads, runs=runs,
+                           warmup=warmup, end_to_end=end_to_end_files(roots) if e2e else (),
                            on_progress=lambda text: bar.update(task, description=text))
     bench_table(result, Console(highlight=False))
     if json_out:
@@ -189,4 +200,38 @@ def _torch_runner(checkpoint: Path):  # noqa: ANN202 (returns the bench's runner
     return make
 
 
-COMMANDS = (predict, info, bench)
+@click.command()
+@click.option("--data", "data_dirs", type=click.Path(file_okay=False, exists=True), multiple=True,
+              help="Labelled class folders whose images keep their source (repeat for several). Default: the "
+                   "$CXR_DATA setting.")
+@model_option
+@backend_option()
+@threads_option
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
+def audit(data_dirs: tuple[str, ...], model: str | None, backend: str, threads: int | None,
+          json_out: str | None) -> int:
+    """Does the model read the lungs or the hospital? Three shortcut checks over labelled folders.
+
+    Per source: how often the label survives with the lungs blacked out (lower is better), and how often the
+    heatmap's centre lies in the central lung box (higher is better); within each class with several sources,
+    how well a linear probe on the model's features tells the sources apart (AUROC; 0.5 is best).
+    """
+    from rich.console import Console
+
+    from cxr_edge.runtime.audit import render_audit, run_audit
+    from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.dataset import resolve_data_dirs
+
+    roots = resolve_data_dirs(data_dirs)
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput")
+    err = Console(stderr=True)
+    with progress(err, None, spinner=True) as bar:
+        bar.add_task("auditing", total=None)
+        result = run_audit(classifier, roots)
+    render_audit(result, Console(highlight=False))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return EXIT_OK
+
+
+COMMANDS = (predict, info, bench, audit)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .common import EXIT_OK, backend_option, model_option, threads_option
+from .common import EXIT_OK, backend_option, gate_option, model_option, threads_option
 
 __all__ = ["COMMANDS", "watch", "dicom_listen"]
 
@@ -30,8 +30,9 @@ __all__ = ["COMMANDS", "watch", "dicom_listen"]
 @click.option("--poll", type=click.FloatRange(0.05), default=None,
               help="List the folder every POLL seconds instead of using inotify (network shares).")
 @click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
+@gate_option
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, cam: bool,
-          settle: float, poll: float | None, once: bool) -> int:
+          settle: float, poll: float | None, once: bool, gate: str) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
     A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
@@ -44,7 +45,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.live.results import live_line
     from cxr_edge.runtime.live.watch import FolderWatcher
 
-    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency")
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency", gate=gate)
 
     def show(record: dict, repeated: bool) -> None:
         click.echo(live_line(record, Path(record["path"]).name,
@@ -74,8 +75,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
               help="Accept associations only from this calling AE title (repeat for several). Default: any.")
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
 @click.option("--keep-phi", is_flag=True, help="Also write patient name and ID into the JSON results.")
+@gate_option
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
-                 allow: tuple[str, ...], host: str, keep_phi: bool) -> int:
+                 allow: tuple[str, ...], host: str, keep_phi: bool, gate: str) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
@@ -91,7 +93,7 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     from cxr_edge.runtime.live.results import live_line
 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines describe every association
-    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency")
+    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency", gate=gate)
 
     def show(record: dict) -> None:
         click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))

@@ -75,9 +75,10 @@ def _measured_faster(path: Path, candidates: list[str], threads: int | None, run
     first = next(iter(engines.values()))
     shape = tuple(d or 1 for d in first.io.input_shape)
     batch = np.zeros(shape, np.float32)
-    for opened in engines.values():  # warm-up
-        opened.run(batch)
-    samples = time_interleaved([opened.run for opened in engines.values()], batch, runs)
+    runners = [lambda b, e=opened: e.run(b, e.io.outputs) for opened in engines.values()]  # every output
+    for runner in runners:  # warm-up
+        runner(batch)
+    samples = time_interleaved(runners, batch, runs)
     medians = {name: statistics.median(t) for name, t in zip(engines, samples, strict=True)}
     best = min(medians, key=medians.get)
     detail = ", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -42,8 +43,11 @@ class Backend(Protocol):
     io: ModelIO
     settings: dict
 
-    def run(self, batch: np.ndarray, *, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities (N x classes) and, when asked and present, class activation maps (N x classes x h x w)."""
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = (PROBABILITIES,)) -> dict[str, np.ndarray]:
+        """The named outputs (each of the model's own, see `io.outputs`) of one preprocessed batch, by name.
+
+        The arrays belong to the caller: an engine that reuses its output buffers returns copies.
+        """
         ...
 
 

@@ -10,6 +10,7 @@ match ONNX Runtime's.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import openvino as ov
 
 from ..cache import cache_dir
 from ..errors import ModelError, first_line
-from ..model_file import CAM, INPUT_NAME, PROBABILITIES
+from ..model_file import INPUT_NAME, PROBABILITIES
 from .base import ModelIO
 
 __all__ = ["OpenVinoBackend", "read_metadata"]
@@ -69,30 +70,25 @@ class OpenVinoBackend:
         self.settings = {"engine": f"openvino {ov.__version__}", "device": "CPU", "threads": threads, "mode": mode,
                          "hint": hint, "streams": int(streams), "compiled_cache": str(cache) if cache else None}
 
-    def run(self, batch: np.ndarray, *, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        want_cam = cam and CAM in self.io.outputs
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = (PROBABILITIES,)) -> dict[str, np.ndarray]:
+        names = list(outputs)
         if self.queue is None or len(batch) == 1:
-            picked = [self._pick(self.request.infer({INPUT_NAME: image[None]}), want_cam) for image in batch]
-            maps = np.concatenate([p[1] for p in picked]) if want_cam else None
-            return np.concatenate([p[0] for p in picked]), maps
-        # Throughput: one request per image, spread over the streams, gathered back in order.
-        gathered: list = [None] * len(batch)
+            picked = [self._pick(self.request.infer({INPUT_NAME: image[None]}), names) for image in batch]
+        else:  # throughput: one request per image, spread over the streams, gathered back in order
+            picked: list = [None] * len(batch)
 
-        def done(request: ov.InferRequest, index: int) -> None:
-            gathered[index] = self._pick(request.results, want_cam)
+            def done(request: ov.InferRequest, index: int) -> None:
+                picked[index] = self._pick(request.results, names)
 
-        self.queue.set_callback(done)
-        for index in range(len(batch)):
-            self.queue.start_async({INPUT_NAME: batch[index:index + 1]}, index)
-        self.queue.wait_all()
-        probabilities = np.concatenate([g[0] for g in gathered])
-        maps = np.concatenate([g[1] for g in gathered]) if want_cam else None
-        return probabilities, maps
+            self.queue.set_callback(done)
+            for index in range(len(batch)):
+                self.queue.start_async({INPUT_NAME: batch[index:index + 1]}, index)
+            self.queue.wait_all()
+        return {name: np.concatenate([p[name] for p in picked]) for name in names}
 
-    def _pick(self, results: ov.utils.data_helpers.OVDict, want_cam: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _pick(self, results: ov.utils.data_helpers.OVDict, names: list[str]) -> dict[str, np.ndarray]:
         # Copies: a request's output buffers are reused by its next inference.
-        probabilities = np.array(results[self.ports[PROBABILITIES]], copy=True)
-        return probabilities, (np.array(results[self.ports[CAM]], copy=True) if want_cam else None)
+        return {name: np.array(results[self.ports[name]], copy=True) for name in names}
 
 
 def read_metadata(model: ov.Model) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import onnxruntime as ort
 from ..cache import cache_dir, model_key
 from ..cpu import has_vnni
 from ..errors import ModelError, first_line
-from ..model_file import CAM, INPUT_NAME, PROBABILITIES
+from ..model_file import INPUT_NAME, PROBABILITIES
 from .base import ModelIO
 
 __all__ = ["OrtBackend"]
@@ -93,7 +94,6 @@ class OrtBackend:
             return None
         return folder / f"{model_key(path, ort.__version__, threads, 'all')}.onnx"
 
-    def run(self, batch: np.ndarray, *, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        names = [PROBABILITIES, CAM] if cam and CAM in self.io.outputs else [PROBABILITIES]
-        results = self.session.run(names, {INPUT_NAME: batch})
-        return results[0], (results[1] if len(results) > 1 else None)
+    def run(self, batch: np.ndarray, outputs: Sequence[str] = (PROBABILITIES,)) -> dict[str, np.ndarray]:
+        names = list(outputs)
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: batch}), strict=True))

@@ -309,8 +309,7 @@ class DicomListener:
             write_json_atomic(result_path, record)
             self.summary.add(record, record["arrival_to_result_ms"])
         if record["sr"] and not (self.out / record["sr"]).exists():  # also repairs a crash after the result
-            self._write_sr(header, record["label"], record["probabilities"], record["warnings"],
-                           self.out / record["sr"])
+            self._write_sr(header, record, self.out / record["sr"])
         target = self.out / record["moved_to"]
         if record["error"] is not None:
             write_atomic(target.with_name(f"{item.uid}.reason.txt"),
@@ -319,14 +318,15 @@ class DicomListener:
         if self.on_record is not None:
             self.on_record(record)
 
-    def _write_sr(self, header: Any, label: str, probabilities: dict[str, float], warnings: list[str],
-                  path: Path) -> None:
+    def _write_sr(self, header: Any, record: dict[str, Any], path: Path) -> None:
         import io
 
         import pydicom
 
-        report = build_sr(header, label=label, probabilities=probabilities, model_name=self.classifier.path.name,
-                          model_sha256=self._model_sha256, software_version=self._version, warnings=warnings)
+        report = build_sr(header, label=record["label"], probabilities=record["probabilities"],
+                          model_name=self.classifier.path.name, model_sha256=self._model_sha256,
+                          software_version=self._version, warnings=record["warnings"],
+                          status=record.get("status", "classified"))
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, report, enforce_file_format=True)
         write_atomic(path, buffer.getvalue())

@@ -25,8 +25,7 @@ def live_record(prediction: Prediction, *, path: str, sha256: str, arrived: str,
         extra: mode-specific keys (where the input went, DICOM UIDs, ...).
     """
     record = prediction.to_record() | {"path": path}
-    return record | {"sha256": sha256, "arrived": arrived, "finished": finished, "warnings": list(prediction.warnings),
-                     "model": model} | extra
+    return record | {"sha256": sha256, "arrived": arrived, "finished": finished, "model": model} | extra
 
 
 def printable(name: str) -> str:
@@ -49,10 +48,12 @@ def live_line(record: dict[str, Any], name: str, *, note: str | None = None, lat
         return f"{clock}  {name}  {note}"
     if record["error"] is not None:
         return f"{clock}  {name}  FAILED: {printable(record['error'])}"
-    label = record["label"]
+    probabilities = record["probabilities"]
+    top = max(probabilities, key=probabilities.get)
+    shown = {"uncertain": f"{top}?", "rejected": "REJECTED"}.get(record.get("status", ""), top)
     ms = latency_ms if latency_ms is not None else record["latency_ms"]["total"]
-    warn = "  (warning: " + "; ".join(record["warnings"]) + ")" if record.get("warnings") else ""
-    return f"{clock}  {name}  {label:<19} {record['probabilities'][label]:6.1%}  {ms:7.1f} ms{warn}"
+    warn = "  (" + "; ".join(record["warnings"]) + ")" if record.get("warnings") else ""
+    return f"{clock}  {name}  {shown:<20} {probabilities[top]:6.1%}  {ms:7.1f} ms{printable(warn)}"
 
 
 class LiveSummary:
@@ -60,13 +61,16 @@ class LiveSummary:
 
     def __init__(self, window: int = 1000) -> None:
         self.classified = 0
+        self.uncertain = 0
+        self.rejected = 0
         self.failed = 0
         self.repeated = 0
         self._recent_ms: deque[float] = deque(maxlen=window)
 
     def add(self, record: dict[str, Any], latency_ms: float | None = None) -> None:
         if record.get("error") is None:
-            self.classified += 1
+            status = record.get("status", "classified")
+            setattr(self, status, getattr(self, status) + 1)
             self._recent_ms.append(latency_ms if latency_ms is not None else record["latency_ms"]["total"])
         else:
             self.failed += 1
@@ -78,8 +82,10 @@ class LiveSummary:
     def line(self) -> str:
         median = f", median {self.median_ms:.1f} ms" if self.median_ms is not None else ""
         repeated = f", {self.repeated} already done" if self.repeated else ""
-        return f"{self.classified} classified, {self.failed} failed{repeated}{median}"
+        doubtful = "".join(f", {n} {name}" for name, n in (("uncertain", self.uncertain),
+                                                           ("rejected", self.rejected)) if n)
+        return f"{self.classified} classified{doubtful}, {self.failed} failed{repeated}{median}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"classified": self.classified, "failed": self.failed, "already_done": self.repeated,
-                "median_ms": self.median_ms}
+        return {"classified": self.classified, "uncertain": self.uncertain, "rejected": self.rejected,
+                "failed": self.failed, "already_done": self.repeated, "median_ms": self.median_ms}

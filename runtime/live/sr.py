@@ -49,18 +49,24 @@ def _text(relationship: str, concept: Dataset, text: str) -> Dataset:
     return item
 
 
-def build_sr(image: Dataset, *, label: str, probabilities: Mapping[str, float], model_name: str, model_sha256: str,
-             software_version: str, warnings: Sequence[str] = (), when: datetime | None = None) -> Dataset:
-    """A Basic Text SR for one classified image, ready for ``dcmwrite(..., enforce_file_format=True)``.
+def build_sr(image: Dataset, *, label: str | None, probabilities: Mapping[str, float], model_name: str,
+             model_sha256: str, software_version: str, warnings: Sequence[str] = (), status: str = "classified",
+             when: datetime | None = None) -> Dataset:
+    """A Basic Text SR for one classified (or rejected) image, ready for ``dcmwrite(..., enforce_file_format=True)``.
+
+    A rejected image's report says that it was not classified and why, and carries no finding and no
+    probabilities: a reader of the study must not mistake a refusal for a result.
 
     Args:
         image: the received image's header (pixel data is not needed).
-        label: predicted class name.
+        label: predicted class name (None for a rejected image).
         probabilities: class name -> probability.
         model_name: the model file's name, recorded as the contributing equipment's model name.
         model_sha256: the model file's hash: it decides, with the image UID, the report's UIDs.
         software_version: cxr-edge's version.
-        warnings: doubts about the input (raw detector data, wrong modality), stated in the report.
+        warnings: doubts about the input (raw detector data, wrong modality), stated in the report; for a
+            rejected image, the reasons.
+        status: ``classified``, ``uncertain`` or ``rejected`` (`cxr_edge.runtime.gate`).
         when: content date and time (default: now).
     """
     when = when or datetime.now()
@@ -122,14 +128,23 @@ def build_sr(image: Dataset, *, label: str, probabilities: Mapping[str, float], 
     observer_uid.UID = generate_uid(entropy_srcs=[model_sha256, "device"])
     observer_name = _text("HAS OBS CONTEXT", _code("121013", "DCM", "Device Observer Name"), f"cxr-edge {model_name}")
 
-    finding = _text("CONTAINS", _code("121071", "DCM", "Finding"),
-                    f"Classified as {label} (probability {probabilities[label]:.3f}).")
     image_ref = _item("INFERRED FROM", "IMAGE", _code("121112", "DCM", "Source of Measurement"))
     image_ref.ReferencedSOPSequence = DicomSequence([reference])
-    finding.ContentSequence = DicomSequence([image_ref])
-    details = "; ".join(f"{name} {p:.3f}" for name, p in probabilities.items())
-    content = [observer_type, observer_uid, observer_name, finding,
-               _text("CONTAINS", _code("121073", "DCM", "Impression"), f"Class probabilities: {details}.")]
+    if status == "rejected" or label is None:
+        refusal = _text("CONTAINS", _code("121106", "DCM", "Comment"),
+                        "Not classified: the input was rejected as not a frontal chest radiograph like the images "
+                        "the model was trained on. No finding is reported.")
+        refusal.ContentSequence = DicomSequence([image_ref])
+        content = [observer_type, observer_uid, observer_name, refusal]
+    else:
+        flag = " Uncertain: the probability is below the model's abstention threshold." \
+            if status == "uncertain" else ""
+        finding = _text("CONTAINS", _code("121071", "DCM", "Finding"),
+                        f"Classified as {label} (probability {probabilities[label]:.3f}).{flag}")
+        finding.ContentSequence = DicomSequence([image_ref])
+        details = "; ".join(f"{name} {p:.3f}" for name, p in probabilities.items())
+        content = [observer_type, observer_uid, observer_name, finding,
+                   _text("CONTAINS", _code("121073", "DCM", "Impression"), f"Class probabilities: {details}.")]
     content += [_text("CONTAINS", _code("121106", "DCM", "Comment"), f"Input warning: {w}") for w in warnings]
     content.append(_text("CONTAINS", _code("121106", "DCM", "Comment"), NOT_FOR_DIAGNOSTIC_USE))
     ds.ContentSequence = DicomSequence(content)

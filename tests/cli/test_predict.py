@@ -41,8 +41,9 @@ def test_jsonl_has_exactly_the_documented_keys_in_input_order(setup):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in order]
     for record in records:
-        assert list(record) == ["path", "label", "probabilities", "latency_ms", "error"]
+        assert list(record) == ["path", "label", "probabilities", "latency_ms", "error", "status", "gate", "warnings"]
         assert record["label"] in CLASSES and record["error"] is None
+        assert (record["status"], record["gate"], record["warnings"]) == ("classified", None, [])  # no gate here
         assert list(record["probabilities"]) == list(CLASSES)
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert list(record["latency_ms"]) == ["decode", "preprocess", "inference", "total"]
@@ -182,3 +183,48 @@ def test_an_80_column_table_still_names_every_file(setup, tmp_path, columns):
     for path in inputs:  # each row shows the file's whole name, never cut or folded away
         assert any(path.name in line and ("normal" in line or "covid19" in line or "pneumonia" in line)
                    for line in lines), (path.name, result.stdout)
+
+
+def _gated(tmp_path: Path, **policy: object) -> Path:
+    from cxr_edge.runtime.gate import GatePolicy
+
+    tmp_path.mkdir(exist_ok=True)
+    return tiny_onnx(tmp_path / "gated.onnx", size=64, extra_metadata=GatePolicy(**policy).to_metadata())
+
+
+def test_strict_exits_3_when_any_image_is_uncertain_or_rejected(setup, tmp_path):
+    _, images, cache = setup
+    unsure = _gated(tmp_path, abstain_below=0.99)  # a tiny model is never that sure: every result is uncertain
+    plain = _run("predict", *images, "--model", unsure, "--format", "jsonl", cache=cache)
+    assert plain.returncode == 0, plain.stderr
+    records = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert {r["status"] for r in records} == {"uncertain"} and all(r["label"] in CLASSES for r in records)
+    assert all(r["warnings"][0].startswith("uncertain: top probability") for r in records)
+    strict = _run("predict", *images, "--model", unsure, "--format", "jsonl", "--strict", cache=cache)
+    assert strict.returncode == 3
+    assert [(r["path"], r["status"]) for r in map(json.loads, strict.stdout.splitlines())] == [
+        (r["path"], r["status"]) for r in records]
+    sure = _run("predict", *images, "--model", _gated(tmp_path / "x", abstain_below=0.01), "--strict", cache=cache)
+    assert sure.returncode == 0, sure.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_text("no")
+    failed = _run("predict", images[0], broken, "--model", unsure, "--strict", cache=cache)
+    assert failed.returncode == 2  # a failure outranks a doubt
+
+
+def test_a_rejected_dicom_keeps_no_label_and_the_table_says_why(setup, tmp_path):
+    model, _, cache = setup
+    hand = write_dicom(tmp_path / "hand.dcm", gradient(200, 160, top=4095), bits_stored=12, BodyPartExamined="HAND")
+    lateral = write_dicom(tmp_path / "lateral.dcm", gradient(200, 160, top=4095), bits_stored=12, ViewPosition="LL")
+    result = _run("predict", hand, lateral, "--model", model, "--format", "jsonl", cache=cache)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["status"], r["label"]) for r in records] == [("rejected", None), ("rejected", None)]
+    assert records[0]["warnings"][0] == "rejected: the DICOM body part is HAND, not the chest"
+    assert "lateral view" in records[1]["warnings"][0] and sum(records[1]["probabilities"].values()) > 0.99
+    table = _run("predict", hand, "--model", model, "--format", "table", cache=cache)
+    assert "rejected" in table.stdout and "body part is HAND" in table.stdout
+    warned = _run("predict", hand, "--model", model, "--format", "jsonl", "--gate", "warn", cache=cache)
+    record = json.loads(warned.stdout)
+    assert record["status"] == "classified" and record["label"] in CLASSES
+    assert "body part is HAND, not CHEST" in record["warnings"]

@@ -24,17 +24,39 @@ def test_unreadable_files_are_counted_with_reasons(small_dataset, tmp_path):
     try:
         dataset = scan_dataset(small_dataset)
         contract = Contract(input_size=(32, 32), class_names=CLASS_NAMES, channels=1, mean=(0.5,), std=(0.5,))
-        images, labels, failed = load_resized(dataset.samples, contract)
+        images, kept, failed = load_resized(dataset.samples, contract)
     finally:
         broken.unlink()
-    assert images.shape == (24, 32, 32) and len(labels) == 24
+    assert images.shape == (24, 32, 32) and len(kept) == 24 and broken not in [s.path for s in kept]
     assert [(p.name, "not an image" in r) for p, r in failed] == [("zz-broken.png", True)]
 
 
 def test_manifest_hash_names_files_labels_and_contents(small_dataset):
     dataset = scan_dataset(small_dataset)
-    first = manifest_hash(dataset.samples, dataset.root)
-    assert first == manifest_hash(list(reversed(dataset.samples)), dataset.root)
-    relabelled = [Sample(s.path, (s.label + 1) % 4) for s in dataset.samples]
-    assert manifest_hash(relabelled, dataset.root) != first
-    assert manifest_hash(dataset.samples[1:], dataset.root) != first
+    first = manifest_hash(dataset.samples)
+    assert first == manifest_hash(list(reversed(dataset.samples)))
+    relabelled = [Sample(s.path, (s.label + 1) % 4, root=s.root) for s in dataset.samples]
+    assert manifest_hash(relabelled) != first
+    assert manifest_hash(dataset.samples[1:]) != first
+
+
+def test_split_keeps_every_patient_on_one_side_and_every_cell_in_validation(data_dirs):
+    dataset = scan_dataset(data_dirs)
+    for seed in (0, 1, 2):
+        train, val = stratified_split(dataset.samples, 0.2, seed)
+        assert {s.group for s in train}.isdisjoint({s.group for s in val})
+        assert len(train) + len(val) == len(dataset.samples)
+        cells = {(s.label, s.source) for s in dataset.samples}
+        for cell in cells:
+            total = sum((s.label, s.source) == cell for s in dataset.samples)
+            held = sum((s.label, s.source) == cell for s in val)
+            assert 0.1 * total <= held <= 0.3 * total + 1, (cell, held, total)  # near 20 %, whole patients
+    assert stratified_split(list(reversed(dataset.samples)), 0.2, 0) == stratified_split(dataset.samples, 0.2, 0)
+
+
+def test_a_patient_with_many_films_is_never_split(tmp_path):
+    samples = [Sample(tmp_path / f"p{p}_{i}.png", 0, "site", f"p{p}")
+               for p in range(10) for i in range(1 + 9 * (p == 3))]
+    train, val = stratified_split(samples, 0.2, 0)
+    assert {s.patient for s in train}.isdisjoint({s.patient for s in val})
+    assert 2 <= len(val) <= 4  # the ten-film patient would have overshot 20 % of 19 films

@@ -18,9 +18,11 @@ from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import load_checkpoint, train
 from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.contract import Contract
-from cxr_edge.runtime.dataset import scan_dataset
+from cxr_edge.runtime.dataset import CLASS_NAMES, scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.model_file import ARCHITECTURE_KEY, PROVENANCE_KEY, QUANTIZATION_KEY
+from cxr_edge.runtime.gate import GatePolicy
+from cxr_edge.runtime.model_file import ARCHITECTURE_KEY, PROVENANCE_KEY, QUANTIZATION_KEY, file_sha256
+from cxr_edge.runtime.preprocess import to_input
 
 pytestmark = pytest.mark.slow  # trains or exports real networks
 
@@ -43,7 +45,7 @@ def test_export_matches_pytorch_and_carries_contract_and_provenance(exported):
     onnx.checker.check_model(proto, full_check=True)
     assert proto.opset_import[0].version >= 17
     assert [i.name for i in proto.graph.input] == ["image"]
-    assert [o.name for o in proto.graph.output] == ["probabilities", "cam"]
+    assert [o.name for o in proto.graph.output] == ["probabilities", "cam", "features", "gate_score", "orientation"]
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
     metadata = {p.key: p.value for p in proto.metadata_props}
@@ -54,6 +56,39 @@ def test_export_matches_pytorch_and_carries_contract_and_provenance(exported):
     assert provenance["training"]["data_manifest_hash"] == checkpoint["provenance"]["data_manifest_hash"]
     assert provenance["training"]["seed"] == 0 and "git_commit" in provenance["exporter"]
     assert set(provenance["validation"]) == {"accuracy", "macro_f1", "per_class"}
+    policy = GatePolicy.from_metadata(metadata)
+    fitted = checkpoint["reliability"]["policy"]
+    assert policy.gate_threshold == fitted["gate_threshold"] and policy.temperature == fitted["temperature"]
+    assert policy.populations == checkpoint["populations"] and policy.orientations[0] == "upright"
+
+
+def test_the_gate_in_the_graph_is_the_gate_that_was_fitted(exported, small_dataset):
+    """The exported graph's gate score and orientation equal the build side's GateHead on the same images, and
+    the probabilities carry the fitted temperature."""
+    import torch
+
+    from cxr_edge.export.reliability import GateHead, describe
+    from cxr_edge.export.to_onnx import model_from_checkpoint
+    from cxr_edge.runtime.preprocess import load_many
+
+    folder, _ = exported
+    checkpoint = load_checkpoint(folder / "run" / "checkpoint.pt")
+    contract = checkpoint["contract"]
+    paths = [s.path for s in scan_dataset(small_dataset).samples][::4]
+    images, _, _ = load_many(paths, contract)
+    described = describe(model_from_checkpoint(checkpoint), "efficientnet_lite0", contract, images)
+    with torch.inference_mode():
+        score, orientation = GateHead(checkpoint["reliability"]["gate"])(
+            torch.from_numpy(described["mid"]), torch.from_numpy(described["final"]))
+    logits = described["logits"] / checkpoint["reliability"]["policy"]["temperature"]
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    for engine in ("ort", "openvino"):
+        classifier = Classifier.open(folder / "model.onnx", backend=engine)
+        outputs = classifier.run(to_input(images, contract))
+        np.testing.assert_allclose(outputs["gate_score"], score.numpy(), rtol=1e-3)
+        np.testing.assert_allclose(outputs["orientation"], orientation.numpy(), atol=1e-4)
+        np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-4)
 
 
 def test_exported_model_runs_on_both_engines_with_cams(exported, small_dataset):
@@ -80,9 +115,17 @@ def test_calibration_manifest_round_trip_and_hash_mismatch(small_dataset, tmp_pa
     chosen = write_manifest(dataset, manifest, per_class=2, seed=3)
     assert len(chosen) == 8 and sorted({s.label for s in chosen}) == [0, 1, 2, 3]
     text = manifest.read_text()
-    assert text.startswith("# cxr-edge calibration manifest v1") and str(data) not in text  # relative paths
-    assert read_manifest(manifest, data) == chosen
+    assert text.startswith("# cxr-edge calibration manifest v2") and str(data) not in text  # relative paths
+    assert [(s.path, s.label) for s in read_manifest(manifest, data)] == [(s.path, s.label) for s in chosen]
     assert resolve_calibration(None, manifest, data) == [s.path for s in chosen]
+    v1 = tmp_path / "v1.tsv"  # a single-root manifest of the first release still resolves
+    v1.write_text("# cxr-edge calibration manifest v1\nclass\tfile\tsha256\n" + "".join(
+        f"{CLASS_NAMES[s.label]}\t{s.path.relative_to(data).as_posix()}\t{file_sha256(s.path)}\n" for s in chosen))
+    assert [s.path for s in read_manifest(v1, data)] == [s.path for s in chosen]
+    elsewhere = tmp_path / "other" / "data"
+    shutil.copytree(data, elsewhere)
+    with pytest.raises(CalibrationError, match="no data folder named 'data'"):
+        read_manifest(manifest, tmp_path / "other")
     with open(chosen[0].path, "ab") as handle:
         handle.write(b"\0")
     (chosen[1].path).unlink()
@@ -108,8 +151,8 @@ def test_quantisation_keeps_the_contract_and_reports_both_models(exported, small
     assert QUANTIZATION_KEY in int8.metadata and PROVENANCE_KEY in int8.metadata
     comparison = report.comparison
     paths = [s.path for s in dataset.samples]
-    fp32_labels = [p.label for p in Classifier.open(folder / "model.onnx", backend=backend).predict(paths)]
-    int8_labels = [p.label for p in int8.predict(paths)]
+    fp32_labels = [p.top for p in Classifier.open(folder / "model.onnx", backend=backend).predict(paths)]
+    int8_labels = [p.top for p in int8.predict(paths)]
     truth = [int8.contract.class_names[s.label] for s in dataset.samples]
     assert comparison["images"] == len(dataset.samples)
     assert comparison["agreement"] == pytest.approx(np.mean(np.equal(fp32_labels, int8_labels)))

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from cxr_edge.export.config import TrainConfig
-from cxr_edge.export.data import manifest_hash
+from cxr_edge.export.data import manifest_hash, stratified_split
 from cxr_edge.export.train import CHECKPOINT_NAME, load_checkpoint, train
 from cxr_edge.export.zoo import build_model
 from cxr_edge.runtime.contract import Contract
-from cxr_edge.runtime.dataset import scan_dataset
+from cxr_edge.runtime.dataset import CLASS_NAMES, scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
 
 pytestmark = pytest.mark.slow  # trains or exports real networks
@@ -31,13 +31,16 @@ def test_tiny_efficientnet_run_writes_every_artefact(small_dataset, tmp_path):
 
     checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
     assert checkpoint["contract"] == Contract(input_size=(64, 64), class_names=(
-        "normal", "covid19", "bacterial_pneumonia", "viral_pneumonia"), channels=1, mean=(0.5,), std=(0.5,))
+        "normal", "covid19", "bacterial_pneumonia", "viral_pneumonia"), channels=1, mean=(0.5,), std=(0.5,),
+        intensity="equalize")
     assert checkpoint["arch"] == "efficientnet_lite0"
     provenance = checkpoint["provenance"]
     dataset = scan_dataset(small_dataset)
-    assert provenance["data_manifest_hash"] == manifest_hash(dataset.samples, dataset.root)
+    assert provenance["data_manifest_hash"] == manifest_hash(dataset.samples)
     assert provenance["seed"] == 0 and provenance["weights_source"] == "ImageNet (packaged)"
-    assert provenance["train_files"] == 16 and provenance["val_files"] == 8
+    train_part, val_part = stratified_split(dataset.samples, 0.25, 0)
+    assert provenance["train_files"] == len(train_part) and provenance["val_files"] == len(val_part)
+    assert provenance["train_patients"] == len({s.group for s in train_part})
     model, _ = build_model("efficientnet_lite0", 4, pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
 
@@ -46,7 +49,17 @@ def test_tiny_efficientnet_run_writes_every_artefact(small_dataset, tmp_path):
     assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "lr"} <= set(history[0])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["validation"]["per_class"]) == set(checkpoint["contract"].class_names)
-    assert sum(r["support"] for r in metrics["validation"]["per_class"].values()) == 8
+    assert sum(r["support"] for r in metrics["validation"]["per_class"].values()) == len(val_part)
+    assert {f["file"] for f in metrics["val_files"]} == {s.key for s in val_part}
+    assert set(metrics["groups"]["cell"]) == {f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in val_part}
+    for kind in ("cell", "age", "source"):
+        for row in metrics["groups"][kind].values():
+            low, high = row["ci95"]
+            assert 0 <= low <= row["accuracy"] <= high <= 1
+    reliability = checkpoint["reliability"]
+    assert reliability["policy"]["fitted_on"] == "validation images"
+    assert reliability["policy"]["gate_threshold"] > 0 and 0.1 <= reliability["policy"]["temperature"] <= 10
+    assert set(reliability["gate"]) >= {"mid_means", "final_projection", "orientation_weight"}
     assert metrics["best_epoch"] == result.best_epoch and metrics["skipped"] == []
     for figure in ("curves.png", "confusion_matrix.png"):
         image = cv2.imread(str(out / figure))

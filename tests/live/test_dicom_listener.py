@@ -186,6 +186,26 @@ def test_unreadable_pixels_get_a_result_with_the_reason(listener: DicomListener)
     assert (listener.out / "failed" / f"{uid}.reason.txt").read_text().startswith(f"SOP Instance UID {uid}: ")
 
 
+def test_a_rejected_image_gets_a_report_that_says_so_and_no_finding(listener: DicomListener) -> None:
+    hand = dicom_dataset(gradient(200, 160), BodyPartExamined="HAND")
+    assoc = associate(listener.port)
+    assert assoc.send_c_store(hand).Status == Status.SUCCESS
+    assoc.release()
+    assert listener.wait_idle()
+    record = json.loads((listener.out / "results" / f"{hand.SOPInstanceUID}.json").read_text())
+    assert (record["status"], record["label"], record["error"]) == ("rejected", None, None)
+    assert record["warnings"][0] == "rejected: the DICOM body part is HAND, not the chest"
+    sr = pydicom.dcmread(listener.out / record["sr"])
+    concepts = [item.ConceptNameCodeSequence[0].CodeMeaning for item in sr.ContentSequence]
+    texts = " ".join(getattr(item, "TextValue", "") for item in sr.ContentSequence)
+    assert "Finding" not in concepts and "Impression" not in concepts
+    assert "Not classified" in texts and "No finding is reported" in texts and "body part is HAND" in texts
+    assert not any(f"{name} 0." in texts for name in record["probabilities"])  # no probabilities either
+    assert (listener.out / "done" / f"{hand.SOPInstanceUID}.dcm").exists()
+    dump = subprocess.run([dcmtk("dsrdump"), str(listener.out / record["sr"])], capture_output=True, text=True)
+    assert dump.returncode == 0 and not dump.stderr.strip(), dump.stderr
+
+
 def test_allow_list(tmp_path: Path, classifier: Classifier) -> None:
     node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", allow=["XRAYROOM1"])
     node.start()

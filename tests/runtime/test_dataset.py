@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_edge.runtime.dataset import CLASS_NAMES, DatasetError, resolve_class, resolve_data_dir, scan_dataset
+from cxr_edge.runtime.dataset import CLASS_NAMES, DatasetError, resolve_class, resolve_data_dirs, scan_dataset
 
 
 @pytest.mark.parametrize(
@@ -52,17 +52,69 @@ def test_non_images_are_listed_as_skipped_not_dropped(tmp_path):
 
 def test_shared_layout_with_train_folder(data_dir):
     dataset = scan_dataset(data_dir)
-    assert dataset.counts() == {"normal": 80, "covid19": 76, "bacterial_pneumonia": 80, "viral_pneumonia": 80}
-    assert dataset.skipped == []
+    assert dataset.counts() == {"normal": 80, "covid19": 73, "bacterial_pneumonia": 80, "viral_pneumonia": 80}
+    assert sorted(p.name for p, _ in dataset.skipped) == [  # the three lateral views of the COVID-19 folder
+        "covid-19-pneumonia-14-L.png", "covid-19-pneumonia-15-L.jpg", "covid-19-pneumonia-7-L.jpg"]
 
 
 def test_data_dir_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_DATA", str(tmp_path))
-    assert resolve_data_dir(None) == tmp_path
-    assert resolve_data_dir(tmp_path / "..") == tmp_path / ".."
+    assert resolve_data_dirs(None) == [tmp_path]
+    assert resolve_data_dirs(tmp_path / "..") == [tmp_path / ".."]
     monkeypatch.setenv("CXR_DATA", str(tmp_path / "absent"))
     with pytest.raises(DatasetError, match=r"absent \(from \$CXR_DATA\) does not exist"):
-        resolve_data_dir(None)
+        resolve_data_dirs(None)
     monkeypatch.delenv("CXR_DATA")
     with pytest.raises(DatasetError, match=r"^no labelled data given: pass --data DIR or set CXR_DATA$"):
-        resolve_data_dir(None)  # no folder is guessed
+        resolve_data_dirs(None)  # no folder is guessed
+
+
+def test_several_roots_keep_each_image_source_patient_and_age(tmp_path):
+    """A manifest's columns, a ``source__`` prefix and the public collections' naming conventions, in that order."""
+    kids = _tree(tmp_path / "kids", {"normal": ["IM-0115-0001.jpeg", "NORMAL2-IM-1371-0001.jpeg"],
+                                      "pneumonia_bac": ["person12_bacteria_46.jpeg", "person12_bacteria_47.jpeg"],
+                                      "covid19": ["ryct.2020200034.fig5-day0.jpeg", "ryct.2020200034.fig5-day4.jpeg",
+                                                  "covid-19-pneumonia-7-PA.jpg", "covid-19-pneumonia-7-L.jpg"]})
+    adults = _tree(tmp_path / "adults", {"normal": ["rsna__Normal-1.png", "site__x.png"],
+                                         "covid19": ["hannover__a1.png", "hannover__b2.png"]})
+    (adults / "MANIFEST.tsv").write_text(
+        "class\tsource\tpatient\tage\tview\tfile\n"
+        "normal\trsna-nih\tRDB-1\tadult (adult hospital)\tPA\tnormal/rsna__Normal-1.png\n"
+        "covid19\thannover-mhh\tMHH-7\tadult (age redacted)\tAP\tcovid19/hannover__a1.png\n"
+        "covid19\thannover-mhh\tMHH-7\tadult (age redacted)\tLL\tcovid19/hannover__b2.png\n")
+    dataset = scan_dataset([kids, adults])
+    described = {s.path.name: (s.source, s.patient, s.age) for s in dataset.samples}
+    assert described == {
+        "IM-0115-0001.jpeg": ("kermany", "IM-0115", "child"),
+        "NORMAL2-IM-1371-0001.jpeg": ("kermany", "NORMAL2-IM-1371", "child"),
+        "person12_bacteria_46.jpeg": ("kermany", "person12", "child"),
+        "person12_bacteria_47.jpeg": ("kermany", "person12", "child"),
+        "ryct.2020200034.fig5-day0.jpeg": ("ieee8023-covid", "ryct.2020200034.fig5", "adult"),
+        "ryct.2020200034.fig5-day4.jpeg": ("ieee8023-covid", "ryct.2020200034.fig5", "adult"),
+        "covid-19-pneumonia-7-PA.jpg": ("ieee8023-covid", "covid-19-pneumonia-7", "adult"),
+        "rsna__Normal-1.png": ("rsna-nih", "RDB-1", "adult"),
+        "site__x.png": ("site", None, "unknown"),
+        "hannover__a1.png": ("hannover-mhh", "MHH-7", "adult"),
+    }
+    assert sorted((p.name, reason.split(" (")[0]) for p, reason in dataset.skipped) == [
+        ("covid-19-pneumonia-7-L.jpg", "lateral view"), ("hannover__b2.png", "lateral view")]
+    keys = {s.key for s in dataset.samples}
+    assert "kids/normal/IM-0115-0001.jpeg" in keys and "adults/normal/rsna__Normal-1.png" in keys
+    assert dataset.cells()["covid19/hannover-mhh/adult"] == 1 and dataset.roots == [kids, adults]
+
+
+def test_the_shared_roots_together(data_dirs):
+    assert len(data_dirs) == 2, "CXR_DATA should name the four-class set and the adult set"
+    dataset = scan_dataset(data_dirs)
+    assert dataset.cells() == {"bacterial_pneumonia/kermany/child": 80, "covid19/hannover-mhh/adult": 93,
+                               "covid19/ieee8023-covid/adult": 73, "normal/kermany/child": 80,
+                               "normal/rsna-nih/adult": 300, "viral_pneumonia/kermany/child": 80}
+    assert len({s.group for s in dataset.samples if s.source == "hannover-mhh"}) == 40  # serial films grouped
+
+
+def test_several_roots_from_the_setting(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("CXR_DATA", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert resolve_data_dirs(None) == [tmp_path / "a", tmp_path / "b"]
+    assert resolve_data_dirs([tmp_path / "b"]) == [tmp_path / "b"]  # --data wins over the setting

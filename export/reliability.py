@@ -1,0 +1,287 @@
+"""What a trained model needs to say "I don't know": calibration, abstention and the gate, fitted after training.
+
+- **Temperature** (Guo et al. 2017): one scalar that divides the logits so that a probability of 0.8 is right
+  about 80 % of the time on validation images; fitted by minimising their negative log-likelihood. The expected
+  calibration error (15 equal-width bins) is reported before and after.
+- **Abstention**: below this top probability (after the temperature) a result is ``uncertain``: the label is kept
+  and flagged. It is the smallest threshold at which the validation images that pass it are right at least
+  `ABSTAIN_TARGET` of the time.
+- **Gate, part 1: how unlike the training images an input is**, as Mahalanobis distances to the nearest class
+  (Lee et al. 2018, one covariance shared by the classes, shrunk towards its mean variance) in two places of the
+  network (`zoo.ArchSpec.split`):
+  * mid-level texture: the mean and standard deviation of every channel of the middle feature map (what an
+    image *looks like*: film grain, edges, exposure; a photograph, a CT slice or noise is far away here);
+  * the pooled features the classifier reads (what an image *shows*), kept to their `GATE_RANK` main
+    directions plus the rest as one shrunk residual, so the graph stays small.
+  Each distance is divided by its `GATE_QUANTILE` quantile on the validation images; the score is the larger
+  of the two (the second also divided by `FINAL_MARGIN` / `GATE_MARGIN`: on chest films from sources the
+  model has not seen, it strays further than the texture does). Inputs scoring above `GATE_MARGIN` are
+  rejected: with the sources held out one at a time, that refused 1-4 % of an unseen adult source's films and
+  every photograph, synthetic image and non-chest DICOM tried.
+- **Gate, part 2: is it upright and positive?** A linear head on the pooled features, trained on the training
+  images turned by 0, 90, 180 and 270 degrees and inverted (a negative), says which of the five an input is;
+  below `UPRIGHT_MIN` for upright, an input is rejected.
+
+Everything becomes part of the exported graph (`to_onnx`) and its metadata; the runtime never refits anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..runtime.contract import Contract
+from ..runtime.dataset import CLASS_NAMES, Sample
+from ..runtime.preprocess import to_input
+from .zoo import CamClassifier, arch_spec
+
+__all__ = ["fit_reliability", "GateHead", "ORIENTATIONS", "expected_calibration_error", "describe",
+           "mid_statistics", "orient", "GATE_RANK", "GATE_QUANTILE", "GATE_MARGIN", "FINAL_MARGIN", "SHRINKAGE",
+           "UPRIGHT_MIN", "ABSTAIN_TARGET"]
+
+ORIENTATIONS = ("upright", "rotated_90", "rotated_180", "rotated_270", "inverted")
+"""What the orientation head tells apart; everything but ``upright`` is refused."""
+GATE_RANK = 64
+"""Main directions of the pooled features' within-class scatter kept exactly; the rest count as one residual."""
+SHRINKAGE = 0.1
+"""How far each covariance is pulled towards its mean variance (a few hundred images for hundreds of values)."""
+GATE_QUANTILE = 0.99
+GATE_MARGIN = 1.5
+"""Rejected above this multiple of the validation images' `GATE_QUANTILE` quantile of the texture distance."""
+FINAL_MARGIN = 2.5
+"""The same for the distance of the pooled features."""
+UPRIGHT_MIN = 0.5
+"""Below this probability of ``upright``, an input is refused as rotated or inverted."""
+ABSTAIN_TARGET = 0.9
+"""Validation accuracy wanted of the results that are not flagged uncertain."""
+_PARTS = ("mid", "final")
+
+
+def orient(images: np.ndarray, kind: str) -> np.ndarray:
+    """Resized images (N x H x W in [0, 1]) turned or inverted as `kind` (one of `ORIENTATIONS`) says."""
+    turns = {"upright": 0, "rotated_90": 1, "rotated_180": 2, "rotated_270": 3}
+    if kind == "inverted":
+        return np.float32(1.0) - images
+    return np.ascontiguousarray(np.rot90(images, k=turns[kind], axes=(1, 2)))
+
+
+def mid_statistics(mid: torch.Tensor) -> torch.Tensor:
+    """Per channel, the mean and the standard deviation over the feature map: N x C x h x w -> N x 2C."""
+    mean = mid.mean(dim=(2, 3))
+    spread = ((mid * mid).mean(dim=(2, 3)) - mean * mean).clamp(min=0) + 1e-6
+    return torch.cat([mean, spread.sqrt()], dim=1)
+
+
+def describe(model: CamClassifier, arch: str, contract: Contract, images: np.ndarray,
+             batch_size: int = 64) -> dict[str, np.ndarray]:
+    """``mid`` statistics, ``final`` pooled features and ``logits`` of resized images, as the graph has them."""
+    first, second = arch_spec(arch).split(model)
+    found: dict[str, list] = {"mid": [], "final": [], "logits": []}
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            mid = first(torch.from_numpy(to_input(images[start:start + batch_size], contract)))
+            pooled = second(mid).mean(dim=(2, 3))
+            found["mid"].append(mid_statistics(mid).numpy())
+            found["final"].append(pooled.numpy())
+            found["logits"].append(model.classifier(pooled).numpy())
+    return {name: np.concatenate(values) for name, values in found.items()}
+
+
+class GateHead(nn.Module):
+    """The gate in the graph: (mid statistics, pooled features) -> (score, orientation probabilities).
+
+    Per part (``mid``, ``final``) the buffers ``<part>_means`` (K x D), ``<part>_projection`` (D x R: the
+    main directions, each divided by the square root of its shrunk variance), ``<part>_basis`` (D x R: the
+    same directions, orthonormal), ``<part>_residual`` (the weight of what lies outside them) and
+    ``<part>_scale``; then ``orientation_weight`` (O x F) and ``orientation_bias`` (O).
+    """
+
+    def __init__(self, parameters: dict[str, Any]) -> None:
+        super().__init__()
+        names = [f"{part}_{kind}" for part in _PARTS for kind in ("means", "projection", "basis", "residual",
+                                                                   "scale")]
+        for name in (*names, "orientation_weight", "orientation_bias"):
+            self.register_buffer(name, torch.as_tensor(np.asarray(parameters[name]), dtype=torch.float32))
+
+    def _distance(self, part: str, values: torch.Tensor) -> torch.Tensor:
+        centred = values[:, None, :] - getattr(self, f"{part}_means")[None]  # N x K x D
+        inside = centred @ getattr(self, f"{part}_basis")
+        whitened = centred @ getattr(self, f"{part}_projection")
+        outside = ((centred * centred).sum(dim=2) - (inside * inside).sum(dim=2)).clamp(min=0)
+        distance = (whitened * whitened).sum(dim=2) + getattr(self, f"{part}_residual") * outside
+        return distance.min(dim=1).values / getattr(self, f"{part}_scale")
+
+    def forward(self, mid: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score = torch.maximum(self._distance("mid", mid), self._distance("final", pooled))
+        orientation = (pooled @ self.orientation_weight.T + self.orientation_bias).softmax(dim=1)
+        return score, orientation
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bins' sizes."""
+    confidence = probabilities.max(axis=1)
+    hits = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            error += inside.mean() * abs(hits[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of the labels (searched on log T)."""
+    logits_t, labels_t = torch.from_numpy(logits).double(), torch.from_numpy(labels)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(min(10.0, max(0.1, math.exp(float(log_t.detach())))))
+
+
+def _abstention_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The smallest top-probability threshold whose passing validation images reach `ABSTAIN_TARGET` accuracy."""
+    confidence = probabilities.max(axis=1)
+    hits = probabilities.argmax(axis=1) == labels
+    for threshold in np.round(np.arange(0.25, 0.96, 0.01), 2):
+        passing = confidence >= threshold
+        if passing.sum() >= max(5, 0.5 * len(labels)) and hits[passing].mean() >= ABSTAIN_TARGET:
+            return float(threshold)
+    return 0.5
+
+
+def _part_statistics(values: np.ndarray, labels: np.ndarray, rank: int | None) -> dict[str, np.ndarray]:
+    """Class means and the shrunk shared covariance of one part, as whitened main directions plus a residual."""
+    means = np.full((len(CLASS_NAMES), values.shape[1]), 1e6)  # a class without images is never the nearest
+    present = sorted(set(labels.tolist()))
+    for label in present:
+        means[label] = values[labels == label].mean(axis=0)
+    centred = values - means[labels]
+    covariance = centred.T @ centred / max(1, len(centred) - len(present))
+    floor = SHRINKAGE * np.trace(covariance) / covariance.shape[0]
+    eigenvalues, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1][: rank or len(eigenvalues)]
+    kept = (1 - SHRINKAGE) * eigenvalues[order] + floor
+    return {"means": means, "basis": vectors[:, order], "projection": vectors[:, order] / np.sqrt(kept),
+            "residual": np.float64(0.0 if rank is None else 1.0 / floor), "scale": np.float64(1.0)}
+
+
+def _orientation_head(features: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (L2, LBFGS) on features of the turned and inverted training images."""
+    x = torch.from_numpy(np.concatenate([features[k] for k in ORIENTATIONS])).float()
+    y = torch.cat([torch.full((len(features[k]),), i) for i, k in enumerate(ORIENTATIONS)])
+    mean, std = x.mean(dim=0), x.std(dim=0) + 1e-6
+    torch.manual_seed(seed)
+    linear = nn.Linear(x.shape[1], len(ORIENTATIONS))
+    optimizer = torch.optim.LBFGS(linear.parameters(), lr=0.5, max_iter=300, line_search_fn="strong_wolfe")
+    scaled = (x - mean) / std
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(linear(scaled), y) + 1e-3 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    weight = (linear.weight / std).detach().numpy()  # fold the standardisation into the head
+    bias = (linear.bias - (linear.weight / std) @ mean).detach().numpy()
+    return weight, bias
+
+
+def _gate(parameters: dict[str, Any], described: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    with torch.inference_mode():
+        score, orientation = GateHead(parameters)(torch.from_numpy(described["mid"]).float(),
+                                                  torch.from_numpy(described["final"]).float())
+    return score.numpy(), orientation.numpy()
+
+
+def _distances(parameters: dict[str, Any], described: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    head = GateHead(parameters)
+    with torch.inference_mode():
+        return {part: head._distance(part, torch.from_numpy(described[part]).float()).numpy() for part in _PARTS}
+
+
+def fit_reliability(model: CamClassifier, arch: str, contract: Contract, train_x: np.ndarray,
+                    train: Sequence[Sample], val_x: np.ndarray | None, val: Sequence[Sample] | None, *,
+                    seed: int = 0) -> dict[str, Any]:
+    """Fit temperature, abstention threshold and gate for a trained model.
+
+    Args:
+        model: the trained network (eval mode).
+        arch: its architecture's name (where the gate cuts the network).
+        contract: its preprocessing contract.
+        train_x, train: resized training images and their samples (class means, scatter, orientation head).
+        val_x, val: resized validation images and their samples (temperature and thresholds); without them the
+            training images stand in and the figures say so.
+        seed: for the orientation head's initialisation.
+
+    Returns:
+        ``parameters`` (what the exported graph and metadata carry), ``figures`` (for the metrics and the model
+        card) and ``val_pred`` (validation predictions after the temperature).
+    """
+    train_y = np.asarray([s.label for s in train])
+    fitted_on = "validation images" if val_x is not None and len(val_x) else "training images (no validation)"
+    if val_x is None or not len(val_x):
+        val_x, val = train_x, train
+    val_y = np.asarray([s.label for s in val])
+    described_train = describe(model, arch, contract, train_x)
+    described_val = describe(model, arch, contract, val_x)
+
+    temperature = _fit_temperature(described_val["logits"], val_y)
+    before, after = _softmax(described_val["logits"]), _softmax(described_val["logits"] / temperature)
+    abstain = _abstention_threshold(after, val_y)
+
+    parameters: dict[str, Any] = {}
+    for part, rank in (("mid", None), ("final", GATE_RANK)):
+        parameters |= {f"{part}_{k}": v for k, v in _part_statistics(described_train[part], train_y, rank).items()}
+    turned = {kind: describe(model, arch, contract, orient(train_x, kind))["final"] if kind != "upright"
+              else described_train["final"] for kind in ORIENTATIONS}
+    parameters["orientation_weight"], parameters["orientation_bias"] = _orientation_head(turned, seed)
+    quantiles = {part: float(np.quantile(d, GATE_QUANTILE)) for part, d in _distances(parameters,
+                                                                                      described_val).items()}
+    parameters["mid_scale"] = np.float64(quantiles["mid"])
+    parameters["final_scale"] = np.float64(quantiles["final"] * FINAL_MARGIN / GATE_MARGIN)
+
+    val_score, val_orientation = _gate(parameters, described_val)
+    refused = (val_score > GATE_MARGIN) | (val_orientation[:, 0] < UPRIGHT_MIN)
+    altered = {}
+    for kind in ORIENTATIONS[1:]:
+        score, orientation = _gate(parameters, describe(model, arch, contract, orient(val_x, kind)))
+        altered[kind] = float(np.mean((score > GATE_MARGIN) | (orientation[:, 0] < UPRIGHT_MIN)))
+    passing = after.max(axis=1) >= abstain
+    right = after.argmax(axis=1) == val_y
+    figures = {
+        "fitted_on": fitted_on, "images": len(val_y),
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(before, val_y), "ece_after": expected_calibration_error(after, val_y),
+        "abstain_below": abstain, "uncertain_share": float(1 - passing.mean()),
+        "accuracy_when_not_uncertain": float(right[passing].mean()) if passing.any() else None,
+        "gate_threshold": GATE_MARGIN, "gate_quantiles": quantiles,
+        "gate_refused_share": float(refused.mean()),
+        "orientation_upright_share": float(np.mean(val_orientation.argmax(axis=1) == 0)),
+        "refused_when_altered": altered,
+    }
+    policy = {"temperature": temperature, "abstain_below": abstain, "gate_threshold": GATE_MARGIN,
+              "upright_min": UPRIGHT_MIN, "orientations": list(ORIENTATIONS), "fitted_on": fitted_on,
+              "validation_images": len(val_y)}
+    gate = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in parameters.items()}  # torch.load-safe
+    return {"parameters": {"gate": gate, "policy": policy}, "figures": figures, "val_pred": after.argmax(axis=1),
+            "val_scores": val_score}
