@@ -96,25 +96,47 @@ def describe(model: CamClassifier, arch: str, contract: Contract, images: np.nda
 class GateHead(nn.Module):
     """The gate in the graph: (mid statistics, pooled features) -> (score, orientation probabilities).
 
-    Per part (``mid``, ``final``) the buffers ``<part>_means`` (K x D), ``<part>_projection`` (D x R: the
-    main directions, each divided by the square root of its shrunk variance), ``<part>_basis`` (D x R: the
-    same directions, orthonormal), ``<part>_residual`` (the weight of what lies outside them) and
-    ``<part>_scale``; then ``orientation_weight`` (O x F) and ``orientation_bias`` (O).
+    Per part (``mid``, ``final``) the fitted buffers ``<part>_means`` (K x D), ``<part>_projection`` (D x R: the
+    main directions, each divided by the square root of its shrunk variance), ``<part>_basis`` (D x R: the same
+    directions, orthonormal), ``<part>_residual`` (the weight of what lies outside them) and ``<part>_scale``;
+    then ``orientation_weight`` (O x F) and ``orientation_bias`` (O).
+
+    The distances are computed with one matrix product per part: the input is projected once onto the basis, and
+    the class means' projections are computed here, not at every inference; the residual part (only where
+    directions were dropped) uses ||x - m||^2 = ||x||^2 - 2 x.m + ||m||^2. That keeps the gate to about 0.1 M
+    multiply-adds and a few dozen small operations per image.
     """
 
     def __init__(self, parameters: dict[str, Any]) -> None:
         super().__init__()
-        names = [f"{part}_{kind}" for part in _PARTS for kind in ("means", "projection", "basis", "residual",
-                                                                   "scale")]
-        for name in (*names, "orientation_weight", "orientation_bias"):
+        self.residual_parts: list[str] = []
+        for part in _PARTS:
+            means, projection, basis = (torch.as_tensor(np.asarray(parameters[f"{part}_{kind}"]), dtype=torch.float64)
+                                        for kind in ("means", "projection", "basis"))
+            scaling = projection.norm(dim=0)  # basis columns are unit vectors
+            self.register_buffer(f"{part}_basis", basis.float())
+            self.register_buffer(f"{part}_scaling", scaling.float())
+            self.register_buffer(f"{part}_centres", (means @ basis * scaling).float())  # K x R, whitened
+            self.register_buffer(f"{part}_scale", torch.as_tensor(float(np.asarray(parameters[f"{part}_scale"]))))
+            residual = float(np.asarray(parameters[f"{part}_residual"]))
+            if residual > 0:
+                self.residual_parts.append(part)
+                self.register_buffer(f"{part}_residual", torch.as_tensor(residual))
+                self.register_buffer(f"{part}_means_t", means.T.float())  # D x K
+                self.register_buffer(f"{part}_means_sq", (means * means).sum(dim=1).float())
+                self.register_buffer(f"{part}_inside_centres", (means @ basis).float())
+        for name in ("orientation_weight", "orientation_bias"):
             self.register_buffer(name, torch.as_tensor(np.asarray(parameters[name]), dtype=torch.float32))
 
     def _distance(self, part: str, values: torch.Tensor) -> torch.Tensor:
-        centred = values[:, None, :] - getattr(self, f"{part}_means")[None]  # N x K x D
-        inside = centred @ getattr(self, f"{part}_basis")
-        whitened = centred @ getattr(self, f"{part}_projection")
-        outside = ((centred * centred).sum(dim=2) - (inside * inside).sum(dim=2)).clamp(min=0)
-        distance = (whitened * whitened).sum(dim=2) + getattr(self, f"{part}_residual") * outside
+        inside = values @ getattr(self, f"{part}_basis")  # N x R: the one product
+        whitened = (inside * getattr(self, f"{part}_scaling"))[:, None, :] - getattr(self, f"{part}_centres")[None]
+        distance = (whitened * whitened).sum(dim=2)  # N x K
+        if part in self.residual_parts:
+            full = ((values * values).sum(dim=1, keepdim=True) - 2 * (values @ getattr(self, f"{part}_means_t"))
+                    + getattr(self, f"{part}_means_sq")[None])
+            kept = inside[:, None, :] - getattr(self, f"{part}_inside_centres")[None]
+            distance = distance + getattr(self, f"{part}_residual") * (full - (kept * kept).sum(dim=2)).clamp(min=0)
         return distance.min(dim=1).values / getattr(self, f"{part}_scale")
 
     def forward(self, mid: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

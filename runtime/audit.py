@@ -5,7 +5,9 @@ recognising the source (its borders, markers, resolution, contrast) instead of t
 over a labelled folder whose images keep their source (`cxr_edge.runtime.dataset`):
 
 1. **Border-only probe**: the central lung box blacked out, how often does the predicted label survive? A model
-   that reads the lungs should mostly change its mind; a model that reads borders and text keeps it.
+   that reads the lungs should mostly change its mind; a model that reads borders and text keeps it. What the
+   blacked-out images are called is reported too: where a black box itself looks like disease to the model,
+   the label of that class survives for that reason, not because of the borders.
 2. **Source probe**: how well does a linear classifier on the model's pooled features tell the sources apart
    (cross-validated by patient, AUROC)? Reported within each class that has two or more sources, where the
    answer is not simply the label (two COVID-19 collections, say); near 0.5 means the features carry little of
@@ -169,7 +171,8 @@ def run_audit(classifier: Classifier, data_dirs: Sequence[Path], *, batch_size: 
                                                    for name, pred in stressed.items()},
                              "called": {name: {c: int(np.sum(pred[mask] == i)) for i, c in
                                                enumerate(classifier.contract.class_names)}
-                                        for name, pred in {"as given": predicted} | stressed.items()}}
+                                        for name, pred in ({"as given": predicted, "lungs blacked out": masked_pred}
+                                                           | stressed).items()}}
     return {"images": len(samples), "unreadable": [str(e) for e in errors], "lung_box": list(LUNG_BOX),
             "label_survives_masking": float(survives.mean()), "heatmap_in_lung_box": float(in_box.mean()),
             "by_source": by_source, "source_probe_auroc": _source_probe(plain[FEATURES], samples),

@@ -121,10 +121,12 @@ CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
 
 
 def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequence[str] = CLASSES, seed: int = 0,
-              contract: bool = True, cam: bool = True, extra_metadata: dict[str, str] | None = None) -> Path:
+              contract: bool = True, cam: bool = True, features: bool = False,
+              extra_metadata: dict[str, str] | None = None) -> Path:
     """A small real CAM network following the model contract, built with the onnx helper API.
 
-    image (N x C x size x size) -> 3x3 conv, stride 4 -> cam (N x K x size/4 x size/4) -> mean -> softmax.
+    image (N x C x size x size) -> 3x3 conv, stride 4 -> cam (N x K x size/4 x size/4) -> mean -> softmax; with
+    `features`, the pooled map (the logits) is also the ``features`` output.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -143,6 +145,9 @@ def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequenc
     outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k])]
     if cam:
         outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", k, size // 4, size // 4]))
+    if features:
+        nodes.append(helper.make_node("Identity", ["logits"], ["features"]))
+        outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", k]))
     graph = helper.make_graph(
         nodes, "tiny_cam_net",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, size, size])], outputs,

@@ -156,15 +156,20 @@ def test_info_shows_contract_and_hashes(setup, tmp_path):
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
-def test_the_shipped_int8_model_is_the_default(setup):
+def test_the_shipped_int8_model_is_the_default(setup, data_dir):
     _, images, cache = setup
-    result = _run("predict", images[0], "--format", "jsonl", "--backend", "ort", cache=cache)
+    film = sorted((data_dir / "train" / "normal").iterdir())[0]
+    result = _run("predict", film, images[0], "--format", "jsonl", "--backend", "ort", cache=cache)
     assert result.returncode == 0, result.stderr
-    assert "cxr-edge-int8.onnx" in result.stderr and json.loads(result.stdout)["label"] in CLASSES
+    chest, gradient_image = (json.loads(line) for line in result.stdout.splitlines())
+    assert "cxr-edge-int8.onnx" in result.stderr and chest["label"] in CLASSES and chest["gate"] is not None
+    assert gradient_image["status"] == "rejected" and gradient_image["label"] is None  # a drawing, not a film
     info = json.loads(_run("info", "--json", cache=cache).stdout)
     assert info["model"]["path"].endswith("cxr-edge-int8.onnx")
     assert info["model"]["architecture"] == "efficientnet_lite0"
     assert info["contract"]["input_size"] == [224, 224] and "training" in info["provenance"]
+    assert info["contract"]["intensity"] == "equalize" and info["gate"]["gate_threshold"] > 0
+    assert info["gate"]["populations"]["bacterial_pneumonia"] == ["child"]
 
 
 @pytest.mark.parametrize("columns", [80, 100])
