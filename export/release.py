@@ -336,6 +336,13 @@ kind would fare.
 
 {_sources_summary(record.get('sources'))}
 
+How to read it: without the adult normals a model calls adult normals covid19 (the shortcut the adult data is
+there to break), so an adult population the training data lacks is the largest risk; a COVID-19 source unseen
+in training is found from the other source in one direction only (the collection's varied films teach what
+Hannover's look like, Hannover's bedside films do not teach the collection's). The gate passes films from
+unseen hospitals (it refuses what is not a chest film, not what is new), so its rejection rate is not a
+measure of a site's fit: check a site's own labelled films before use.
+
 ## INT8 against FP32
 On the held-out validation images:
 
