@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 CXR_DATA ?= $(abspath ../shared/datasets/cxr4):$(abspath ../shared/datasets/cxr-adult)
 export CXR_DATA
 
-.PHONY: bench test lint clean release-model system-tools
+.PHONY: bench test lint clean release-model system-tools runtime-libs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,21 @@ $(VENV)/.dev-installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
 	touch $@ $(VENV)/.runtime-installed
 
-bench: $(VENV)/.runtime-installed
+bench: $(VENV)/.runtime-installed runtime-libs
 	$(BIN)/cxr-edge bench
 
-# Real peers for the live-mode tests: dcmtk (storescu, echoscu, dsrdump) and systemd-analyze, from Debian.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-tools:
+APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(1); }
+
+# The runtime's one system library: OpenJPEG, which decodes JPEG 2000 at reduced resolution (through glymur).
+# Without it JPEG 2000 images still decode, in full and more slowly.
+runtime-libs:
+	@/sbin/ldconfig -p | grep -q libopenjp2.so.7 || { $(call APT_INSTALL,libopenjp2-7); }
+
+# Real peers for the live-mode tests: dcmtk (storescu, echoscu, dsrdump) and systemd-analyze, from Debian.
+system-tools: runtime-libs
 	@command -v storescu >/dev/null && command -v systemd-analyze >/dev/null || \
-	  { $(SUDO) apt-get install -y -q dcmtk systemd || \
-	    { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk systemd; }; }
+	  { $(call APT_INSTALL,dcmtk systemd); }
 
 test: $(VENV)/.dev-installed system-tools
 	$(BIN)/python -m pytest -q

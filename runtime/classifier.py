@@ -10,6 +10,7 @@ Preprocessing comes only from the model's own contract. A file that cannot be re
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ __all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE"]
 
 DISPLAY_MAX_SIDE = 1024
 """Images kept for heatmap overlays are shrunk to this, so that memory does not grow with detector size."""
+WARM_AFTER_IDLE_S = 0.5
+"""An engine idle this long gets a throw-away inference when an image arrives (`Classifier.warm`)."""
 PROBABILITY_SUM_TOLERANCE = 0.02
 """How far from 1 the probabilities of one image may sum before the output counts as broken."""
 
@@ -112,6 +115,8 @@ class Classifier:
         self.outputs = tuple(name for name in (PROBABILITIES, GATE_SCORE, ORIENTATION) if name in present
                              and (name == PROBABILITIES or gate != "off"))
         """What every inference asks the engine for (the activation maps only when wanted)."""
+        self._engine_lock = threading.Lock()  # an engine's request object is not safe to share between threads
+        self._last_run = time.monotonic()
 
     @classmethod
     def open(cls, path: str | Path | None = None, backend: str = "auto", threads: int | None = None,
@@ -183,9 +188,34 @@ class Classifier:
                         header)
 
     def run(self, batch: np.ndarray, *, cam: bool = False) -> dict[str, np.ndarray]:
-        """The model's outputs for a preprocessed batch: probabilities, the gate's outputs, and maps if asked."""
+        """The model's outputs for a preprocessed batch: probabilities, the gate's outputs, and maps if asked.
+
+        Safe to call from several threads: they take turns on the engine.
+        """
         names = self.outputs + ((CAM,) if cam and self.has_cam else ())
-        return self.backend.run(batch, names)
+        with self._engine_lock:
+            outputs = self.backend.run(batch, names)
+            self._last_run = time.monotonic()
+        return outputs
+
+    def warm(self, idle_s: float = WARM_AFTER_IDLE_S) -> threading.Thread | None:
+        """Wake the engine for an image that is on its way, if it has been idle for `idle_s` or longer.
+
+        After a second or two without work the engine's threads sleep and its weights leave the CPU caches, and
+        the next inference is markedly slower (`benchmarks/live/warm.md`). The live modes call this when an image
+        arrives: one throw-away inference runs on a zero image in the background while the image itself is
+        hashed, stored and decoded, so that the real inference finds the engine awake. Under a steady stream the
+        engine is never idle and nothing extra runs.
+
+        Returns:
+            The thread running the throw-away inference, or None when the engine was busy recently.
+        """
+        if time.monotonic() - self._last_run < idle_s:
+            return None
+        zeros = np.zeros((1, self.contract.channels, *self.contract.input_size), np.float32)
+        thread = threading.Thread(target=self.run, args=(zeros,), name="cxr-warm", daemon=True)
+        thread.start()
+        return thread
 
     def infer(self, prepared: Sequence[Prepared], *, cam: bool = False) -> list[Prediction]:
         """Run one batch of prepared inputs (failed ones pass through as errors), keeping their order."""

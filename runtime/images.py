@@ -21,8 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import jpeg2000
 from .errors import ImageError, first_line
 from .gate import LATERAL_VIEWS, HeaderFacts
+from .jpeg2000 import J2K_SIGNATURES
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -35,7 +37,8 @@ __all__ = [
     "dicom_grayscale",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".jp2", ".j2k", ".j2c", ".dcm",
+                            ".dicom"})
 """File name endings the dataset reader and folder walkers treat as images (content decides the decoder)."""
 
 MAX_PIXELS = 100_000_000
@@ -59,7 +62,7 @@ class LoadedImage:
 
     Args:
         pixels: 2-D float32 array in [0, 1], 1 = white.
-        format: ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``.
+        format: ``png``, ``jpeg``, ``bmp``, ``tiff``, ``jpeg2000`` or ``dicom``.
         warnings: reasons to doubt the result that do not stop it (wrong modality, raw detector data, ...).
         patient: DICOM patient identifiers; kept apart so that nothing prints them unless a user asks.
         header: what a DICOM header says about the image (modality, body part, view, age), for the gate.
@@ -82,6 +85,8 @@ def sniff_format(head: bytes) -> str | None:
         return "tiff"
     if head.startswith(b"BM"):
         return "bmp"
+    if head.startswith(J2K_SIGNATURES):
+        return "jpeg2000"
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
     return None
@@ -108,7 +113,7 @@ def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> 
         raise ImageError(path, f"not an image: content is not PNG, JPEG, BMP, TIFF or DICOM{_looks_like(data)}")
     try:
         if fmt == "dicom":
-            return _read_dicom(path, data)
+            return _read_dicom(path, data, min_size)
         return _read_raster(path, data, fmt, min_size)
     except ImageError:
         raise
@@ -162,6 +167,8 @@ def _looks_like(data: bytes) -> str:
 
 
 def _read_raster(path: Path, data: bytes, fmt: str, min_size: tuple[int, int] | None) -> LoadedImage:
+    if fmt == "jpeg2000":
+        return _read_jpeg2000(path, data, min_size)
     width, height, frames = _raster_header(path, data, fmt)
     _check_pixel_count(path, width, height)
     if frames > 1:
@@ -176,6 +183,31 @@ def _read_raster(path: Path, data: bytes, fmt: str, min_size: tuple[int, int] | 
     if pixels is None or pixels.size == 0:
         raise ImageError(path, f"corrupt or truncated {fmt.upper()}: the decoder could not read the pixel data")
     return LoadedImage(_to_unit_range(pixels), fmt)
+
+
+def _read_jpeg2000(path: Path, data: bytes, min_size: tuple[int, int] | None) -> LoadedImage:
+    """A .jp2/.j2k file: at a reduced resolution level where the model allows it, else in full by OpenCV.
+
+    Values are scaled by the codestream's own precision (a 12-bit image stored in 16-bit words is 0-4095, and
+    scaling it by 65535 would make it nearly black).
+    """
+    from PIL import Jpeg2KImagePlugin
+
+    try:
+        with Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(data)) as img:
+            width, height = img.width, img.height
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise ImageError(path, f"corrupt JPEG 2000 header: {first_line(exc)}") from exc
+    _check_pixel_count(path, width, height)
+    pixels = jpeg2000.decode(path, min_size) if min_size else None
+    if pixels is None:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    if pixels is None or pixels.size == 0:
+        raise ImageError(path, "corrupt or truncated JPEG 2000: the decoder could not read the pixel data")
+    precision = jpeg2000.precision(path)
+    if precision and pixels.dtype.kind in "ui" and precision < pixels.dtype.itemsize * 8:
+        return LoadedImage(np.clip(pixels.astype(np.float32) / np.float32(2**precision - 1), 0, 1), "jpeg2000")
+    return LoadedImage(_to_unit_range(pixels), "jpeg2000")
 
 
 def _raster_header(path: Path, data: bytes, fmt: str) -> tuple[int, int, int]:
@@ -248,7 +280,7 @@ def _min_max(pixels: np.ndarray) -> np.ndarray:
 # --- DICOM ----------------------------------------------------------------------------------------------------
 
 
-def _read_dicom(path: Path, data: bytes) -> LoadedImage:
+def _read_dicom(path: Path, data: bytes, min_size: tuple[int, int] | None = None) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -271,6 +303,8 @@ def _read_dicom(path: Path, data: bytes) -> LoadedImage:
         raise ImageError(path, f"unsupported DICOM photometric interpretation {photometric or '(missing)'!r}")
     try:
         stored = _jpeg_baseline_gray(ds, rows, cols)
+        if stored is None and min_size is not None:
+            stored = _jpeg2000_reduced(ds, min_size)
         if stored is None:
             stored = ds.pixel_array
     except Exception as exc:
@@ -303,6 +337,26 @@ def _jpeg_baseline_gray(ds: object, rows: int, cols: int) -> np.ndarray | None:
     frame = next(generate_frames(ds.PixelData, number_of_frames=1), None)
     decoded = None if frame is None else cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
     return decoded if decoded is not None and decoded.shape == (rows, cols) else None
+
+
+def _jpeg2000_reduced(ds: object, min_size: tuple[int, int]) -> np.ndarray | None:
+    """A single-frame grayscale JPEG 2000 DICOM decoded at the smallest resolution level that still covers
+    `min_size` (`cxr_edge.runtime.jpeg2000`), or None to let pydicom decode it in full.
+
+    The stored values keep their meaning at any level, so the modality LUT, VOI and MONOCHROME1 steps that follow
+    are the same as for the full image.
+    """
+    from pydicom.encaps import generate_frames
+
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if (syntax not in jpeg2000.J2K_TRANSFER_SYNTAXES or int(ds.get("SamplesPerPixel", 1)) != 1
+            or int(ds.get("NumberOfFrames", 1) or 1) != 1):
+        return None
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1), None)
+    if not frame:
+        return None
+    return jpeg2000.decode(frame, min_size, bits_stored=int(ds.get("BitsStored", 0)) or None,
+                           signed=int(ds.get("PixelRepresentation", 0)) == 1)
 
 
 def dicom_grayscale(stored: np.ndarray, ds: object) -> np.ndarray:

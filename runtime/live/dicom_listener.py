@@ -124,7 +124,6 @@ class DicomListener:
         self._stopping = threading.Event()
         self._server: Any = None
         self._workers: list[threading.Thread] = []
-        self._infer_lock = threading.Lock()
         self._model_sha256 = file_sha256(classifier.path)
         self._version = cxr_edge.__version__  # looked up once: a metadata scan costs milliseconds
         self._counter = itertools.count(1)
@@ -225,6 +224,7 @@ class DicomListener:
         if duplicate:
             log.info("instance %s from %s was already received; kept the first copy", uid, calling)
             return Status.SUCCESS
+        self.classifier.warm()  # while the instance is stored and decoded
         try:
             write_atomic(path, event.encoded_dataset())
         except OSError as exc:
@@ -256,7 +256,8 @@ class DicomListener:
         """One of `WORKERS` threads: take the next instance, decode, classify, write its results.
 
         Decoding (C decoders, GIL released) is the larger part of the work and runs in parallel on every worker;
-        only inference is serialised (`_infer_lock`), because an engine's request object is not shared safely.
+        only inference is serialised (the classifier's own lock), because an engine's request object is not shared
+        safely. An engine that has been idle is woken while the instance decodes (`Classifier.warm`).
         """
         while not self._stopping.is_set():
             item = self._queue.get()
@@ -287,8 +288,7 @@ class DicomListener:
         if result_path.exists():
             record = json.loads(result_path.read_text())
         else:
-            with self._infer_lock:
-                prediction = self.classifier.infer([prepared])[0]
+            prediction = self.classifier.infer([prepared])[0]
             warnings = list(prediction.warnings)
             if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
                 warnings.append(RAW_DETECTOR_WARNING)

@@ -230,6 +230,7 @@ class FolderWatcher:
     # --- claim, classify, finish ---------------------------------------------------------------------------
     def _take(self, path: Path) -> None:
         arrived = utc_now()
+        self.classifier.warm()  # while the file is claimed, hashed and decoded
         self._forget(path.name)
         target = self.layout.processing / path.name  # the input's own name: a restart recovers it from there
         if target.exists():

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import openvino as ov
 import pytest
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.errors import ContractError, ModelError
@@ -128,9 +128,12 @@ def test_compressed_dicoms_are_classified(tmp_path, model):
     j2k = write_compressed_dicom(tmp_path / "j2k.dcm", stored, JPEG2000Lossless, bits_stored=12)
     jpeg = write_jpeg_dicom(tmp_path / "jpeg.dcm", gradient(200, 160))
     plain = write_dicom(tmp_path / "plain.dcm", stored, bits_stored=12)
-    results = Classifier.open(model, backend="ort").predict([j2k, jpeg, plain])
+    rle = write_compressed_dicom(tmp_path / "rle.dcm", stored, RLELossless, bits_stored=12)
+    results = Classifier.open(model, backend="ort").predict([j2k, jpeg, plain, rle])
     assert all(r.error is None for r in results)
-    assert results[0].probabilities == pytest.approx(results[2].probabilities, abs=1e-6)
+    assert results[3].probabilities == pytest.approx(results[2].probabilities, abs=1e-6)  # lossless, full size
+    # JPEG 2000 is decoded at half size here (the tiny model reads 64 px): the wavelet's low-pass, not the pixels
+    assert results[0].probabilities == pytest.approx(results[2].probabilities, abs=0.02)
 
 
 def test_stream_keeps_input_order_and_passes_errors_through(tmp_path, model):
@@ -184,3 +187,18 @@ def test_ort_path_never_imports_openvino(tmp_path, model):
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_warm_runs_one_throw_away_inference_only_after_idle(tmp_path, model):
+    classifier = Classifier.open(model, backend="ort")
+    calls = []
+    run = classifier.backend.run
+    classifier.backend.run = lambda batch, names: calls.append(batch.shape) or run(batch, names)
+    classifier._last_run -= 10  # as if idle for ten seconds
+    thread = classifier.warm(idle_s=0.5)
+    assert thread is not None
+    thread.join(timeout=10)
+    assert calls == [(1, 1, 64, 64)]
+    assert classifier.warm(idle_s=0.5) is None  # it just ran: nothing more
+    classifier.predict(_images(tmp_path, 1))
+    assert classifier.warm(idle_s=0.5) is None and len(calls) == 2
