@@ -18,6 +18,7 @@ shown children's pneumonias).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -149,7 +150,9 @@ def judge(probabilities: Mapping[str, float], *, policy: GatePolicy | None, mode
     if mode == "reject" and header is not None and (reason := header.refusal()):
         refusals.append(reason)  # in the other modes the loader's own warnings already say it
     if mode != "off":
-        if policy is not None and policy.gate_threshold is not None and gate_score is not None:
+        if gate_score is not None and not math.isfinite(gate_score):
+            refusals.append("the model's gate score is not a number: the image cannot be judged")
+        elif policy is not None and policy.gate_threshold is not None and gate_score is not None:
             gate = {"score": round(float(gate_score), 4), "threshold": round(policy.gate_threshold, 4)}
             if gate_score > policy.gate_threshold:
                 refusals.append(f"unlike the chest radiographs the model was trained on (gate score "
@@ -159,7 +162,9 @@ def judge(probabilities: Mapping[str, float], *, policy: GatePolicy | None, mode
                             "image is less like the training images than most")
         if policy is not None and policy.upright_min is not None and orientation is not None:
             upright = float(orientation[0])
-            if upright < policy.upright_min:
+            if not np.isfinite(orientation).all():
+                refusals.append("the model's orientation output is not a number: the image cannot be judged")
+            elif upright < policy.upright_min:
                 seen = policy.orientations[int(np.argmax(orientation))].replace("_", " ")
                 refusals.append(f"the film looks {seen} (probability of upright {upright:.2f})")
     if refusals and mode == "reject":

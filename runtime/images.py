@@ -5,55 +5,70 @@ Every input (PNG, JPEG, BMP, TIFF, DICOM; 8 or 16 bit; grayscale, RGB or RGBA) b
 Anything that cannot become such an image raises `ImageError` naming the file and the reason, so one bad file
 never stops a batch.
 
-Raster files are decoded by OpenCV (faster than Pillow here and releases the GIL); Pillow only reads headers, so
-that absurd sizes are refused before a single pixel is decoded. DICOM goes through pydicom and its decoder
-plugins, then the standard's pixel pipeline: modality LUT, VOI LUT or window, MONOCHROME1 inversion.
+Work is ordered so that a broken or hostile file costs little: the file's size, then its header (Pillow's
+format parsers read headers lazily from the open file; pydicom stops before the pixel data) are checked before
+the rest of the file is read, and absurd sizes, progressive JPEGs of hundreds of scans and files that cannot be
+chest radiographs are refused there. JPEG is decoded by libjpeg-turbo through simplejpeg in strict mode (a
+corrupt or truncated entropy-coded segment is an error, even when an end-of-image marker was appended), other
+rasters by OpenCV, DICOM by `dicom_image`. Decoded pixels then pass a sanity check (`check_usable`): nothing
+unusable (non-finite, flat, without contrast, too small) reaches the model.
 """
 
 from __future__ import annotations
 
-import io
 import math
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
 
 from . import jpeg2000
-from .errors import ImageError, first_line
-from .gate import LATERAL_VIEWS, HeaderFacts
+from .dicom_image import looks_like_dicom, read_dicom
+from .errors import ImageError, first_line, os_reason
+from .gate import HeaderFacts
 from .jpeg2000 import J2K_SIGNATURES
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "MAX_FILE_BYTES",
+    "MAX_JPEG_SCANS",
+    "MIN_SIDE",
     "LoadedImage",
     "read_image",
     "load_image",
     "sniff_format",
-    "dicom_grayscale",
+    "check_usable",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".jp2", ".j2k", ".j2c", ".dcm",
                             ".dicom"})
 """File name endings the dataset reader and folder walkers treat as images (content decides the decoder)."""
 
-MAX_PIXELS = 100_000_000
-"""Images above 100 megapixels are refused from their header, before decoding (decompression bombs)."""
+MAX_PIXELS = 50_000_000
+"""Images above 50 megapixels are refused from their header, before decoding (decompression bombs). The largest
+chest detectors (43 x 43 cm at 70 um pixels) make about 38 megapixels."""
 
-MAX_FILE_BYTES = 1 << 30
-"""Files above 1 GiB are refused unread: no chest radiograph is that large."""
+MAX_FILE_BYTES = 256 << 20
+"""Files above 256 MiB are refused unread: an uncompressed 16-bit 50-megapixel radiograph is 100 MiB."""
 
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR"})
+MAX_JPEG_SCANS = 64
+"""A progressive JPEG is decoded scan by scan; encoders write about ten. Thousands of scans are an attack on the
+decoder's time (3,000 scans of 67 megapixels took 15 s), so more than this many are refused from a count of the
+scan markers, before decoding."""
 
-RAW_DETECTOR_WARNING = "'For Processing' image: raw detector data, not the processed image the model was trained on"
-"""The warning for DX "For Processing" images (by Presentation Intent Type or by SOP class)."""
+MIN_FLOAT_SPAN, MAX_FLOAT_SPAN = 1e-12, 1e12
+"""Floating-point images (rare TIFFs) are scaled by their own range; real ones hold display values (0-1) or
+physical units (up to tens of thousands). Ranges below or above these are damaged data: values of 1e-40
+(denormals) or of +-3e38 would also overflow single precision when scaled."""
 
-_JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-                    (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+MIN_SIDE = 32
+"""Images smaller than this on either side are refused: the network sees 1/32 of its input per feature, and
+nothing of a chest survives below it (a 16 x 16 DICOM thumbnail is not a radiograph)."""
 
 
 @dataclass(frozen=True)
@@ -98,29 +113,37 @@ def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> 
     Args:
         path: the file to read.
         min_size: (height, width) the caller will resize to. Large JPEGs are then decoded at 1/2, 1/4 or 1/8
-            scale in the DCT domain (several times faster) while staying at least this big; training and the
-            runtime pass the same value, so both see the same pixels.
+            scale in the DCT domain, and JPEG 2000 at a lower resolution level (several times faster), while
+            staying at least this big; training and the runtime pass the same value, so both see the same pixels.
 
     Raises:
         ImageError: the file cannot be used; the message names the file and the reason.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    fmt = sniff_format(data[:132])
-    if fmt is None and path.suffix.lower() in (".dcm", ".dicom"):
-        fmt = "dicom"  # DICOM files without the 128-byte preamble exist (old PACS exports)
-    if fmt is None:
-        raise ImageError(path, f"not an image: content is not PNG, JPEG, BMP, TIFF or DICOM{_looks_like(data)}")
+    fmt = None
     try:
-        if fmt == "dicom":
-            return _read_dicom(path, data, min_size)
-        return _read_raster(path, data, fmt, min_size)
+        with _open(path) as (handle, size):
+            head = handle.read(132)
+            fmt = sniff_format(head)
+            if fmt is None and (path.suffix.lower() in (".dcm", ".dicom") or looks_like_dicom(head)):
+                fmt = "dicom"  # DICOM files without the 128-byte preamble exist (old PACS exports)
+            if fmt is None:
+                raise ImageError(path, "not an image: content is not PNG, JPEG, BMP, TIFF, JPEG 2000 or DICOM"
+                                       f"{_looks_like(head + handle.read(380))}")
+            if fmt == "dicom":
+                pixels, warnings, patient, header = read_dicom(path, handle, size, min_size, MAX_PIXELS)
+                loaded = LoadedImage(pixels, "dicom", warnings, patient, header)
+            else:
+                loaded = _read_raster(path, handle, size, fmt, min_size)
     except ImageError:
         raise
     except MemoryError as exc:
         raise ImageError(path, "not enough memory to decode this image") from exc
+    except OSError as exc:
+        raise ImageError(path, f"cannot read: {os_reason(exc, path)}") from exc
     except Exception as exc:  # a decoder failing on hostile bytes must still be a per-file error
-        raise ImageError(path, f"cannot decode {fmt.upper()}: {first_line(exc)}") from exc
+        raise ImageError(path, f"cannot decode {(fmt or 'image').upper()}: {first_line(exc)}") from exc
+    return replace(loaded, warnings=loaded.warnings + check_usable(path, loaded.pixels))
 
 
 def load_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -128,24 +151,31 @@ def load_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> 
     return read_image(path, min_size=min_size).pixels
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ImageError(path, "not a regular file")
-        if size == 0:
-            raise ImageError(path, "empty file (0 bytes)")
-        if size > MAX_FILE_BYTES:
-            raise ImageError(path, f"file is {size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES >> 30} GiB limit")
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageError(path, "no such file") from exc
-    except PermissionError as exc:
-        raise ImageError(path, "permission denied") from exc
-    except IsADirectoryError as exc:
-        raise ImageError(path, "is a directory") from exc
-    except OSError as exc:
-        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from exc
+class _open:  # noqa: N801 (a context manager)
+    """The file, opened for reading after the checks that need no content: a regular file, not empty, not huge.
+    Yields the handle and the size; file-system failures become `ImageError` naming the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> tuple[IO[bytes], int]:
+        path = self.path
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(path, "not a regular file")
+            if info.st_size == 0:
+                raise ImageError(path, "empty file (0 bytes)")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageError(path, f"file is {info.st_size / 2**20:,.0f} MiB, over the "
+                                       f"{MAX_FILE_BYTES >> 20} MiB limit")
+            self.handle = open(path, "rb")  # noqa: SIM115 (closed in __exit__)
+        except OSError as exc:
+            raise ImageError(path, os_reason(exc, path)) from exc
+        return self.handle, info.st_size
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
 
 
 def _looks_like(data: bytes) -> str:
@@ -166,64 +196,100 @@ def _looks_like(data: bytes) -> str:
 # --- raster files -------------------------------------------------------------------------------------------
 
 
-def _read_raster(path: Path, data: bytes, fmt: str, min_size: tuple[int, int] | None) -> LoadedImage:
+def _read_raster(path: Path, handle: IO[bytes], size: int, fmt: str,
+                 min_size: tuple[int, int] | None) -> LoadedImage:
     if fmt == "jpeg2000":
-        return _read_jpeg2000(path, data, min_size)
-    width, height, frames = _raster_header(path, data, fmt)
+        return _read_jpeg2000(path, handle, size, min_size)
+    handle.seek(0)
+    width, height, frames = _raster_header(path, handle, fmt)
     _check_pixel_count(path, width, height)
     if frames > 1:
         raise ImageError(path, f"multi-page {fmt.upper()} ({frames} pages); save the radiograph as a single image")
-    if fmt == "jpeg" and not _jpeg_is_complete(data):
-        raise ImageError(path, "truncated JPEG: the end-of-image marker is missing")
-    buf = np.frombuffer(data, np.uint8)
-    flags = _jpeg_reduced_flag(width, height, min_size) if fmt == "jpeg" else None
-    if flags is None:
-        flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
-    pixels = cv2.imdecode(buf, flags)
+    handle.seek(0)
+    data = handle.read(size)
+    if fmt == "jpeg":
+        pixels, notes = _decode_jpeg(path, data, min_size)
+        return LoadedImage(pixels, fmt, notes)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if pixels is None or pixels.size == 0:
         raise ImageError(path, f"corrupt or truncated {fmt.upper()}: the decoder could not read the pixel data")
-    return LoadedImage(_to_unit_range(pixels), fmt)
+    unit, warnings = _to_unit_range(path, pixels)
+    return LoadedImage(unit, fmt, warnings)
 
 
-def _read_jpeg2000(path: Path, data: bytes, min_size: tuple[int, int] | None) -> LoadedImage:
+def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """libjpeg-turbo through simplejpeg, strict: a truncated or corrupt scan is an error, not a grey smear, even
+    when an end-of-image marker was appended. At 1/2, 1/4 or 1/8 scale in the DCT domain when `min_size` allows."""
+    import simplejpeg
+
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9") and data.rfind(b"\xff\xd9", 2) == -1:
+        raise ImageError(path, "truncated JPEG: the end-of-image marker is missing")
+    scans = data.count(b"\xff\xda")  # 0xFF is byte-stuffed inside scans: every FFDA starts one
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(path, f"progressive JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS}: no camera or "
+                               "console writes that many; decoding it would take minutes")
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data, strict=True)[:2]
+        factor = _jpeg_factor(height, width, min_size)
+        decoded = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=math.ceil(height / factor),
+                                         min_width=math.ceil(width / factor), strict=True)
+    except ValueError as exc:
+        reason = first_line(exc)
+        if "Unsupported" in reason or "precision" in reason:  # 12-bit JPEG: libjpeg-turbo's 8-bit API cannot
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+            if pixels is not None:
+                return _to_unit_range(path, pixels)
+        raise ImageError(path, f"corrupt or truncated JPEG: {reason}") from exc
+    return decoded[..., 0].astype(np.float32) * np.float32(1 / 255), ()
+
+
+def _jpeg_factor(height: int, width: int, min_size: tuple[int, int] | None) -> int:
+    """The largest of 8, 4, 2 and 1 that keeps the image at least `min_size` when divided by it.
+
+    libjpeg-turbo can also scale by 3/8, 5/8 and the like; only powers of two are used, the scales the shipped
+    model's training images were decoded at, so that training and the edge see the same pixels.
+    """
+    min_h, min_w = min_size or (height, width)
+    return next(f for f in (8, 4, 2, 1) if math.ceil(height / f) >= min_h and math.ceil(width / f) >= min_w)
+
+
+def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int, int] | None) -> LoadedImage:
     """A .jp2/.j2k file: at a reduced resolution level where the model allows it, else in full by OpenCV.
 
     Values are scaled by the codestream's own precision (a 12-bit image stored in 16-bit words is 0-4095, and
     scaling it by 65535 would make it nearly black).
     """
-    from PIL import Jpeg2KImagePlugin
-
-    try:
-        with Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(data)) as img:
-            width, height = img.width, img.height
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageError(path, f"corrupt JPEG 2000 header: {first_line(exc)}") from exc
+    handle.seek(0)
+    width, height, _ = _raster_header(path, handle, "jpeg2000")
     _check_pixel_count(path, width, height)
     pixels = jpeg2000.decode(path, min_size) if min_size else None
     if pixels is None:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        handle.seek(0)
+        pixels = cv2.imdecode(np.frombuffer(handle.read(size), np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if pixels is None or pixels.size == 0:
         raise ImageError(path, "corrupt or truncated JPEG 2000: the decoder could not read the pixel data")
     precision = jpeg2000.precision(path)
     if precision and pixels.dtype.kind in "ui" and precision < pixels.dtype.itemsize * 8:
         return LoadedImage(np.clip(pixels.astype(np.float32) / np.float32(2**precision - 1), 0, 1), "jpeg2000")
-    return LoadedImage(_to_unit_range(pixels), "jpeg2000")
+    unit, warnings = _to_unit_range(path, pixels)
+    return LoadedImage(unit, "jpeg2000", warnings)
 
 
-def _raster_header(path: Path, data: bytes, fmt: str) -> tuple[int, int, int]:
-    """Width, height and frame count from the header alone.
+def _raster_header(path: Path, handle: IO[bytes], fmt: str) -> tuple[int, int, int]:
+    """Width, height and frame count from the header alone, read from the open file.
 
     The format's own Pillow parser is called directly rather than through ``Image.open``: it reads the header
     lazily and skips Pillow's process-wide decompression-bomb limit, which cxr-edge replaces with `MAX_PIXELS`
     so that the message can say how large the image claims to be.
     """
-    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+    from PIL import BmpImagePlugin, Jpeg2KImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
     parser = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.JpegImageFile,
-              "bmp": BmpImagePlugin.BmpImageFile, "tiff": TiffImagePlugin.TiffImageFile}[fmt]
+              "bmp": BmpImagePlugin.BmpImageFile, "tiff": TiffImagePlugin.TiffImageFile,
+              "jpeg2000": Jpeg2KImagePlugin.Jpeg2KImageFile}[fmt]
     try:
-        with parser(io.BytesIO(data)) as img:
-            return img.width, img.height, getattr(img, "n_frames", 1)
+        img = parser(handle)
+        return img.width, img.height, getattr(img, "n_frames", 1)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(path, f"corrupt {fmt.upper()} header: {first_line(exc)}") from exc
 
@@ -238,203 +304,70 @@ def _check_pixel_count(path: Path, width: int, height: int) -> None:
         )
 
 
-def _jpeg_is_complete(data: bytes) -> bool:
-    """A complete JPEG ends with the EOI marker, possibly followed by padding or a vendor trailer."""
-    return data.rfind(b"\xff\xd9", 2) != -1
+def _to_unit_range(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer images scale by their type's full range, float images (rare TIFFs) by their own finite range.
 
-
-def _jpeg_reduced_flag(width: int, height: int, min_size: tuple[int, int] | None) -> int | None:
-    """The largest DCT-domain reduction that keeps the decoded image at least `min_size` (height, width)."""
-    if min_size is None:
-        return None
-    min_h, min_w = min_size
-    for factor, flag in _JPEG_REDUCTIONS:
-        if math.ceil(height / factor) >= min_h and math.ceil(width / factor) >= min_w:
-            return flag | cv2.IMREAD_ANYDEPTH
-    return None
-
-
-def _to_unit_range(pixels: np.ndarray) -> np.ndarray:
-    """Integer images scale by their type's full range; float images (rare TIFFs) by their own range."""
+    A 16-bit image whose values all fit in 10, 12 or 14 bits and fill that depth is a detector's data in 16-bit
+    words (a common PNG export): it is scaled by that depth, with a warning, rather than shown nearly black.
+    """
     if pixels.ndim == 3:  # OpenCV keeps channels for a few exotic layouts; average them to gray
         pixels = pixels[..., :3].mean(axis=2)
     if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) * np.float32(1 / 255)
+        out = pixels.astype(np.float32)
+        out *= np.float32(1 / 255)
+        return out, ()
     if pixels.dtype == np.uint16:
-        return pixels.astype(np.float32) * np.float32(1 / 65535)
-    return _min_max(pixels.astype(np.float32))
-
-
-def _min_max(pixels: np.ndarray) -> np.ndarray:
-    """Stretch to [0, 1] by the data's own range (non-finite values, only possible in float data, become 0)."""
-    pixels = pixels.astype(np.float32, copy=False)
+        top = int(pixels.max())
+        bits = max(1, top.bit_length())
+        depth, note = 16, ()
+        if bits in (10, 12, 14):
+            depth = bits
+            note = (f"16-bit image whose values stop at {top}: read as {bits}-bit data",)
+        out = pixels.astype(np.float32)
+        out *= np.float32(1 / (2**depth - 1))
+        return out, note
+    pixels = pixels.astype(np.float32)
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        return pixels, ()  # the sanity check refuses it, naming the reason
     lo, hi = float(pixels.min()), float(pixels.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
-        return np.zeros_like(pixels, dtype=np.float32)
-    return (pixels - np.float32(lo)) * np.float32(1 / (hi - lo))
+        return np.full_like(pixels, 0.5), ()
+    if not MIN_FLOAT_SPAN <= hi - lo <= MAX_FLOAT_SPAN:
+        raise ImageError(path, f"floating-point pixel values span {lo:.3g} to {hi:.3g}: no scale of an image "
+                               "lies there (the data are damaged or not an image)")
+    return np.clip((pixels.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), ()
 
 
-# --- DICOM ----------------------------------------------------------------------------------------------------
+def check_usable(path: Path, pixels: np.ndarray) -> tuple[str, ...]:
+    """Refuse decoded pixels that cannot be a radiograph the model can read, with the reason.
 
+    The canonical images of the shared training data span at least 0.28 between their 0.5th and 99.5th
+    percentiles, their brightest pixel is at least 0.62 and their standard deviation at least 0.06; the limits
+    below sit several times beyond that, so a real film never meets them and a broken decode (a window of "NaN", a
+    rescale slope of 0, a LUT that wrapped, 12-bit data shown as 16-bit) always does. Computed on every fourth
+    pixel of every fourth row: a few hundred microseconds on a detector-size image.
 
-def _read_dicom(path: Path, data: bytes, min_size: tuple[int, int] | None = None) -> LoadedImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=sniff_format(data[:132]) != "dicom")
-    except InvalidDicomError as exc:
-        raise ImageError(path, "not a DICOM file: the 'DICM' marker is missing") from exc
-    except Exception as exc:
-        raise ImageError(path, f"unreadable DICOM header: {first_line(exc)}") from exc
-    if "PixelData" not in ds:
-        what = "" if "SOPClassUID" not in ds else f" (SOP class {ds.SOPClassUID.name})"
-        raise ImageError(path, f"DICOM has no pixel data{what}")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageError(path, f"multi-frame DICOM ({frames} frames) is not supported; send a single radiograph")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_pixel_count(path, cols, rows)
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
-        raise ImageError(path, f"unsupported DICOM photometric interpretation {photometric or '(missing)'!r}")
-    try:
-        stored = _jpeg_baseline_gray(ds, rows, cols)
-        if stored is None and min_size is not None:
-            stored = _jpeg2000_reduced(ds, min_size)
-        if stored is None:
-            stored = ds.pixel_array
-    except Exception as exc:
-        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        name = getattr(syntax, "name", None) or "unknown transfer syntax"
-        raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {first_line(exc)}") from exc
-    if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # colour secondary captures: pydicom gives RGB
-        pixels = _to_unit_range(cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY))
-    elif stored.ndim == 2:
-        pixels = dicom_grayscale(stored, ds)
-    else:
-        raise ImageError(path, f"unexpected DICOM pixel array shape {stored.shape}")
-    patient = {"name": str(ds.get("PatientName", "") or ""), "id": str(ds.get("PatientID", "") or "")}
-    return LoadedImage(pixels, "dicom", _dicom_warnings(ds), patient, HeaderFacts.from_dataset(ds))
-
-
-def _jpeg_baseline_gray(ds: object, rows: int, cols: int) -> np.ndarray | None:
-    """Decode a single-frame 8-bit grayscale JPEG Baseline DICOM with OpenCV's libjpeg-turbo, or None to let
-    pydicom do it.
-
-    pydicom's plugins decoded 1024 px chest images in 9-22 ms here (its pylibjpeg fallback is the slow one);
-    OpenCV takes 1-2 ms, releases the GIL and yields the same stored values (the same baseline IDCT, within 1).
+    Returns:
+        warnings about pixels that pass but deserve a word (none yet: every finding here is a refusal).
     """
-    from pydicom.encaps import generate_frames
-    from pydicom.uid import JPEGBaseline8Bit
-
-    if (ds.file_meta.get("TransferSyntaxUID") != JPEGBaseline8Bit or int(ds.get("SamplesPerPixel", 1)) != 1
-            or int(ds.get("BitsAllocated", 0)) != 8):
-        return None
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1), None)
-    decoded = None if frame is None else cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
-    return decoded if decoded is not None and decoded.shape == (rows, cols) else None
-
-
-def _jpeg2000_reduced(ds: object, min_size: tuple[int, int]) -> np.ndarray | None:
-    """A single-frame grayscale JPEG 2000 DICOM decoded at the smallest resolution level that still covers
-    `min_size` (`cxr_edge.runtime.jpeg2000`), or None to let pydicom decode it in full.
-
-    The stored values keep their meaning at any level, so the modality LUT, VOI and MONOCHROME1 steps that follow
-    are the same as for the full image.
-    """
-    from pydicom.encaps import generate_frames
-
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    if (syntax not in jpeg2000.J2K_TRANSFER_SYNTAXES or int(ds.get("SamplesPerPixel", 1)) != 1
-            or int(ds.get("NumberOfFrames", 1) or 1) != 1):
-        return None
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1), None)
-    if not frame:
-        return None
-    return jpeg2000.decode(frame, min_size, bits_stored=int(ds.get("BitsStored", 0)) or None,
-                           signed=int(ds.get("PixelRepresentation", 0)) == 1)
-
-
-def dicom_grayscale(stored: np.ndarray, ds: object) -> np.ndarray:
-    """Stored DICOM values to display values in [0, 1], in the order PS3.3 C.11 defines.
-
-    1. Modality LUT (rescale slope/intercept or a LUT; signed pixels handled by pydicom).
-    2. VOI: a VOI LUT if present, else the first window; without either, the actual data range.
-    3. MONOCHROME1 inversion over the VOI *output* range (here always [0, 1]), never over BitsStored, which a VOI
-       LUT or window has already left behind.
-    """
-    from pydicom.pixels import apply_modality_lut
-
-    values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)  # float32 is exact up to 24 bits
-    shown = _apply_voi(values, ds)
-    if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
-        shown = np.float32(1.0) - shown
-    return shown.astype(np.float32, copy=False)
-
-
-def _apply_voi(values: np.ndarray, ds: object) -> np.ndarray:
-    from pydicom.pixels import apply_voi
-
-    voi_luts = ds.get("VOILUTSequence")
-    if voi_luts:
-        # A LUT is indexed by integers; modality output of integer-valued rescaling is integral anyway.
-        mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0).astype(np.float64)
-        bits = int(voi_luts[0].LUTDescriptor[2])
-        # Descriptors that under-state the LUT's depth are common; trust the data when it says more.
-        top = max(float(2**bits - 1), float(mapped.max()))
-        return (np.clip(mapped / top, 0.0, 1.0) if top > 0 else np.zeros_like(mapped)).astype(np.float32)
-    window = _first_window(ds)
-    if window is not None:
-        return _window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
-    return _min_max(values)
-
-
-def _first_window(ds: object) -> tuple[float, float] | None:
-    """The first of possibly several window presets, or None when there is none usable."""
-    from pydicom.multival import MultiValue
-
-    def first(value: object) -> float:
-        return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
-
-    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if centre is None or width is None:
-        return None
-    return (first(centre), first(width)) if first(width) >= 1 else None
-
-
-def _window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
-    """Windowing straight to [0, 1] (PS3.3 C.11.2.1.2 and C.11.2.1.3).
-
-    Written here rather than taken from pydicom because pydicom maps to an output range derived from
-    BitsStored, which would then have to be undone; mapping to [0, 1] directly leaves no range to get wrong.
-    """
-    if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))).astype(np.float32, copy=False)
-    if function == "LINEAR_EXACT":
-        return np.clip((values - centre) / width + 0.5, 0.0, 1.0).astype(np.float32, copy=False)
-    # LINEAR: the standard's half-pixel offsets
-    if width <= 1:
-        return (values > centre - 0.5).astype(np.float32)
-    scale = np.float32(1.0 / (width - 1.0))
-    return np.clip((values - np.float32(centre - 0.5)) * scale + np.float32(0.5), 0.0, 1.0)
-
-
-def _dicom_warnings(ds: object) -> tuple[str, ...]:
-    """Doubts about what the DICOM shows; never includes patient identifiers."""
-    found = []
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality and modality not in RADIOGRAPH_MODALITIES:
-        found.append(f"modality is {modality}, not a radiograph (CR/DX); the model was trained on chest X-rays")
-    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
-    if body_part and body_part != "CHEST":
-        found.append(f"body part is {body_part}, not CHEST")
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view in LATERAL_VIEWS:
-        found.append(f"view position is {view}: a lateral view; the model was trained on frontal films")
-    if str(ds.get("PresentationIntentType", "") or "").upper() == "FOR PROCESSING":
-        found.append(RAW_DETECTOR_WARNING)
-    return tuple(found)
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(path, f"image is only {width}x{height} pixels; a chest radiograph needs at least "
+                               f"{MIN_SIDE} on each side")
+    sample = pixels[::4, ::4] if min(height, width) >= 4 * MIN_SIDE else pixels
+    if not np.isfinite(sample).all() or not np.isfinite(pixels).all():
+        raise ImageError(path, "pixel values are not finite numbers (NaN or infinity) after decoding: the file's "
+                               "rescale or window values, or its floating-point data, are broken")
+    low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+    if float(pixels.max()) - float(pixels.min()) < 1e-6:
+        raise ImageError(path, f"the image is one flat value ({float(pixels.min()):.3g}): nothing to classify")
+    if float(pixels.max()) < 0.15:
+        raise ImageError(path, f"nearly black: the brightest pixel is {float(pixels.max()):.3f} of white (the "
+                               "window, VOI LUT or bit depth of the file is wrong)")
+    if float(pixels.min()) > 0.85:
+        raise ImageError(path, f"nearly white: the darkest pixel is {float(pixels.min()):.3f} of white")
+    if high - low < 0.05:
+        raise ImageError(path, f"almost no contrast: 99 % of the pixels lie within {high - low:.3f} of each other "
+                               "(the window, rescale or bit depth of the file is wrong, or it is blank)")
+    return ()

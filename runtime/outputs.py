@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
 from .classifier import Prediction
+from .errors import printable
 from .gate import STATUSES
 
-__all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict", "shorten_left"]
+__all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict", "shorten_left", "json_line"]
 
 FORMATS = ("table", "jsonl", "csv")
 BUDGET_S = 60.0
@@ -84,11 +85,27 @@ class JsonlWriter:
         record = prediction.to_record()
         if self.show_phi and prediction.patient:
             record["patient"] = prediction.patient
-        self.stream.write(json.dumps(record) + "\n")
+        self.stream.write(json_line(record) + "\n")
         self.stream.flush()
 
     def close(self, summary: Summary) -> None:
         pass
+
+
+def json_line(record: Any) -> str:
+    """One record as strict JSON: a value that is not a finite number becomes null (``NaN`` is not JSON), and
+    every non-ASCII or control character of a file name is escaped, so the line is safe on a terminal too."""
+    return json.dumps(_finite(record), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 class CsvWriter:
@@ -172,9 +189,10 @@ class TableWriter:
             table.add_column(header, justify="left" if left else "right", no_wrap=not left or header == "label",
                              min_width=width if header != "patient" else None)
         for p in self.rows:
-            cells = [escape(shorten_left(p.path, file_width))]
+            cells = [escape(shorten_left(printable(p.path), file_width))]
             if self.show_phi:
-                cells.append(f"{(p.patient or {}).get('name', '')} {(p.patient or {}).get('id', '')}".strip())
+                patient = p.patient or {}
+                cells.append(escape(printable(f"{patient.get('name', '')} {patient.get('id', '')}".strip())))
             if p.error is not None:  # the reason is listed under the table, where it has room
                 table.add_row(*cells, "[red]failed[/]", *([""] * (len(columns) - len(cells))))
                 continue
@@ -188,10 +206,10 @@ class TableWriter:
         self.console.print(table)
         for p in self.rows:  # what the table has no room for: reasons and warnings, one line each
             if p.error is not None:
-                self.console.print(f"[red]failed[/] {escape(p.path)}: {escape(p.error)}")
+                self.console.print(f"[red]failed[/] {escape(printable(p.path))}: {escape(printable(p.error))}")
             for warning in p.warnings:
                 colour = "red" if warning.startswith("rejected") else "yellow"
-                self.console.print(f"[{colour}]{p.status}[/] {escape(p.path)}: {escape(warning)}")
+                self.console.print(f"[{colour}]{p.status}[/] {escape(printable(p.path))}: {escape(printable(warning))}")
         info = summary.as_dict()
         median = f"median {info['median_ms']:.1f} ms per image; slowest {info['verdict']}" \
             if info["median_ms"] is not None else info["verdict"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cxr_edge.runtime.errors import CxrEdgeError
+from cxr_edge.runtime.errors import CxrEdgeError, printable
 from cxr_edge.runtime.model_file import ENGINES
 
 from .common import (
@@ -88,9 +88,9 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
         for prediction in predict_stream(classifier, items, batch_size=batch_size or (8 if many else 1),
                                          cam=want_cam):
             for warning in prediction.warnings:
-                click.echo(f"cxr-edge: warning: {prediction.path}: {warning}", err=True)
+                click.echo(f"cxr-edge: warning: {printable(prediction.path)}: {printable(warning)}", err=True)
             if prediction.error is not None:
-                click.echo(f"cxr-edge: error: {prediction.path}: {prediction.error}", err=True)
+                click.echo(f"cxr-edge: error: {printable(prediction.path)}: {printable(prediction.error)}", err=True)
             elif want_cam and prediction.cam is not None and prediction.display is not None:
                 written = write_overlay(Path(cam_dir), prediction.path, overlay(prediction.display, prediction.cam),
                                         protected=inputs)

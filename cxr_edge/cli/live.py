@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,8 @@ __all__ = ["COMMANDS", "watch", "dicom_listen"]
 @threads_option
 @click.option("--cam", is_flag=True, help="Also write a heatmap overlay per image to OUT/cam/.")
 @click.option("--settle", type=click.FloatRange(0.05), default=1.0, show_default=True,
-              help="Seconds a file's size must stay unchanged before it counts as complete (when its writer's "
-                   "close is not seen: polling, files present at start).")
+              help="Seconds a file's size must stay unchanged before it counts as complete when its writer's "
+                   "close cannot be seen (polling, files present at start).")
 @click.option("--poll", type=click.FloatRange(0.05), default=None,
               help="List the folder every POLL seconds instead of using inotify (network shares).")
 @click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
@@ -39,7 +38,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     ignored until then). Each image gets OUT/results/<name>.<hash>.json (the `predict` jsonl record plus its
     SHA-256 and arrival and finish times) and moves to OUT/done/, or to OUT/failed/ with a .reason.txt. Files
     already in IN_DIR are processed too. After a crash or kill -9, restarting finishes the work in flight: no
-    image is lost and none gets two results. Prints one line per image and a summary whenever it goes idle.
+    image is lost and none gets two results. An input that changes after its result (a writer that paused) is
+    classified again. If OUT cannot be written (read-only, full), it waits and retries; it never exits for it.
+    Prints one line per image and a summary whenever it goes idle.
     """
     from cxr_edge.runtime.classifier import Classifier
     from cxr_edge.runtime.live.results import live_line
@@ -72,7 +73,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 @backend_option()
 @threads_option
 @click.option("--allow", multiple=True, metavar="AE",
-              help="Accept associations only from this calling AE title (repeat for several). Default: any.")
+              help="Accept associations only from this calling AE title (repeat for several). Default: any. "
+                   "Titles match exactly and case-sensitively; leading and trailing spaces do not count (DICOM "
+                   "PS3.5 6.2); a title with a backslash or control character is refused.")
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
 @click.option("--keep-phi", is_flag=True, help="Also write patient name and ID into the JSON results.")
 @gate_option
@@ -83,8 +86,12 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
     images, uncompressed, JPEG, JPEG 2000 or RLE, and answers C-ECHO. Each instance is stored before Success is
     returned, then classified from a queue: OUT/results/<SOP Instance UID>.json and OUT/sr/<UID>.sr.dcm, a Basic
-    Text SR in the image's study. Bad datasets get a failure status and a copy in OUT/quarantine/. Logs name
-    instances by UID only; patient identifiers are never printed.
+    Text SR in the image's study. Bad datasets get a failure status and a copy in OUT/quarantine/. An instance
+    sent twice is kept once; a different dataset reusing a SOP Instance UID is stored as <UID>_2 with a warning.
+    Logs name instances by UID only; patient identifiers are never printed.
+
+    Idle or hostile peers cannot lock senders out: at most 4 open connections per address, 10 s to send an
+    association request, 30 s of silence before an association is aborted.
     """
     import threading
 
@@ -92,7 +99,6 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     from cxr_edge.runtime.live.dicom_listener import DicomListener
     from cxr_edge.runtime.live.results import live_line
 
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines describe every association
     classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency", gate=gate)
 
     def show(record: dict) -> None:

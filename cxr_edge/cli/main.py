@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 from typing import Any
 
 import click
 
-from cxr_edge.runtime.errors import CxrEdgeError
+from cxr_edge.runtime.errors import CxrEdgeError, first_line, printable
 
 from . import build, edge, live
 from .common import EXIT_ERROR, EXIT_OK
@@ -38,7 +40,7 @@ class CxrEdgeGroup(click.Group):
         except CxrEdgeError as exc:
             if debug:
                 raise
-            click.echo(f"cxr-edge: error: {exc}", err=True)
+            click.echo(f"cxr-edge: error: {printable(exc)}", err=True)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             click.echo("cxr-edge: interrupted", err=True)
@@ -46,8 +48,8 @@ class CxrEdgeGroup(click.Group):
         except Exception as exc:
             if debug:
                 raise
-            click.echo(f"cxr-edge: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
-                       err=True)
+            click.echo(f"cxr-edge: internal error: {type(exc).__name__}: {printable(first_line(exc))} (run with "
+                       "--debug for details)", err=True)
             sys.exit(EXIT_ERROR)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
@@ -72,9 +74,32 @@ def cli(debug: bool) -> None:
     Not a medical device: results support, never replace, a radiologist's reading.
     Run `cxr-edge COMMAND --help` for each command's options.
     """
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="cxr-edge: %(levelname)s: %(message)s")
+    quiet_libraries(debug)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a file name or an AE title cannot drive the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def quiet_libraries(debug: bool) -> None:
+    """cxr-edge's own one-line messages only; the libraries' remarks (OpenCV, Pillow, pydicom, pynetdicom) go
+    to ``--debug``. pydicom never logs at all: its remarks quote header values, patient fields among them."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("cxr-edge: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("PIL").setLevel(logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if debug else logging.CRITICAL + 1)  # tracebacks too
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING" if debug else "SILENT")  # read when cv2 is first imported
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].utils.logging.setLogLevel(3 if debug else 0)
+    if debug:
+        logging.captureWarnings(True)
+    else:
+        warnings.simplefilter("ignore")
 
 
 for room in (build, edge, live):

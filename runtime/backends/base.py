@@ -21,11 +21,13 @@ MODES = ("latency", "throughput")
 
 @dataclass(frozen=True)
 class ModelIO:
-    """What a model file declares: input shape (None for dynamic axes), output names and its metadata."""
+    """What a model file declares: input shape (None for dynamic axes), output names, their shapes (None where
+    the graph does not say) and its metadata."""
 
     input_shape: tuple[int | None, ...]
     outputs: tuple[str, ...]
     metadata: dict[str, str] = field(default_factory=dict)
+    output_shapes: dict[str, tuple[int | None, ...] | None] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -61,3 +63,8 @@ def check_io(path: Path, io: ModelIO, contract: Contract) -> None:
     declared = io.input_shape[1:]
     if any(d is not None and d != e for d, e in zip(declared, expected, strict=True)):
         raise ModelError(f"{path}: the model input is {declared} but its contract says {expected}")
+    shape = io.output_shapes.get(PROBABILITIES)
+    classes = shape[-1] if shape else None
+    if classes is not None and classes != len(contract.class_names):
+        raise ModelError(f"{path}: the model outputs {classes} class probabilities but its contract names "
+                         f"{len(contract.class_names)} classes ({', '.join(contract.class_names)})")

@@ -54,7 +54,10 @@ class OpenVinoBackend:
             raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}")
         shape = tuple(d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape())
         outputs = tuple(o.get_any_name() for o in model.outputs)
-        self.io = ModelIO(shape, outputs, read_metadata(model))
+        output_shapes = {o.get_any_name(): tuple(d.get_length() if d.is_static else None
+                                                 for d in o.get_partial_shape())
+                         if o.get_partial_shape().rank.is_static else None for o in model.outputs}
+        self.io = ModelIO(shape, outputs, read_metadata(model), output_shapes)
         if len(shape) == 4 and all(d is not None for d in shape[1:]) and shape[0] != 1:
             model.reshape({INPUT_NAME: [1, *shape[1:]]})
         hint = "LATENCY" if mode == "latency" else "THROUGHPUT"

@@ -82,7 +82,8 @@ class OrtBackend:
         outputs = tuple(o.name for o in self.session.get_outputs())
         # The saved optimised graph keeps the original metadata, but read it from the source of truth anyway.
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.io = ModelIO(shape, outputs, metadata)
+        output_shapes = {o.name: _static(o.shape) for o in self.session.get_outputs()}
+        self.io = ModelIO(shape, outputs, metadata, output_shapes)
         self.settings = {"engine": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
                          "threads": threads, "mode": mode, "graph_cache": str(cached) if cached else None,
                          "graph_cache_hit": source != path, "exact_int8": exact_int8}
@@ -97,3 +98,10 @@ class OrtBackend:
     def run(self, batch: np.ndarray, outputs: Sequence[str] = (PROBABILITIES,)) -> dict[str, np.ndarray]:
         names = list(outputs)
         return dict(zip(names, self.session.run(names, {INPUT_NAME: batch}), strict=True))
+
+
+def _static(shape: object) -> tuple[int | None, ...] | None:
+    """An ONNX Runtime shape with symbolic dimensions as None (None if the graph gives no shape)."""
+    if not isinstance(shape, (list, tuple)):
+        return None
+    return tuple(d if isinstance(d, int) else None for d in shape)

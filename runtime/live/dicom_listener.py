@@ -9,12 +9,21 @@ to ``done/`` (or to ``failed/`` with ``<UID>.reason.txt``). A restart resumes ev
 from its result.
 
 A dataset that cannot be used (unreadable, no pixel data, UIDs missing or inconsistent) gets a failure status and
-a copy in ``quarantine/`` with the reason; the listener keeps running. Logs name instances by UID only: patient
+a copy in ``quarantine/`` with the reason; the listener keeps running. An instance sent again with the same
+content is kept once; a different dataset that reuses a SOP Instance UID already received is stored and
+classified under ``<UID>_2`` (``_3``...) with a warning, never dropped. Logs name instances by UID only: patient
 identifiers stay in the stored files and the SR, which must carry them to join the patient's study.
+
+Connections are bounded so that idle or hostile peers cannot lock real senders out: at most `PER_PEER` open
+connections per network address, `ACSE_TIMEOUT_S` to send an association request after connecting, and
+`NETWORK_TIMEOUT_S` of silence on an association before it is aborted. Calling AE titles are compared as
+PS3.5 (AE value representation) and PS3.8 (9.3.2) define them: leading and trailing spaces are not significant,
+everything else is exact and case-sensitive, and a title with a backslash or a control character is invalid.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -31,14 +40,14 @@ from typing import Any
 import cxr_edge
 
 from ..classifier import Classifier, Prepared
+from ..dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 from ..errors import CxrEdgeError, first_line
-from ..images import RAW_DETECTOR_WARNING
 from ..model_file import file_sha256
 from .files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
 from .results import LiveSummary, live_record
 from .sr import build_sr
 
-__all__ = ["DicomListener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status"]
+__all__ = ["DicomListener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,21 @@ TRANSFER_SYNTAXES = [
 ]
 """What the runtime's loader decodes (pydicom with the pylibjpeg plugins)."""
 
+MAX_ASSOCIATIONS = 32
+"""Associations open at once, from every peer together."""
+
+PER_PEER = 4
+"""Connections open at once from one network address (a console sends over one or two)."""
+
+ACSE_TIMEOUT_S = 10.0
+"""Seconds a new connection has to send its association request; an idle socket is closed after this."""
+
+NETWORK_TIMEOUT_S = 30.0
+"""Seconds without a PDU after which an association is aborted (a sender gone silent holds no slot)."""
+
+DIMSE_TIMEOUT_S = 60.0
+"""Seconds to wait for the rest of a DIMSE message once it has started (a large radiograph on a slow link)."""
+
 WORKERS = min(4, os.cpu_count() or 1)
 """Instances classified at once: several associations deliver together, and each worker decodes in parallel."""
 
@@ -79,6 +103,28 @@ class Status:
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+
+
+def valid_ae_title(title: str) -> str | None:
+    """Why `title` is not a valid AE title (PS3.5 6.2), or None. Leading and trailing spaces do not count."""
+    core = title.strip(" ")
+    if not core:
+        return "it is empty"
+    if len(core) > 16:
+        return f"it has {len(core)} characters (at most 16)"
+    if any(not " " <= c <= "~" or c == "\\" for c in core):
+        return "it holds a backslash, a control character or a character outside ASCII"
+    return None
+
+
+def ae_title_from_pdu(raw: bytes) -> str | None:
+    """The calling AE title as it was sent (16 bytes of the A-ASSOCIATE-RQ), without its non-significant spaces;
+    None if it is not valid. pynetdicom strips any whitespace, so a tab or newline would pass there."""
+    try:
+        title = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return title.strip(" ") if valid_ae_title(title) is None else None
 
 
 @dataclass(frozen=True)
@@ -110,12 +156,13 @@ class DicomListener:
         self.out = Path(out_dir)
         self.incoming, self.done, self.failed = self.out / "incoming", self.out / "done", self.out / "failed"
         self.results, self.reports, self.quarantine = self.out / "results", self.out / "sr", self.out / "quarantine"
-        if not 0 < len(ae_title.strip()) <= 16:
-            raise CxrEdgeError(f"AE title {ae_title!r} must be 1 to 16 characters")
+        for title in (ae_title, *(allow or ())):
+            if (problem := valid_ae_title(title)) is not None:
+                raise CxrEdgeError(f"AE title {title!r} is not valid: {problem}")
         self.classifier = classifier
-        self.ae_title = ae_title.strip()
+        self.ae_title = ae_title.strip(" ")
         self.host, self.requested_port = host, port
-        self.allow = [a.strip() for a in allow] if allow else None
+        self.allow = frozenset(a.strip(" ") for a in allow) if allow else None
         self.keep_phi = keep_phi
         self.on_record = on_record
         self.summary = LiveSummary()
@@ -127,7 +174,7 @@ class DicomListener:
         self._model_sha256 = file_sha256(classifier.path)
         self._version = cxr_edge.__version__  # looked up once: a metadata scan costs milliseconds
         self._counter = itertools.count(1)
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, str] = {}  # stored name -> SHA-256 of the instances not yet finished
         self._lock = threading.Lock()
 
     @property
@@ -141,6 +188,8 @@ class DicomListener:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification
 
+        quiet_pydicom()  # datasets are decoded on receipt, before cxr-edge's loader sees them
+
         for folder in (self.incoming, self.done, self.failed, self.results, self.reports, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(folder)
@@ -148,7 +197,7 @@ class DicomListener:
         if leftovers:
             log.warning("finishing %d instance(s) an interrupted run left in %s", len(leftovers), self.incoming)
         for path in leftovers:
-            self._inflight.add(path.stem)
+            self._inflight[path.stem] = file_sha256(path)
             self._queue.put(_Received(path.stem, path, utc_now(), time.monotonic(), ""))
         self._workers = [threading.Thread(target=self._work, name=f"cxr-classify-{i}", daemon=True)
                          for i in range(WORKERS)]
@@ -156,21 +205,21 @@ class DicomListener:
             worker.start()
 
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = 16
-        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60
+        ae.maximum_associations = MAX_ASSOCIATIONS
+        ae.acse_timeout, ae.network_timeout, ae.dimse_timeout = ACSE_TIMEOUT_S, NETWORK_TIMEOUT_S, DIMSE_TIMEOUT_S
         ae.maximum_pdu_size = 0  # no limit: fewer PDUs per large radiograph
-        if self.allow:
-            ae.require_calling_aet = self.allow
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
+                    (evt.EVT_DATA_RECV, _keep_calling_title), (evt.EVT_REQUESTED, self._on_request)]
         try:
-            self._server = ae.start_server((self.host, self.requested_port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                                         (evt.EVT_C_ECHO, lambda event: Status.SUCCESS)])
+            self._server = ae.make_server((self.host, self.requested_port), evt_handlers=handlers,
+                                          server_class=_bounded_server_class())
         except OSError as exc:
             self.stop()
             raise CxrEdgeError(f"cannot listen on port {self.requested_port}: {exc.strerror or exc}") from exc
+        threading.Thread(target=self._server.serve_forever, name="cxr-dicom-accept", daemon=True).start()
 
     def stop(self, *, drain: bool = False) -> None:
         """Stop accepting, let the worker finish the instance in hand (or, with `drain`, the queue), then return.
@@ -198,12 +247,21 @@ class DicomListener:
         return False
 
     # --- receiving (association threads) -------------------------------------------------------------------
+    def _on_request(self, event: Any) -> None:
+        """Refuse an association whose calling AE title is invalid, or not on the allow list."""
+        calling = getattr(event.assoc, "cxr_calling_title", None)
+        if calling is None or (self.allow is not None and calling not in self.allow):
+            shown = calling if calling is not None else "(an invalid AE title)"
+            log.warning("refused an association from %s calling as %s: %s", event.assoc.requestor.address, shown,
+                        "not on the allow list" if calling is not None else "invalid calling AE title")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanent, calling AE title not recognised
+            event.assoc.kill()  # as pynetdicom's own rejection does: waits until the reply has been sent
+
     def _on_store(self, event: Any) -> int:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
         uid = str(request.AffectedSOPInstanceUID)
-        calling = event.assoc.requestor.ae_title.strip() if hasattr(event.assoc.requestor.ae_title, "strip") \
-            else str(event.assoc.requestor.ae_title)
+        calling = getattr(event.assoc, "cxr_calling_title", None) or str(event.assoc.requestor.ae_title)
         arrived_s, arrived = time.monotonic(), utc_now()
         if sop_class not in STORAGE_CLASSES:
             log.warning("refused instance %s from %s: SOP class %s is not a radiograph", uid, calling, sop_class)
@@ -216,24 +274,52 @@ class DicomListener:
         if problem is not None or not _UID.match(uid):
             self._quarantine(event, uid, calling, problem or f"SOP Instance UID {uid[:80]!r} is not a valid UID")
             return Status.CANNOT_UNDERSTAND if ds is None else Status.DATASET_DOES_NOT_MATCH
-        path = self.incoming / f"{uid}.dcm"
-        with self._lock:
-            duplicate = uid in self._inflight or (self.results / f"{uid}.json").exists()
-            if not duplicate:
-                self._inflight.add(uid)
-        if duplicate:
-            log.info("instance %s from %s was already received; kept the first copy", uid, calling)
-            return Status.SUCCESS
         self.classifier.warm()  # while the instance is stored and decoded
+        data = event.encoded_dataset()
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            name, seen = self._name_for(uid, digest)
+            if not seen:
+                self._inflight[name] = digest
+        if seen:
+            log.info("instance %s from %s was already received with the same content; kept the first copy", uid,
+                     calling)
+            return Status.SUCCESS
+        if name != uid:
+            log.warning("instance %s from %s reuses a SOP Instance UID already received with different content: "
+                        "stored and classified as %s", uid, calling, name)
+        path = self.incoming / f"{name}.dcm"
         try:
-            write_atomic(path, event.encoded_dataset())
+            write_atomic(path, data)
         except OSError as exc:
             with self._lock:
-                self._inflight.discard(uid)
+                self._inflight.pop(name, None)
             log.error("cannot store instance %s: %s", uid, exc)
             return Status.OUT_OF_RESOURCES
-        self._queue.put(_Received(uid, path, arrived, arrived_s, calling))
+        self._queue.put(_Received(name, path, arrived, arrived_s, calling))
         return Status.SUCCESS
+
+    def _name_for(self, uid: str, digest: str) -> tuple[str, bool]:
+        """The name to store an instance under (its UID, or ``UID_2``... if the UID was already used for other
+        content), and whether this very content was already received. Called with the lock held."""
+        for n in itertools.count(1):
+            name = uid if n == 1 else f"{uid}_{n}"
+            known = self._inflight.get(name) or self._stored_digest(name)
+            if known is None:
+                return name, False
+            if known == digest:
+                return name, True
+        raise AssertionError("unreachable")
+
+    def _stored_digest(self, name: str) -> str | None:
+        result = self.results / f"{name}.json"
+        if result.exists():
+            try:
+                return str(json.loads(result.read_text())["sha256"])
+            except (OSError, ValueError, KeyError):
+                return ""
+        incoming = self.incoming / f"{name}.dcm"
+        return file_sha256(incoming) if incoming.exists() else None
 
     def _quarantine(self, event: Any, uid: str, calling: str, reason: str) -> None:
         """Keep a bad dataset's bytes and the reason; never raises (the sender still gets its status)."""
@@ -270,7 +356,7 @@ class DicomListener:
                 log.error("instance %s: cannot write its result: %s", item.uid, first_line(exc))
             finally:
                 with self._lock:
-                    self._inflight.discard(item.uid)
+                    self._inflight.pop(item.uid, None)
 
     def _prepare(self, item: _Received) -> tuple[Prepared, Any]:
         """Decode and preprocess one stored instance, and read its header for the report."""
@@ -292,11 +378,16 @@ class DicomListener:
             warnings = list(prediction.warnings)
             if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
                 warnings.append(RAW_DETECTOR_WARNING)
-                prediction.warnings = tuple(warnings)
+            uid = str(header.get("SOPInstanceUID", "") or item.uid)
+            if item.uid != uid:
+                warnings.append(f"its SOP Instance UID was already used for a different dataset; stored as "
+                                f"{item.uid}")
+            prediction.warnings = tuple(warnings)
             sr_name = f"{item.uid}.sr.dcm" if prediction.error is None else None
             folder = self.failed if prediction.error else self.done
             extra: dict[str, Any] = {
-                "sop_instance_uid": item.uid, "sop_class": STORAGE_CLASSES.get(str(header.get("SOPClassUID", ""))),
+                "sop_instance_uid": uid, "stored_as": item.uid,
+                "sop_class": STORAGE_CLASSES.get(str(header.get("SOPClassUID", ""))),
                 "study_instance_uid": str(header.get("StudyInstanceUID", "")),
                 "series_instance_uid": str(header.get("SeriesInstanceUID", "")),
                 "calling_ae": item.calling_ae, "moved_to": f"{folder.name}/{item.uid}.dcm",
@@ -344,3 +435,48 @@ def _dataset_problem(ds: Any, uid: str, sop_class: str) -> str | None:
     if "PixelData" not in ds:
         return "the dataset has no pixel data"
     return None
+
+
+def _keep_calling_title(event: Any) -> None:
+    """Keep the calling AE title of an A-ASSOCIATE-RQ as sent (bytes 26-41 of the PDU), before it is decoded."""
+    data = event.data
+    if data[:1] == b"\x01" and len(data) >= 42:
+        event.assoc.cxr_calling_title = ae_title_from_pdu(data[26:42])
+
+
+def _bounded_server_class() -> type:
+    import socketserver
+
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class BoundedServer(ThreadedAssociationServer):
+        """The association server, refusing a connection beyond `PER_PEER` open ones from the same address
+        before any thread or association is spent on it."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._open: dict[int, tuple[str, Any]] = {}  # id of each open connection's socket -> (host, socket)
+            self._peer_lock = threading.Lock()
+            super().__init__(*args, **kwargs)
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            host = str(client_address[0])
+            with self._peer_lock:
+                self._open = {key: (peer, sock) for key, (peer, sock) in self._open.items() if sock.fileno() != -1}
+                if sum(peer == host for peer, _ in self._open.values()) >= PER_PEER:
+                    log.warning("refused a connection from %s: it already holds %d open", host, PER_PEER)
+                    return False
+                self._open[id(request)] = (host, request)
+            return True
+
+        def shutdown(self) -> None:
+            """Stop serving and close the socket (the server was made, not started, by the AE: it does not list
+            it among its own)."""
+            socketserver.TCPServer.shutdown(self)
+            self.server_close()
+
+        def shutdown_request(self, request: Any) -> None:
+            with self._peer_lock:
+                self._open.pop(id(request), None)
+            super().shutdown_request(request)
+
+    return BoundedServer

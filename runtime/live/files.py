@@ -41,10 +41,14 @@ def write_atomic(path: Path, data: bytes) -> bool:
     Returns True if written, False if the file was already there (an earlier run wrote it; it is left alone).
     """
     temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise
     try:
         os.link(temp, path)
     except FileExistsError:
@@ -127,10 +131,10 @@ def move_to(source: Path, target: Path) -> Path:
         if exc.errno != errno.EXDEV:
             raise
         temp = target.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
-        shutil.copyfile(source, temp)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
         try:
+            shutil.copyfile(source, temp)
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
             os.link(temp, target)
         finally:
             temp.unlink(missing_ok=True)

@@ -7,8 +7,9 @@ from collections import deque
 from typing import Any
 
 from ..classifier import Prediction
+from ..errors import printable
 
-__all__ = ["live_record", "live_line", "printable", "LiveSummary"]
+__all__ = ["live_record", "live_line", "LiveSummary"]
 
 
 def live_record(prediction: Prediction, *, path: str, sha256: str, arrived: str, finished: str,
@@ -26,11 +27,6 @@ def live_record(prediction: Prediction, *, path: str, sha256: str, arrived: str,
     """
     record = prediction.to_record() | {"path": path}
     return record | {"sha256": sha256, "arrived": arrived, "finished": finished, "model": model} | extra
-
-
-def printable(name: str) -> str:
-    """A name safe to print on a terminal: control characters (escape sequences among them) shown as '?'."""
-    return "".join(c if c.isprintable() else "?" for c in name)
 
 
 def live_line(record: dict[str, Any], name: str, *, note: str | None = None, latency_ms: float | None = None) -> str:

@@ -1,24 +1,34 @@
 """A watched folder: every image dropped into IN_DIR gets exactly one result under OUT_DIR, whatever happens.
 
 Life of a file (each step survives a crash or ``kill -9`` at any moment; a restart repeats what was unfinished):
-1. *Arrival*: the file is complete when its writer closes it or renames it into the folder (inotify through
-   watchdog), or when its size and time stamp stop changing for `settle_s` (the polling fallback, and files that
-   were there before the watcher started). Writers' temporary names (``*.part``, ``*.tmp``, dot-files) are ignored.
+1. *Arrival*: with inotify (through watchdog) a file is complete when its writer closes it after its last write
+   or renames it into the folder; a write after a close makes it incomplete again. Without inotify events (the
+   polling mode, files there before the watcher started, or a file that gets no event for `QUIET_S`) it is
+   complete when its size and time stamp stop changing for `settle_s`. Writers' temporary names (``*.part``,
+   ``*.tmp``, dot-files) are ignored.
 2. *Claim*: the file moves to ``OUT_DIR/processing/``, so a second watcher or a restart cannot take it twice.
 3. *Result*: ``OUT_DIR/results/<name>.<sha256[:16]>.json`` is written atomically; it names where the input goes.
    Its key is the input's name and content, so an input that already has a result never gets a second one.
 4. *Done*: the input moves to ``OUT_DIR/done/``, or to ``OUT_DIR/failed/`` next to ``<name>.reason.txt``.
    Nothing is overwritten: a taken name becomes ``name (2).ext``.
+5. *Second look*: a finished input that still changes within `SECOND_LOOK_S` (a writer that paused longer than
+   the settle time, then went on writing through its open handle) is taken again once it settles, and gets a
+   new result that names the one it replaces. A half-written image is never the last word.
+
+When the output folder cannot be written (read-only, full, gone), the watcher says so once, leaves every input
+where it is and retries every few seconds until it can write again; it never exits for it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +36,7 @@ import cv2
 
 from ..cam import overlay
 from ..classifier import Classifier
-from ..errors import CxrEdgeError
+from ..errors import CxrEdgeError, os_reason, printable
 from ..model_file import file_sha256
 from .files import fit_name, free_name, move_to, remove_stale_temps, same_file, utc_now, write_atomic, write_json_atomic
 from .results import LiveSummary, live_record
@@ -40,6 +50,27 @@ IGNORED_SUFFIXES = (".part", ".tmp", ".temp", ".partial", ".crdownload", ".filep
 
 RESCAN_S = 2.0
 """With inotify, the folder is still listed this often, in case an event was lost (queue overflow, NFS)."""
+
+QUIET_S = 30.0
+"""With inotify, a file that has neither been closed nor renamed in, and has not changed for this long, is taken
+anyway (its close event was lost, or it arrived by a hard link). A writer that pauses longer is caught by the
+second look."""
+
+CREATED_GRACE_S = 0.2
+"""A file created in the folder and not opened within this time was renamed or linked in whole."""
+
+SECOND_LOOK_S = 600.0
+"""How long a finished input is watched for changes that show its writer had not finished."""
+
+SECOND_LOOK_MAX = 20_000
+"""At most this many recent inputs are under a second look (each costs one stat per second)."""
+
+OUTPUT_RETRY_S = (2.0, 30.0)
+"""First and longest wait between attempts to write to an output folder that refused (doubling in between)."""
+
+OUTPUT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO,
+                           errno.ENOENT})
+"""Failures that mean the output folder (not one input) is the problem: waited out, never fatal."""
 
 
 def is_ignored(name: str) -> bool:
@@ -104,12 +135,18 @@ class FolderWatcher:
         self.on_idle = on_idle
         self.summary = LiveSummary()
         self.mode = "polling" if poll_s else "inotify"
+        self.ready = threading.Event()  # set once the watcher listens for arrivals
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._completed: dict[str, float] = {}  # names whose writer closed them or renamed them in
+        self._events: dict[str, tuple[str, float]] = {}  # name -> (what inotify last said of it, when)
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}  # name -> ((size, mtime), unchanged since)
         self._refused: set[str] = set()  # names that could not be claimed (permissions); retried when changed
+        self._present_at_start: set[str] | None = None  # names listed before any event could be seen
+        self._finished: dict[Path, _Finished] = {}  # inputs under a second look
+        self.blocked: str | None = None  # why the output folder cannot be written, while it cannot
+        self._retry_s = OUTPUT_RETRY_S[0]
+        self._looked = 0.0
 
     # --- control -------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -117,34 +154,66 @@ class FolderWatcher:
         self._stop.set()
         self._wake.set()
 
-    def note_completed(self, name: str) -> None:
-        """A writer finished `name` (closed it, or renamed it into the folder)."""
+    def note_event(self, name: str, kind: str) -> None:
+        """What inotify said of `name`: ``created``, ``opened``, ``modified``, ``closed`` (after writing),
+        ``closed_no_write`` or ``moved`` (renamed to it within the folder).
+
+        A file is complete once closed after writing or renamed in; a file that was created and never opened
+        was moved or linked in from elsewhere, whole. A write after a close makes it incomplete again.
+        """
+        now = time.monotonic()
         with self._lock:
-            self._completed[name] = time.monotonic()
+            state = self._events.get(name, ("", now))[0]
+            if kind in ("closed", "moved"):
+                self._events[name] = ("complete", now)
+            elif kind == "closed_no_write":
+                if state in ("created", "opened"):  # read by someone, never written: it arrived whole
+                    self._events[name] = ("complete", now)
+            elif kind == "created":
+                self._events[name] = ("created", now)
+            elif kind == "opened":
+                if state != "writing":
+                    self._events[name] = ("opened", now)
+            elif kind == "modified":
+                self._events[name] = ("writing", now)
         self._wake.set()
+
+    def _complete_by_events(self, now: float) -> set[str]:
+        with self._lock:
+            return {name for name, (state, since) in self._events.items()
+                    if state == "complete" or (state == "created" and now - since >= CREATED_GRACE_S)}
 
     def run(self, *, once: bool = False) -> LiveSummary:
         """Recover what a previous run left, then classify arrivals until `stop` (or, with `once`, until idle)."""
-        self.layout.create(self.cam)
-        self._recover()
+        self._present_at_start = {entry.name for entry in _listing(self.in_dir)}  # before any event can be seen
         observer = None if (self.poll_s or once) else self._start_observer()
+        self._guarded(self._start)
+        self.ready.set()
         busy = False
         try:
             while not self._stop.is_set():
+                if self.blocked is not None:
+                    if self._stop.wait(self._retry_s):
+                        break
+                    self._retry_s = min(2 * self._retry_s, OUTPUT_RETRY_S[1])
+                    if self._guarded(self._start):
+                        self.blocked = None
+                        log.warning("%s can be written again: continuing", self.layout.out)
+                    continue
                 ready, waiting = self._scan()
                 for path in ready:
-                    if self._stop.is_set():
+                    if self._stop.is_set() or not self._guarded(self._take, path):
                         break
-                    self._take(path)
-                if ready:
+                changing = self.blocked is None and self._guarded(self._second_look)
+                if ready and self.blocked is None:
                     busy = True
                     continue
                 if busy and self.on_idle is not None:
                     self.on_idle(self.summary)
                 busy = False
-                if once and not waiting:
+                if once and not waiting and self.blocked is None:
                     break
-                interval = min(0.1, self.settle_s / 4) if waiting else (self.poll_s or RESCAN_S)
+                interval = min(0.1, self.settle_s / 4) if waiting or changing else (self.poll_s or RESCAN_S)
                 self._wake.wait(interval)
                 self._wake.clear()
         finally:
@@ -152,6 +221,27 @@ class FolderWatcher:
                 observer.stop()
                 observer.join(timeout=5)
         return self.summary
+
+    def _start(self) -> bool:
+        self.layout.create(self.cam)
+        self._recover()
+        return True
+
+    def _guarded(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step; if the output folder refuses (read-only, full, removed), say so once and return False,
+        leaving every file where the step found it, for `run` to retry."""
+        try:
+            result = step(*args)
+        except OSError as exc:
+            if exc.errno not in OUTPUT_ERRNOS:
+                raise
+            if self.blocked is None:
+                log.warning("cannot write to %s (%s): waiting, retrying every few seconds; no input is lost",
+                            self.layout.out, os_reason(exc, exc.filename or self.layout.out))
+                self._retry_s = OUTPUT_RETRY_S[0]
+            self.blocked = os_reason(exc, exc.filename or self.layout.out)
+            return False
+        return True if result is None else result
 
     # --- arrival -------------------------------------------------------------------------------------------
     def _start_observer(self) -> Any:
@@ -164,12 +254,10 @@ class FolderWatcher:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.is_directory:
                     return
-                if event.event_type == "closed":
-                    watcher.note_completed(os.path.basename(os.fsdecode(event.src_path)))
-                elif event.event_type == "moved":
-                    watcher.note_completed(os.path.basename(os.fsdecode(event.dest_path)))
-                else:
-                    watcher._wake.set()
+                if event.event_type == "moved":
+                    watcher.note_event(os.path.basename(os.fsdecode(event.dest_path)), "moved")
+                elif event.event_type != "deleted":
+                    watcher.note_event(os.path.basename(os.fsdecode(event.src_path)), event.event_type)
 
         observer = Observer()
         try:
@@ -201,10 +289,13 @@ class FolderWatcher:
             log.error("cannot list %s: %s; retrying", self.in_dir, exc)
             return [], 1
         with self._lock:
-            self._completed = {n: t for n, t in self._completed.items() if n in listing}
-            completed = set(self._completed)
+            # events newer than the listing are kept: the file may have appeared after it was taken
+            self._events = {n: e for n, e in self._events.items() if n in listing or e[1] >= now}
+        completed = self._complete_by_events(now)
         self._seen = {n: s for n, s in self._seen.items() if n in listing}
         self._refused &= set(listing)
+        self._present_at_start = (self._present_at_start or set()) & set(listing)
+        events = self.mode == "inotify" and not self.poll_s
         ready, waiting = [], 0
         for name, signature in listing.items():
             previous = self._seen.get(name)
@@ -216,7 +307,8 @@ class FolderWatcher:
                 since = previous[1]
             if name in self._refused:
                 continue
-            if name in completed or now - since >= self.settle_s:
+            settle = QUIET_S if events and name not in self._present_at_start else self.settle_s
+            if name in completed or now - since >= max(settle, self.settle_s):
                 ready.append((signature[1], name))
             else:
                 waiting += 1
@@ -224,25 +316,31 @@ class FolderWatcher:
 
     def _forget(self, name: str) -> None:
         with self._lock:
-            self._completed.pop(name, None)
+            self._events.pop(name, None)
         self._seen.pop(name, None)
 
     # --- claim, classify, finish ---------------------------------------------------------------------------
     def _take(self, path: Path) -> None:
         arrived = utc_now()
         self.classifier.warm()  # while the file is claimed, hashed and decoded
-        self._forget(path.name)
         target = self.layout.processing / path.name  # the input's own name: a restart recovers it from there
         if target.exists():
             target = self.layout.processing / free_name(self.layout.processing, path.name)
         try:
             move_to(path, target)
         except FileNotFoundError:
+            if not self.layout.processing.is_dir():
+                raise  # the output folder went away: wait for it
+            self._forget(path.name)
             return  # taken away by its writer (or another watcher) before we claimed it
         except OSError as exc:
-            log.error("%s: cannot move it out of the watched folder (%s); leaving it there", path, exc)
+            if not os.access(self.layout.processing, os.W_OK) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the output side refuses: waited out by run
+            log.error("%s: cannot move it out of the watched folder (%s); leaving it there until it changes", path,
+                      os_reason(exc, path))
             self._refused.add(path.name)
             return
+        self._forget(path.name)
         self._process(target, arrived)
 
     def _recover(self) -> None:
@@ -253,11 +351,11 @@ class FolderWatcher:
                 original.unlink()
         leftovers = sorted(p for p in self.layout.processing.iterdir() if p.is_file())
         if leftovers:
-            log.warning("finishing %d file(s) an interrupted run left in %s", len(leftovers), self.layout.processing)
+            log.warning("finishing %d file(s) left in %s", len(leftovers), self.layout.processing)
         for claimed in leftovers:
             self._process(claimed, utc_now())
 
-    def _process(self, claimed: Path, arrived: str) -> None:
+    def _process(self, claimed: Path, arrived: str, replaces: str | None = None) -> None:
         sha256 = file_sha256(claimed)
         result = self.layout.results / result_name(claimed.name, sha256)
         repeated = result.exists()
@@ -266,11 +364,45 @@ class FolderWatcher:
             self.summary.repeated += 1
         else:
             record = self._classify(claimed, sha256, arrived)
+            if replaces is not None:
+                record["replaces"] = replaces
             write_json_atomic(result, record)
             self.summary.add(record)
-        self._finish(claimed, record)
+        moved = self._finish(claimed, record)
+        self._finished[moved] = _Finished(_signature(moved), time.monotonic(), claimed.name, result.name)
         if self.on_record is not None:
             self.on_record(record, repeated)
+
+    def _second_look(self) -> bool:
+        """Take again a finished input that changed after its result (its writer had only paused); returns
+        whether any is still changing."""
+        now = time.monotonic()
+        if now - self._looked < 1.0 and not any(seen.changed for seen in self._finished.values()):
+            return False
+        self._looked = now
+        while len(self._finished) > SECOND_LOOK_MAX:
+            del self._finished[next(iter(self._finished))]  # the oldest: a busy day's worth is still watched
+        changing = False
+        for path, seen in list(self._finished.items()):
+            signature = _signature(path)
+            if signature is None or now - seen.since > SECOND_LOOK_S:
+                del self._finished[path]  # moved away by a user, or long stable
+                continue
+            if signature == seen.signature:
+                if seen.changed and now - seen.since >= self.settle_s:
+                    del self._finished[path]
+                    log.warning("%s changed after its result: classifying it again", printable(seen.name))
+                    self._retake(path, seen)
+                continue
+            self._finished[path] = _Finished(signature, now, seen.name, seen.result, changed=True)
+            changing = True
+        return changing or any(seen.changed for seen in self._finished.values())
+
+    def _retake(self, path: Path, seen: _Finished) -> None:
+        target = self.layout.processing / free_name(self.layout.processing, seen.name)
+        move_to(path, target)
+        path.with_name(path.name + ".reason.txt").unlink(missing_ok=True)  # it spoke of the half-written file
+        self._process(target, utc_now(), replaces=seen.result)
 
     def _classify(self, claimed: Path, sha256: str, arrived: str) -> dict[str, Any]:
         prediction = self.classifier.predict([claimed], cam=self.cam)[0]
@@ -287,7 +419,7 @@ class FolderWatcher:
         return live_record(prediction, path=str(self.in_dir / claimed.name), sha256=sha256, arrived=arrived,
                            finished=utc_now(), model=self.classifier.path.name, **extra)
 
-    def _finish(self, claimed: Path, record: dict[str, Any]) -> None:
+    def _finish(self, claimed: Path, record: dict[str, Any]) -> Path:
         target = self.layout.out / record["moved_to"]
         failed = record["error"] is not None
         if target.exists() and not same_file(claimed, target):  # an identical input dropped again
@@ -296,4 +428,31 @@ class FolderWatcher:
         if failed:
             reason = target.with_name(target.name + ".reason.txt")
             write_atomic(reason, f"{record['path']}: {record['error']}\n".encode(errors="backslashreplace"))
-        move_to(claimed, target)
+        return move_to(claimed, target)
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A finished input under a second look: its (size, mtime) when last seen and since when."""
+
+    signature: tuple[int, int] | None
+    since: float
+    name: str
+    result: str
+    changed: bool = False
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def _listing(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []

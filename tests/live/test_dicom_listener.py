@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -281,16 +282,27 @@ def test_keep_phi_and_no_phi_in_logs(tmp_path: Path, classifier: Classifier, cap
         good = dicom_dataset(gradient())
         bad = dicom_dataset(gradient())
         del bad.PixelData
-        assoc.send_c_store(good)
-        assoc.send_c_store(bad)
+        odd = dicom_dataset(gradient())
+        odd.add_new(0x00101010, "AS", "ABCD-SECRET-AGE")  # invalid values pydicom would quote in its warnings
+        odd.add_new(0x00100030, "DA", "SECRET-BIRTH")
+        for ds in (good, bad):
+            assoc.send_c_store(ds)
         assoc.release()
-        assert node.wait_idle()
+        odd.save_as(tmp_path / "odd.dcm", enforce_file_format=True)
+        with warnings.catch_warnings(record=True) as said:  # sent by dcmtk: only the listener is in this process
+            warnings.simplefilter("always")
+            sent = subprocess.run([dcmtk("storescu"), "-aec", "CXREDGE", "127.0.0.1", str(node.port),
+                                   str(tmp_path / "odd.dcm")], capture_output=True, text=True)
+            assert sent.returncode == 0, sent.stderr
+            assert node.wait_idle()
     finally:
         node.stop()
     record = json.loads((tmp_path / "out" / "results" / f"{good.SOPInstanceUID}.json").read_text())
     assert record["patient"] == {"name": PATIENT_NAME, "id": PATIENT_ID}
+    assert (tmp_path / "out" / "results" / f"{odd.SOPInstanceUID}.json").exists()
     assert "quarantined" in caplog.text
-    assert PATIENT_NAME not in caplog.text and PATIENT_ID not in caplog.text
+    told = caplog.text + " ".join(str(w.message) for w in said)
+    assert PATIENT_NAME not in told and PATIENT_ID not in told and "SECRET" not in told
 
 
 def free_port() -> int:
@@ -404,3 +416,147 @@ def test_kill_9_loses_no_accepted_instance(tmp_path: Path) -> None:
     assert results == sorted(accepted), f"{unfinished} were unfinished at the kill"
     assert sorted(p.name for p in (out / "sr").iterdir()) == sorted(f"{uid}.sr.dcm" for uid in accepted)
     assert sorted(p.stem for p in (out / "done").iterdir()) == sorted(accepted)
+
+
+# --- idle peers, AE titles, reused UIDs ------------------------------------------------------------------------
+
+
+def _idle_sockets(port: int, count: int, source: str) -> list[socket.socket]:
+    """TCP connections that never send an association request (a port scanner, a hung or hostile peer)."""
+    opened = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        opened.append(sock)
+    return opened
+
+
+def _closed_by_listener(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_from_one_address_cannot_lock_out_another(listener: DicomListener) -> None:
+    from cxr_edge.runtime.live.dicom_listener import PER_PEER
+
+    idle = _idle_sockets(listener.port, 20, "127.0.0.2")
+    try:
+        refused = [_closed_by_listener(sock, 0.5) for sock in idle[PER_PEER:]]
+        assert all(refused)  # beyond the per-address limit: closed at once
+        started = time.monotonic()
+        assoc = associate(listener.port)
+        assert assoc.is_established
+        ds = dicom_dataset(gradient(128, 128))
+        assert assoc.send_c_store(ds).Status == Status.SUCCESS
+        assoc.release()
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
+    assert listener.wait_idle()
+
+
+def test_idle_connections_that_close_free_their_slots_at_once(listener: DicomListener) -> None:
+    for sock in _idle_sockets(listener.port, 16, "127.0.0.1"):
+        sock.close()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assoc = associate(listener.port)
+    assert assoc.is_established and assoc.send_c_echo().Status == Status.SUCCESS
+    assoc.release()
+    assert time.monotonic() - started < 3
+
+
+def test_an_idle_connection_is_closed_after_the_acse_timeout(tmp_path: Path, classifier: Classifier,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxr_edge.runtime.live.dicom_listener as module
+
+    monkeypatch.setattr(module, "ACSE_TIMEOUT_S", 1.0)
+    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1")
+    node.start()
+    try:
+        (sock,) = _idle_sockets(node.port, 1, "127.0.0.1")
+        assert _closed_by_listener(sock, 5.0)
+    finally:
+        node.stop()
+
+
+def _association_request(calling: bytes, called: bytes = b"CXREDGE") -> bytes:
+    """An A-ASSOCIATE-RQ PDU for Verification, with the calling AE title's 16 bytes exactly as given."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "PLACEHOLDER", called.decode()
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    data = bytearray(pdu.encode())
+    data[26:42] = calling.ljust(16, b" ")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("calling", "accepted"), [
+    (b"XRAYROOM1", True),
+    (b"  XRAYROOM1", True),      # leading and trailing spaces are not significant (PS3.5 6.2)
+    (b"xrayroom1", False),       # titles are case-sensitive
+    (b"XRAYROOM1\t", False),     # a control character makes the title invalid (pynetdicom would strip it)
+    (b"\nXRAYROOM1", False),
+    (b"XRAY\\ROOM1", False),     # backslash is not allowed
+    (b"XRAYROOM", False),
+    (b"XRAYROOM12", False),
+])
+def test_calling_ae_titles_match_exactly_after_dicom_padding(tmp_path: Path, classifier: Classifier,
+                                                             calling: bytes, accepted: bool) -> None:
+    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", allow=["XRAYROOM1"])
+    node.start()
+    try:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+            sock.sendall(_association_request(calling))
+            reply = sock.recv(1)
+        # A-ASSOCIATE-AC, or A-ASSOCIATE-RJ (an A-ABORT where pynetdicom's decoder refuses the PDU first)
+        assert reply == b"\x02" if accepted else reply in (b"\x03", b"\x07")
+    finally:
+        node.stop()
+
+
+def test_invalid_titles_are_refused_at_start(tmp_path: Path, classifier: Classifier) -> None:
+    from cxr_edge.runtime.errors import CxrEdgeError
+
+    for title in ("", "   ", "A" * 17, "BAD\\TITLE", "TAB\tTITLE"):
+        with pytest.raises(CxrEdgeError, match="is not valid"):
+            DicomListener(tmp_path / "out", classifier, allow=[title])
+
+
+def test_a_reused_uid_with_other_pixels_is_stored_under_a_new_name_with_a_warning(listener: DicomListener) -> None:
+    first = dicom_dataset(gradient(128, 128))
+    second = dicom_dataset(gradient(128, 128)[::-1].copy())
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    second.StudyInstanceUID, second.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
+    assoc = associate(listener.port)
+    for ds in (first, second, second, first):
+        assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    assoc.release()
+    assert listener.wait_idle()
+    uid = first.SOPInstanceUID
+    assert sorted(p.name for p in (listener.out / "results").iterdir()) == [f"{uid}.json", f"{uid}_2.json"]
+    assert sorted(p.name for p in (listener.out / "done").iterdir()) == [f"{uid}.dcm", f"{uid}_2.dcm"]
+    records = {r["stored_as"]: r for r in listener.records}
+    assert set(records) == {uid, f"{uid}_2"} and len(listener.records) == 2
+    assert records[f"{uid}_2"]["sop_instance_uid"] == uid
+    assert any("already used for a different dataset" in w for w in records[f"{uid}_2"]["warnings"])
+    stored = pydicom.dcmread(listener.out / "done" / f"{uid}_2.dcm")
+    assert (stored.pixel_array == gradient(128, 128)[::-1]).all()

@@ -50,6 +50,7 @@ class Running:
 
     def __enter__(self) -> FolderWatcher:
         self.thread.start()
+        assert self.watcher.ready.wait(20)
         return self.watcher
 
     def __exit__(self, *exc: object) -> None:
@@ -75,7 +76,7 @@ def test_arrivals_get_one_result_each_and_move_on(tmp_path: Path, model: Path) -
         write_dicom(inbox / "image.dcm", gradient(128, 128))
         (inbox / "notes.png").write_text("not an image")
         (truncated(tmp_path, ".jpg")).rename(inbox / "cut.jpg")
-        wait_for(lambda: len(seen) == 6)
+        wait_for(lambda: len(seen) == 6, timeout=40)
     assert sorted(p.name for p in inbox.iterdir()) == [".hidden.png"]
     assert sorted(p.name for p in (out / "done").iterdir()) == ["before.png", "image.dcm", "plain.png", "renamed.png"]
     assert sorted(p.name for p in (out / "failed").iterdir()) == [
@@ -265,3 +266,120 @@ def test_output_folder_may_not_be_the_watched_folder(tmp_path: Path, model: Path
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"cxr-edge: error: {tmp_path}: the output folder must not be the watched folder"]
+
+
+# --- writers that pause, and output folders that refuse -------------------------------------------------------
+
+
+def _write_with_pause(path: Path, data: bytes, pause_s: float) -> None:
+    """Half the file, a pause longer than the settle time with the handle open (a stalled transfer), the rest."""
+    half = len(data) // 2
+    with open(path, "wb") as handle:
+        handle.write(data[:half])
+        handle.flush()
+        time.sleep(pause_s)
+        handle.write(data[half:])
+
+
+@pytest.mark.parametrize("poll", [None, 0.05], ids=["inotify", "polling"])
+def test_a_writer_that_pauses_longer_than_settle_still_gets_its_whole_image_classified(
+        tmp_path: Path, model: Path, poll: float | None) -> None:
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    data = png_bytes(11)
+    seen: list[dict] = []
+    watcher = FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), settle_s=0.2, poll_s=poll,
+                            on_record=lambda r, rep: seen.append(r))
+    with Running(watcher):
+        _write_with_pause(inbox / "slow.png", data, pause_s=1.0)
+        full = file_sha256(inbox / "slow.png") if (inbox / "slow.png").exists() else None
+        wait_for(lambda: any(r["error"] is None for r in seen))
+    whole = [r for r in seen if r["error"] is None]
+    assert len(whole) == 1 and whole[0]["sha256"] == (full or whole[0]["sha256"])
+    assert (out / "done" / "slow.png").read_bytes() == data  # the complete image, never lost
+    assert not (out / "failed" / "slow.png").exists() and not list((out / "failed").glob("*.reason.txt"))
+    for half in (r for r in seen if r["error"] is not None):  # a half taken by the settle rule is replaced
+        assert whole[0]["replaces"] == result_name("slow.png", half["sha256"])
+    if poll is None:
+        assert len(seen) == 1  # with inotify an open file is never taken
+
+
+class Mounted:
+    """A small tmpfs as the output folder, so that it can really be made read-only or full."""
+
+    def __init__(self, path: Path, size: str = "4m") -> None:
+        self.path, self.size = path, size
+
+    def __enter__(self) -> Mounted:
+        self.path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"this test needs to mount a tmpfs (root with CAP_SYS_ADMIN): {done.stderr.strip()}")
+        return self
+
+    def remount(self, mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True)
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_an_output_folder_that_refuses_makes_the_watcher_wait_not_exit(tmp_path: Path, model: Path,
+                                                                       caplog: pytest.LogCaptureFixture,
+                                                                       fault: str) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    seen: list[dict] = []
+    with Mounted(tmp_path / "out") as mounted:
+        out = mounted.path
+        watcher = FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), settle_s=0.1,
+                                on_record=lambda r, rep: seen.append(r))
+        running = Running(watcher)
+        with running, caplog.at_level("WARNING"):
+            (inbox / "first.png").write_bytes(png_bytes(1))
+            wait_for(lambda: len(seen) == 1)
+            if fault == "read-only":
+                mounted.remount("ro")
+            else:
+                filler = out / "filler.bin"
+                with open(filler, "wb") as handle:  # fill the disk to the last byte
+                    with pytest.raises(OSError):
+                        while True:
+                            handle.write(b"\0" * 65536)
+                            handle.flush()
+            (inbox / "second.png").write_bytes(png_bytes(2))
+            wait_for(lambda: watcher.blocked is not None)
+            time.sleep(1.5)  # several attempts, all refused
+            assert running.thread.is_alive() and len(seen) == 1
+            assert (inbox / "second.png").exists() or (out / "processing" / "second.png").exists()
+            if fault == "read-only":
+                mounted.remount("rw")
+            else:
+                filler.unlink()
+            wait_for(lambda: len(seen) == 2, timeout=40)
+            assert watcher.blocked is None
+        assert sorted(p.name for p in (out / "done").iterdir()) == ["first.png", "second.png"]
+        assert not list(inbox.iterdir()) and not list(out.rglob(f"{TEMP_PREFIX}*"))
+        assert len(results(out)) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write to" in m for m in messages) == 1  # said once, not at every attempt
+    assert any("can be written again" in m for m in messages)
+
+
+def test_watch_keeps_running_when_its_output_is_read_only_at_start(tmp_path: Path, model: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "a.png").write_bytes(png_bytes(3))
+    with Mounted(tmp_path / "out") as mounted:
+        mounted.remount("ro")
+        process = _start(inbox, mounted.path, model)
+        time.sleep(4)
+        assert process.poll() is None  # waiting, not exited
+        mounted.remount("rw")
+        wait_for(lambda: (mounted.path / "done" / "a.png").exists(), timeout=40)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "cannot write to" in stderr and "Read-only file system" in stderr and "Traceback" not in stderr

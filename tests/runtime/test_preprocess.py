@@ -45,7 +45,9 @@ def test_load_many_keeps_order_and_returns_every_unreadable_file(tmp_path):
     paths = []
     for i, value in enumerate((0, 128, 255)):
         paths.append(tmp_path / f"{i}.png")
-        cv2.imwrite(str(paths[-1]), np.full((40, 30), value, np.uint8))
+        image = np.full((48, 40), value, np.uint8)
+        image[16:32, 12:28] = (value + 128) % 256  # some contrast: a flat image is refused as unusable
+        cv2.imwrite(str(paths[-1]), image)
         if i == 0:
             paths.append(tmp_path / "broken.png")
             paths[-1].write_bytes(b"\x89PNG\r\n\x1a\n-- cut off")
