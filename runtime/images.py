@@ -235,7 +235,7 @@ def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> t
                                          min_width=math.ceil(width / factor), strict=True)
     except ValueError as exc:
         reason = first_line(exc)
-        if "Unsupported" in reason or "precision" in reason:  # 12-bit JPEG: libjpeg-turbo's 8-bit API cannot
+        if "data precision" in reason:  # a 12-bit JPEG ("Unsupported JPEG data precision 12"): OpenCV reads it
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
             if pixels is not None:
                 return _to_unit_range(path, pixels)

@@ -104,6 +104,27 @@ def _many_scans(image: np.ndarray, copies: int) -> bytes:
     return data[:first] + data[first:-2] * copies + b"\xff\xd9"
 
 
+def noisy_film() -> np.ndarray:
+    """A 600 x 520 gradient with noise: enough entropy-coded data for damage in its middle to land in a scan."""
+    image = cv2.resize(gradient(300, 260), (520, 600)).astype(np.float32)
+    return (image + np.random.default_rng(0).normal(0, 6, image.shape)).clip(0, 255).astype(np.uint8)
+
+
+def _bad_marker(image: np.ndarray) -> bytes:
+    """A JPEG whose scan holds a marker that cannot be there (a stuffed FF 00 turned into FF 28)."""
+    data = bytearray(_jpeg(image))
+    at = data.find(b"\xff\x00", len(data) // 2)
+    data[at + 1] = 0x28
+    return bytes(data)
+
+
+def _flip_middle(encoded: np.ndarray) -> bytes:
+    """One byte in the middle inverted: for a PNG, a CRC error in an IDAT chunk (libpng prints it itself)."""
+    data = bytearray(encoded.tobytes())
+    data[len(data) // 2] ^= 0xFF
+    return bytes(data)
+
+
 def _dcmtk(tool: str, source: Path, target: Path, *args: str) -> Path:
     subprocess.run([shutil.which(tool) or tool, *args, str(source), str(target)], check=True, capture_output=True)
     return target
@@ -127,6 +148,10 @@ def image_cases(folder: Path) -> list[Case]:
              _write(f / "cut_eoi.jpg", (lambda d: d[: len(d) * 2 // 3] + b"\xff\xd9")(_jpeg(gradient(300, 300)))),
              "JPEG"),
         Case("JPEG cut mid-scan", _write(f / "cut.jpg", _jpeg(gradient(300, 300))[:2000]), "truncated JPEG"),
+        Case("JPEG with a marker inside its scan", _write(f / "marker.jpg", _bad_marker(noisy_film())),
+             "Unsupported marker"),
+        Case("PNG with a damaged IDAT", _write(f / "crc.png", _flip_middle(cv2.imencode(".png", noisy_film())[1])),
+             "PNG"),
         Case("JPEG of 600 scans", _write(f / "scans.jpg", _many_scans(gradient(256, 256), 60)), "scans"),
         Case("PNG claiming 60000x60000", png_header_only(f / "bomb.png", 60000, 60000), "absurd size"),
         Case("1x1 PNG", _png(f / "dot.png", np.full((1, 1), 200, np.uint8)), "only 1x1"),

@@ -77,6 +77,28 @@ def cli(debug: bool) -> None:
     quiet_libraries(debug)
 
 
+def silence_native_stderr() -> None:
+    """Send what C libraries print on file descriptor 2 (libpng's and libjpeg's "Corrupt JPEG data...", libtiff's
+    warnings) to /dev/null, while Python's own stderr (cxr-edge's lines, tables, progress bars, logging) keeps
+    the real one.
+
+    Those libraries write straight to the descriptor, past Python, and their lines would stand beside the one
+    line cxr-edge prints for the same file with the reason already in it. Nothing changes where stderr is not
+    descriptor 2 (inside a test runner) or with ``--debug``, which shows them.
+    """
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+
 class _PrintableFormatter(logging.Formatter):
     """Log lines with control characters escaped: a file name or an AE title cannot drive the terminal."""
 
@@ -87,6 +109,8 @@ class _PrintableFormatter(logging.Formatter):
 def quiet_libraries(debug: bool) -> None:
     """cxr-edge's own one-line messages only; the libraries' remarks (OpenCV, Pillow, pydicom, pynetdicom) go
     to ``--debug``. pydicom never logs at all: its remarks quote header values, patient fields among them."""
+    if not debug:
+        silence_native_stderr()
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("cxr-edge: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler], force=True)
