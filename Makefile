@@ -40,8 +40,16 @@ system-tools: runtime-libs
 	@command -v storescu >/dev/null && command -v systemd-analyze >/dev/null || \
 	  { $(call APT_INSTALL,dcmtk systemd); }
 
-test: $(VENV)/.dev-installed system-tools
-	$(BIN)/python -m pytest -q
+test: $(VENV)/.dev-installed system-tools $(TRITON_VENV)/.installed
+	CXR_EDGE_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(BIN)/python -m pytest -q
+
+# A real Triton server for the remote-engine tests: PyTriton ships tritonserver with its Python backend, and pins
+# numpy below 2, so it lives in its own environment, next to the project's.
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet 'nvidia-pytriton==0.7.*' 'numpy<2' onnxruntime
+	touch $@
 
 # Trains, exports, quantises and measures the shipped model into runtime/models/ (about 20 minutes on 2 cores).
 release-model: $(VENV)/.dev-installed
@@ -54,4 +62,4 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check cxr_edge runtime export tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TRITON_VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

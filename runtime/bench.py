@@ -41,6 +41,7 @@ from .model_file import (
     PROBABILITIES,
     QUANTIZATION_KEY,
     engines_for,
+    local_engines,
     model_format,
     model_size_mb,
     reader_engine,
@@ -141,9 +142,11 @@ def default_rows(models: Sequence[Path], backends: Sequence[str], precisions: Se
     native_int8 = {fmt for _, fmt, precision in described if precision == "int8"}
     rows = []
     for path, fmt, precision in described:
-        for engine in engines_for(fmt):
+        for engine in engines_for(fmt, remote=True):
             if precision == "int8" and engine.writes in native_int8 and engine.writes != fmt:
                 continue
+            if engine.remote and (precision != "int8" or fmt != "onnx"):
+                continue  # a server holds one model: the INT8 ONNX, as `export-repository` places it
             if engine.name in backends and precision in precisions:
                 rows.append((engine.name, precision, path))
     return rows, unreadable
@@ -188,9 +191,10 @@ def _labelled_inputs(data_dir: Path | Sequence[Path],
 
 def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None,
               data_dir: Path | Sequence[Path] | None = None,
-              backends: Sequence[str] = (*ENGINES, "torch"), precisions: Sequence[str] = ("fp32", "int8"),
+              backends: Sequence[str] = (*local_engines(), "torch"), precisions: Sequence[str] = ("fp32", "int8"),
               batches: Sequence[int] = (1, 8, 32), threads: int | None = None, runs: int = 100, warmup: int = 10,
-              end_to_end: Sequence[Path] = (), on_progress: Callable[[str], None] | None = None) -> dict:
+              end_to_end: Sequence[Path] = (), on_progress: Callable[[str], None] | None = None,
+              server: str | None = None, model_name: str | None = None) -> dict:
     """Benchmark models on every requested engine and precision; returns the JSON-ready result.
 
     Args:
@@ -204,6 +208,9 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
         runs, warmup: timed and untimed batch-1 runs per row.
         end_to_end: image files to time through decode, preprocess, inference and post-processing.
         on_progress: called with a short description as work advances.
+        server, model_name: an inference server for the remote engine's rows (``kserve`` in `backends`): the
+            INT8 models run there too, and each such row reports its network and serialisation cost per image
+            over the same model run here.
     """
     progress = on_progress or (lambda _: None)
     load_before = os.getloadavg()[0]  # before this benchmark loads the machine itself
@@ -215,7 +222,8 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
 
     def open_model(path: Path, backend: str) -> Classifier:  # each model opens once per engine
         if (path, backend) not in opened:
-            opened[path, backend] = Classifier.open(path, backend=backend, threads=threads)
+            opened[path, backend] = Classifier.open(path, backend=backend, threads=threads, server=server,
+                                                    model_name=model_name)
         return opened[path, backend]
 
     def precision_of(path: Path) -> str:
@@ -241,7 +249,8 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
                                "bench compares one model in its variants, not different models")
         try:
             row.figures["size_mb"] = model_size_mb(path)
-            row.figures |= _cold_figures(path, backend, threads)
+            if not ENGINES[backend].remote:  # a server's start-up is not this machine's cold start
+                row.figures |= _cold_figures(path, backend, threads)
         except (CxrEdgeError, OSError, subprocess.SubprocessError, ValueError) as exc:
             row.error = first_line(exc)
             continue
@@ -325,6 +334,11 @@ def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:
         row.figures["speedup_vs_reference"] = (reference.figures["latency_ms"]["p50"] / p50) if reference else None
         row.figures["budget_headroom"] = budget_verdict(p50)
         row.figures["budget_ratio"] = BUDGET_S * 1000 / p50
+        if ENGINES.get(row.backend) is not None and ENGINES[row.backend].remote:
+            here = [r for r in rows if r.model == row.model and r.backend in ENGINES and not ENGINES[r.backend].remote]
+            if here:  # what the network and (de)serialisation add, against the fastest local run of the model
+                local = min(r.figures["latency_ms"]["p50"] for r in here)
+                row.figures["remote_overhead_ms"] = p50 - local
 
 
 def _accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: Contract) -> list[str]:

@@ -42,6 +42,8 @@ def _cells(result: dict, row: dict, width: int) -> list[str]:
     cells.append(f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "")
     cells.append(f"{row['speedup_vs_fp32']:.2f}x" if row.get("speedup_vs_fp32") else "")
     cells.append(f"{row['speedup_vs_reference']:.1f}x" if row.get("speedup_vs_reference") else "")
+    if _has_remote(result):  # what sending the image to a server adds, over the same model run here
+        cells.append(f"+{row['remote_overhead_ms']:.2f}" if "remote_overhead_ms" in row else "")
     cells.append(f"{row['budget_ratio']:,.0f}x under")  # the headroom: how often p50 fits into 60 s
     if "accuracy" in row:
         agreement = row.get("agreement_fp32")
@@ -50,18 +52,24 @@ def _cells(result: dict, row: dict, width: int) -> list[str]:
     return cells + [""] * (width - len(cells))
 
 
+def _has_remote(result: dict) -> bool:
+    """A row ran on a server: its network and serialisation cost gets a column."""
+    return any("remote_overhead_ms" in r for r in result["rows"])
+
+
 def _columns(result: dict) -> list[str]:
     columns = ["engine", "precision", "size MB", "load s", "first ms", "p50 ms", "p90 ms", "p99 ms"]
     columns += [f"img/s b{b}" for b in result["batches"]]
-    columns += ["peak RSS MB", "vs FP32", "vs PyTorch", "60 s budget"]
+    columns += ["peak RSS MB", "vs FP32", "vs PyTorch"] + (["remote ms"] if _has_remote(result) else []) + \
+        ["60 s budget"]
     if any("accuracy" in r for r in result["rows"]):
         columns += ["accuracy", "macro-F1", "agree FP32"]
     return columns
 
 
 # The terminal view splits the columns in two tables that each fit an 80-column terminal.
-_SPEED = ["engine", "precision", "p50 ms", "p90 ms", "p99 ms", "vs FP32", "vs PyTorch", "60 s budget", "accuracy",
-          "macro-F1", "agree FP32"]
+_SPEED = ["engine", "precision", "p50 ms", "p90 ms", "p99 ms", "vs FP32", "vs PyTorch", "remote ms", "60 s budget",
+          "accuracy", "macro-F1", "agree FP32"]
 _RESOURCES = ["engine", "precision", "img/s b", "size MB", "load s", "first ms", "peak RSS MB"]
 
 

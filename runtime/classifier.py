@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -21,7 +21,7 @@ import numpy as np
 
 from .backends import Backend, check_io, open_backend, resolve_backend
 from .contract import Contract
-from .errors import ContractError, ImageError, ModelError
+from .errors import ContractError, ImageError, InferenceError, ModelError
 from .gate import GATE_MODES, GatePolicy, HeaderFacts, judge
 from .model_file import CAM, GATE_SCORE, ORIENTATION, PROBABILITIES, resolve_model
 from .preprocess import load_for_contract, preprocess, stack
@@ -120,7 +120,8 @@ class Classifier:
 
     @classmethod
     def open(cls, path: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-             mode: str = "latency", gate: str = "reject") -> Classifier:
+             mode: str = "latency", gate: str = "reject", server: str | None = None,
+             model_name: str | None = None) -> Classifier:
         """Open a model and check its contract.
 
         Args:
@@ -129,6 +130,9 @@ class Classifier:
             threads: inference threads (default: every core).
             mode: ``latency`` for single images, ``throughput`` for folders.
             gate: ``reject`` (default), ``warn`` or ``off``; see `cxr_edge.runtime.gate`.
+            server: with ``backend="kserve"``, the inference server's URL; the model file then supplies the
+                contract the server's model is checked against.
+            model_name: the server's name for the model (default: as `cxr-edge export-repository` names it).
 
         Raises:
             ModelError: the file is missing, not a model, or disagrees with its contract.
@@ -136,7 +140,7 @@ class Classifier:
         """
         model_path = resolve_model(path)
         name, reason = resolve_backend(model_path, backend, threads=threads)
-        engine = open_backend(model_path, name, threads=threads, mode=mode)
+        engine = open_backend(model_path, name, threads=threads, mode=mode, server=server, model_name=model_name)
         try:
             contract = Contract.from_metadata(engine.io.metadata)
         except ContractError as exc:
@@ -210,8 +214,8 @@ class Classifier:
         Returns:
             The thread running the throw-away inference, or None when the engine was busy recently.
         """
-        if time.monotonic() - self._last_run < idle_s:
-            return None
+        if time.monotonic() - self._last_run < idle_s or getattr(self.backend, "remote", False):
+            return None  # a server keeps its own engine warm
         zeros = np.zeros((1, self.contract.channels, *self.contract.input_size), np.float32)
         thread = threading.Thread(target=self.run, args=(zeros,), name="cxr-warm", daemon=True)
         thread.start()
@@ -224,8 +228,13 @@ class Classifier:
         per_image_ms = 0.0
         if ready:
             start = time.perf_counter()
-            outputs = self.run(stack([p.input for p in ready]), cam=cam)
-            per_image_ms = _ms(start) / len(ready)
+            try:
+                outputs = self.run(stack([p.input for p in ready]), cam=cam)
+            except InferenceError as exc:  # a server gone: these images fail, the run goes on
+                failed = [replace(p, input=None, error=f"inference failed: {exc}") for p in ready]
+                prepared = [failed.pop(0) if p.input is not None else p for p in prepared]
+                ready = []
+            per_image_ms = _ms(start) / len(ready) if ready else 0.0
         results, index = [], 0
         for item in prepared:
             latency = {"decode": round(item.decode_ms, 3), "preprocess": round(item.preprocess_ms, 3)}

@@ -7,7 +7,8 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["CxrEdgeError", "ImageError", "ContractError", "ModelError", "first_line", "os_reason", "printable"]
+__all__ = ["CxrEdgeError", "ImageError", "ContractError", "ModelError", "InferenceError", "first_line", "os_reason",
+           "printable"]
 
 
 class CxrEdgeError(Exception):
@@ -30,6 +31,11 @@ class ImageError(CxrEdgeError):
 
 class ContractError(CxrEdgeError):
     """A preprocessing contract is missing, malformed or of a format this version does not understand."""
+
+
+class InferenceError(CxrEdgeError):
+    """An engine could not run one batch (a remote server gone or timing out): each image of the batch fails
+    with this reason, and the run goes on."""
 
 
 class ModelError(CxrEdgeError):

@@ -22,7 +22,7 @@ __all__ = [
     "CONTRACT_KEY", "VERSION_KEY", "PROVENANCE_KEY", "ARCHITECTURE_KEY", "QUANTIZATION_KEY", "GATE_KEY",
     "INPUT_NAME", "PROBABILITIES", "CAM", "FEATURES", "GATE_SCORE", "ORIENTATION",
     "ModelFormat", "FORMATS", "model_format", "model_files", "model_size_mb", "file_sha256",
-    "Engine", "ENGINES", "engine", "engines_for", "reader_engine", "quantizing_engines", "installed",
+    "Engine", "ENGINES", "engine", "engines_for", "local_engines", "reader_engine", "quantizing_engines", "installed",
     "MODELS_DIR", "SHIPPED_FP32", "SHIPPED_INT8", "SHIPPED_OPENVINO", "resolve_model", "shipped_models",
 ]
 
@@ -135,6 +135,9 @@ class Engine:
         implementation: ``module:Class`` of its `Backend`, imported on first use only.
         distribution: the package that provides it (availability and version reports).
         writes: the format of the INT8 models `cxr-edge quantize` makes for it, or None if it makes none.
+        remote: runs on a server (``--server``): never chosen by ``auto``, never a default benchmark row; the
+            local model file supplies the contract the server's model is checked against.
+        options: keyword arguments its backend takes beyond threads and mode (``server``, ``model_name``).
     """
 
     name: str
@@ -144,6 +147,8 @@ class Engine:
     implementation: str
     distribution: str
     writes: str | None = None
+    remote: bool = False
+    options: tuple[str, ...] = ()
 
     def load(self) -> type:
         """The engine's backend class; a `ModelError` if its package is missing here."""
@@ -159,6 +164,9 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            writes="onnx"),
     Engine("openvino", "OpenVINO", "OpenVINO", ("onnx", "openvino"),
            "cxr_edge.runtime.backends.openvino:OpenVinoBackend", "openvino", writes="openvino"),
+    Engine("kserve", "KServe v2 server", "KServe", ("onnx", "openvino"),
+           "cxr_edge.runtime.backends.kserve:KServeBackend", "tritonclient", remote=True,
+           options=("server", "model_name")),
 )}
 
 
@@ -170,9 +178,15 @@ def engine(name: str) -> Engine:
         raise ModelError(f"unknown backend {name!r}; choose one of auto, {', '.join(ENGINES)}") from exc
 
 
-def engines_for(fmt: str) -> list[Engine]:
-    """The engines that run a model format, in table order."""
-    return [e for e in ENGINES.values() if fmt in e.formats]
+def engines_for(fmt: str, *, remote: bool = False) -> list[Engine]:
+    """The engines that run a model format here, in table order; with `remote`, also those that send it to a
+    server."""
+    return [e for e in ENGINES.values() if fmt in e.formats and (remote or not e.remote)]
+
+
+def local_engines() -> list[str]:
+    """Names of the engines that run on this machine (the default benchmark rows)."""
+    return [e.name for e in ENGINES.values() if not e.remote]
 
 
 def reader_engine(fmt: str) -> Engine:

@@ -9,7 +9,8 @@ import click
 from cxr_edge.runtime.model_file import ENGINES
 
 __all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "model_option", "backend_option",
-           "threads_option", "gate_option", "progress", "csv_list", "engine_choices"]
+           "server_options", "remote_if_server", "threads_option", "gate_option", "progress", "csv_list",
+           "engine_choices"]
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
 """0 success, 1 usage or model error, 2 some inputs failed while the rest were processed, 3 (with ``--strict``)
@@ -28,6 +29,17 @@ gate_option = click.option(
 def engine_choices() -> list[str]:
     """``auto`` and every engine of the engine table."""
     return ["auto", *ENGINES]
+
+
+def server_options(command: Any) -> Any:
+    """``--server`` and ``--model-name``: inference on a KServe v2 server (Triton, OpenVINO Model Server)."""
+    command = click.option("--model-name", default=None, metavar="NAME",
+                           help="The server's name for the model (default: as export-repository names it: "
+                                "cxr-edge, or cxr-edge-openvino for an IR).")(command)
+    return click.option("--server", default=None, metavar="URL",
+                        help="With --backend kserve: the inference server, http://HOST:PORT. Decoding, the "
+                             "contract, the gate and outputs stay here; --model supplies the contract the "
+                             "server's model is checked against.")(command)
 
 
 model_option = click.option("--model", type=click.Path(dir_okay=False), default=None,
@@ -76,3 +88,15 @@ def csv_list(kind: type, allowed: tuple | None = None) -> Any:
         return items
 
     return parse
+
+
+def remote_if_server(backend: str, server: str | None) -> str:
+    """``--server`` alone means the remote engine; ``--server`` with a local engine is a contradiction."""
+    if server is None:
+        return backend
+    remote = [name for name, engine in ENGINES.items() if engine.remote]
+    if backend == "auto":
+        return remote[0]
+    if backend not in remote:
+        raise click.UsageError(f"--server sends images to a server; --backend {backend} runs them here")
+    return backend

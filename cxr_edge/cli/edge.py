@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cxr_edge.runtime.errors import CxrEdgeError, printable
-from cxr_edge.runtime.model_file import ENGINES
+from cxr_edge.runtime.model_file import ENGINES, local_engines
 
 from .common import (
     EXIT_DOUBTFUL,
@@ -21,6 +21,8 @@ from .common import (
     gate_option,
     model_option,
     progress,
+    remote_if_server,
+    server_options,
     threads_option,
 )
 
@@ -47,9 +49,10 @@ REFERENCE = "torch"
 @click.option("--show-phi", is_flag=True, help="Include DICOM patient name and ID in the output (never in logs).")
 @gate_option
 @click.option("--strict", is_flag=True, help="Exit with 3 when any image is rejected or uncertain.")
+@server_options
 def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
             cam_dir: str | None, recursive: bool, batch_size: int | None, show_phi: bool, gate: str,
-            strict: bool) -> int:
+            strict: bool, server: str | None, model_name: str | None) -> int:
     """Classify X-rays: files, folders and glob patterns of PNG, JPEG, BMP, TIFF or DICOM.
 
     Every input gets a result in input order, with a status: classified; uncertain (top probability below the
@@ -68,8 +71,9 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
     items = expand_inputs(paths, recursive=recursive)
     many = len(items) > 1
     err = Console(stderr=True, highlight=False)
-    classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput" if many else "latency",
-                                 gate=gate)
+    classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads,
+                                 mode="throughput" if many else "latency", gate=gate, server=server,
+                                 model_name=model_name)
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
     title = f"{classifier.path.name} on {classifier.backend.name} ({classifier.backend_reason})"
     writer = make_writer(fmt, sys.stdout, Console(highlight=False), classifier.contract.class_names,
@@ -130,8 +134,9 @@ def info(model: str | None, as_json: bool) -> int:
 @click.option("--data", "data_dirs", type=click.Path(file_okay=False, exists=True), multiple=True,
               help="Labelled class folders, read as `train --data` reads them (repeat for several): adds accuracy, "
                    "macro-F1, agreement with FP32 and accuracy per source; unreadable files are listed.")
-@click.option("--backends", default=",".join([*ENGINES, REFERENCE]), show_default=True,
-              callback=csv_list(str, (*ENGINES, REFERENCE)))
+@click.option("--backends", default=",".join([*local_engines(), REFERENCE]), show_default=True,
+              callback=csv_list(str, (*ENGINES, REFERENCE)),
+              help="Rows to run. kserve (a remote server, with --server) is added when --server is given.")
 @click.option("--precisions", default="fp32,int8", show_default=True, callback=csv_list(str, ("fp32", "int8")))
 @click.option("--batch", "batches", default="1,8,32", show_default=True, callback=csv_list(int),
               help="Batch sizes for throughput.")
@@ -146,9 +151,11 @@ def info(model: str | None, as_json: bool) -> int:
               help="PNG of latency distributions and throughput (needs the plot extra: matplotlib).")
 @click.option("--markdown", "markdown_out", type=click.Path(dir_okay=False), default=None,
               help="The table as markdown, for a report.")
+@server_options
 def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str, ...], backends: tuple[str, ...],
           precisions: tuple[str, ...], batches: tuple[int, ...], threads: int | None, runs: int, warmup: int,
-          e2e: bool, json_out: str | None, plot_out: str | None, markdown_out: str | None) -> int:
+          e2e: bool, json_out: str | None, plot_out: str | None, markdown_out: str | None, server: str | None,
+          model_name: str | None) -> int:
     """How fast, how accurate, how much headroom: every engine and precision side by side.
 
     With no arguments: the shipped model, FP32 and INT8, on ONNX Runtime and OpenVINO, on synthetic input.
@@ -163,6 +170,9 @@ def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str,
 
     if e2e and not data_dirs:
         raise click.UsageError("--end-to-end needs real files: give --data DIR")
+    remote = [name for name, engine in ENGINES.items() if engine.remote]
+    if server and not set(remote) & set(backends):
+        backends = (*backends, *remote)
     if plot_out:
         require("matplotlib", purpose="--plot")  # before the benchmark, not after it
     reference = None
@@ -175,7 +185,8 @@ def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str,
         result = run_bench([Path(m) for m in models], reference=reference, data_dir=roots or None,
                            backends=backends, precisions=precisions, batches=batches, threads=threads, runs=runs,
                            warmup=warmup, end_to_end=end_to_end_files(roots) if e2e else (),
-                           on_progress=lambda text: bar.update(task, description=text))
+                           on_progress=lambda text: bar.update(task, description=text), server=server,
+                           model_name=model_name)
     bench_table(result, Console(highlight=False))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")

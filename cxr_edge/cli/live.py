@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from .common import EXIT_OK, backend_option, gate_option, model_option, threads_option
+from .common import (
+    EXIT_OK,
+    backend_option,
+    gate_option,
+    model_option,
+    remote_if_server,
+    server_options,
+    threads_option,
+)
 
 __all__ = ["COMMANDS", "watch", "dicom_listen"]
 
@@ -30,8 +38,9 @@ __all__ = ["COMMANDS", "watch", "dicom_listen"]
               help="List the folder every POLL seconds instead of using inotify (network shares).")
 @click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
 @gate_option
+@server_options
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, cam: bool,
-          settle: float, poll: float | None, once: bool, gate: str) -> int:
+          settle: float, poll: float | None, once: bool, gate: str, server: str | None, model_name: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
     A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
@@ -46,7 +55,8 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.live.results import live_line
     from cxr_edge.runtime.live.watch import FolderWatcher
 
-    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency", gate=gate)
+    classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
+                                 gate=gate, server=server, model_name=model_name)
 
     def show(record: dict, repeated: bool) -> None:
         click.echo(live_line(record, Path(record["path"]).name,
@@ -79,8 +89,10 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
 @click.option("--keep-phi", is_flag=True, help="Also write patient name and ID into the JSON results.")
 @gate_option
+@server_options
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
-                 allow: tuple[str, ...], host: str, keep_phi: bool, gate: str) -> int:
+                 allow: tuple[str, ...], host: str, keep_phi: bool, gate: str, server: str | None,
+                 model_name: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
@@ -99,7 +111,8 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     from cxr_edge.runtime.live.dicom_listener import DicomListener
     from cxr_edge.runtime.live.results import live_line
 
-    classifier = Classifier.open(model, backend=backend, threads=threads, mode="latency", gate=gate)
+    classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
+                                 gate=gate, server=server, model_name=model_name)
 
     def show(record: dict) -> None:
         click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))

@@ -10,6 +10,7 @@ import importlib.metadata
 import logging
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,14 @@ __all__ = ["Backend", "ModelIO", "check_io", "open_backend", "resolve_backend"]
 log = logging.getLogger(__name__)
 
 
-def open_backend(path: str | Path, name: str, *, threads: int | None = None, mode: str = "latency") -> Backend:
-    """Open a model file on a named engine (a key of ``ENGINES``)."""
+def open_backend(path: str | Path, name: str, *, threads: int | None = None, mode: str = "latency",
+                 **options: Any) -> Backend:
+    """Open a model file on a named engine (a key of ``ENGINES``).
+
+    Args:
+        options: what a remote engine needs (``server``, ``model_name``); ignored by the others, so callers may
+            pass them whatever the engine.
+    """
     path = Path(path)
     chosen = engine(name)
     if mode not in MODES:
@@ -34,7 +41,10 @@ def open_backend(path: str | Path, name: str, *, threads: int | None = None, mod
     fmt = model_format(path)
     if fmt not in chosen.formats:
         raise ModelError(f"{path}: {fmt} models run only on {' or '.join(e.name for e in engines_for(fmt))}")
-    return chosen.load()(path, threads=threads, mode=mode)
+    given = {k: v for k, v in options.items() if k in chosen.options and v is not None}
+    if chosen.remote and "server" not in given:
+        raise ModelError(f"--backend {chosen.name} needs --server URL (the inference server to send images to)")
+    return chosen.load()(path, threads=threads, mode=mode, **given)
 
 
 def resolve_backend(path: str | Path, requested: str = "auto", *, threads: int | None = None) -> tuple[str, str]:

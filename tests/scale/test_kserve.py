@@ -1,0 +1,143 @@
+"""The remote engine against a real Triton server on 127.0.0.1: same answers as local, batched on the server,
+mismatches refused at open, a server gone mid-run failing images (not hanging)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr_edge.runtime.classifier import Classifier
+from cxr_edge.runtime.errors import InferenceError, ModelError
+from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8
+from cxr_edge.runtime.pipeline import predict_stream
+from tests.factories import CLASSES, tiny_onnx
+from tests.hostile import noisy_film
+from tests.processes import run_cli
+from tests.scale.conftest import TritonServer
+
+ACCESS_TOKEN = "cxr-edge-tests"
+"""tests/serving/pytriton_server.py's token for the statistics API."""
+
+SHIPPED = MODELS_DIR / SHIPPED_INT8
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("films")
+    paths = []
+    for i in range(6):
+        path = folder / f"film{i}.png"
+        cv2.imwrite(str(path), np.roll(noisy_film(), 37 * i, axis=1))
+        paths.append(path)
+    return paths
+
+
+def test_remote_answers_equal_local_ones(triton: TritonServer, films: list[Path]) -> None:
+    remote = Classifier.open(SHIPPED, backend="kserve", server=triton.url)
+    local = Classifier.open(SHIPPED, backend="ort", threads=1)
+    assert remote.backend.settings["model"] == "cxr-edge" and remote.contract == local.contract
+    for there, here in zip(remote.predict(films, batch_size=4), local.predict(films, batch_size=4), strict=True):
+        assert there.error is None and there.status == here.status and there.label == here.label
+        for name in CLASSES:
+            assert abs(there.probabilities[name] - here.probabilities[name]) <= 1e-5
+        assert there.gate == here.gate
+
+
+def test_concurrent_requests_are_batched_by_the_server(triton: TritonServer) -> None:
+    import tritonclient.http as http
+
+    backend = Classifier.open(SHIPPED, backend="kserve", server=triton.url).backend
+    stats = http.InferenceServerClient(f"127.0.0.1:{triton.port}")
+
+    def counts() -> tuple[int, int]:
+        model = stats.get_inference_statistics("cxr-edge", headers={"triton-access-token": ACCESS_TOKEN})[
+            "model_stats"][0]
+        return int(model["inference_count"]), int(model["execution_count"])
+
+    before = counts()
+    one = np.random.default_rng(0).normal(size=(1, 1, 224, 224)).astype(np.float32)
+    start = threading.Barrier(16)
+
+    def send() -> None:
+        start.wait()
+        backend.run(one)
+
+    threads = [threading.Thread(target=send) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    inferences, executions = (after - prior for after, prior in zip(counts(), before, strict=True))
+    assert inferences == 16 and executions < inferences  # several requests ran as one batch
+
+
+def test_a_model_with_another_contract_is_refused_at_open(triton: TritonServer, tmp_path: Path) -> None:
+    three = tiny_onnx(tmp_path / "three.onnx", size=224, classes=CLASSES[:3])
+    with pytest.raises(ModelError, match="outputs 4 class probabilities, the local contract names 3"):
+        Classifier.open(three, backend="kserve", server=triton.url)
+    small = tiny_onnx(tmp_path / "small.onnx", size=64)
+    with pytest.raises(ModelError, match=r"its input is \[1, 224, 224\] per image, the local contract's \[1, 64, 64\]"):
+        Classifier.open(small, backend="kserve", server=triton.url)
+    result = run_cli("predict", "--backend", "kserve", "--server", triton.url, "--model", three, tmp_path)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "not the model of three.onnx" in result.stderr
+
+
+def test_no_server_or_no_model_is_one_line(triton: TritonServer, tmp_path: Path) -> None:
+    from tests.scale.conftest import free_port_block
+
+    nowhere = f"http://127.0.0.1:{free_port_block()}"
+    for args, words in ((["--server", nowhere], "no inference server answers"),
+                        (["--server", triton.url, "--model-name", "absent"], "no model 'absent'"),
+                        (["--server", "ftp://x"], "give http://HOST:PORT")):
+        result = run_cli("predict", str(tmp_path), *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, (args, result.stderr)
+    usage = run_cli("predict", str(tmp_path), "--backend", "ort", "--server", triton.url)
+    assert usage.returncode == 1 and usage.stderr.strip().endswith("--backend ort runs them here")
+
+
+def test_a_server_gone_mid_run_fails_the_rest_quickly_and_never_hangs(films: list[Path]) -> None:
+    server = TritonServer(SHIPPED)
+    try:
+        classifier = Classifier.open(SHIPPED, backend="kserve", server=server.url)
+        results, killed_at = [], None
+        for prediction in predict_stream(classifier, films * 3, batch_size=1, workers=1):
+            results.append(prediction)
+            if len(results) == 2:
+                server.stop()
+                killed_at = time.monotonic()
+        elapsed = time.monotonic() - killed_at
+    finally:
+        server.stop()
+    assert [r.error for r in results[:2]] == [None, None]
+    failed = results[2:]
+    assert len(failed) == 16 and all(r.label is None and r.error.startswith("inference failed: ") for r in failed)
+    assert elapsed < 20  # connection refused, retried twice, then fail fast for the cool-down
+    with pytest.raises(InferenceError):
+        classifier.backend.run(np.zeros((1, 1, 224, 224), np.float32))
+
+
+def test_watch_and_bench_run_on_the_server(triton: TritonServer, films: list[Path], tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for path in films[:2]:
+        (inbox / path.name).write_bytes(path.read_bytes())
+    result = run_cli("watch", inbox, "--out", tmp_path / "out", "--server", triton.url, "--once")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "results").glob("*.json")]
+    assert len(records) == 2 and all(r["error"] is None for r in records)
+
+    from cxr_edge.runtime.bench import run_bench
+
+    bench = run_bench([SHIPPED], backends=("ort", "kserve"), precisions=("int8",), batches=(1,), runs=10,
+                      warmup=2, threads=1, server=triton.url)
+    rows = {row["backend"]: row for row in bench["rows"]}
+    assert "error" not in rows["kserve"] and rows["kserve"]["remote_overhead_ms"] > 0
+    assert "load_s" in rows["ort"] and "load_s" not in rows["kserve"]  # a server's start-up is its own
