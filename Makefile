@@ -4,6 +4,8 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# A real Triton server for the remote-engine tests (see the `test` target): its own environment.
+TRITON_VENV ?= .venv-triton
 # The labelled images: a setting, never a path in the code (folders separated by ':'). The default is the two
 # shared sets beside the checkout: the four-class set, then the adult set.
 CXR_DATA ?= $(abspath ../shared/datasets/cxr4):$(abspath ../shared/datasets/cxr-adult)
@@ -45,7 +47,6 @@ test: $(VENV)/.dev-installed system-tools $(TRITON_VENV)/.installed
 
 # A real Triton server for the remote-engine tests: PyTriton ships tritonserver with its Python backend, and pins
 # numpy below 2, so it lives in its own environment, next to the project's.
-TRITON_VENV ?= .venv-triton
 $(TRITON_VENV)/.installed:
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install --quiet 'nvidia-pytriton==0.7.*' 'numpy<2' onnxruntime

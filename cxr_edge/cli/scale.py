@@ -4,13 +4,14 @@ Server; `score-archive` scores a whole archive on Ray. Inference on a server fro
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
-from .common import EXIT_OK
+from .common import EXIT_OK, EXIT_PARTIAL, backend_option, gate_option, model_option
 
-__all__ = ["COMMANDS", "export_repository_command"]
+__all__ = ["COMMANDS", "export_repository_command", "score_archive_command"]
 
 REPOSITORY_FORMATS = ("triton", "ovms", "both")
 """`cxr_edge.runtime.repository.REPOSITORY_FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps
@@ -47,4 +48,51 @@ def export_repository_command(out: str, models: tuple[str, ...], fmt: str, name:
     return EXIT_OK
 
 
-COMMANDS = (export_repository_command,)
+@click.command("score-archive")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Results folder: parts/*.parquet (one row per image); a rerun continues where the last stopped.")
+@model_option
+@backend_option("Inference engine inside each worker.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Ray actors, each with one classifier and one inference thread.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Images per worker call and per written Parquet part.")
+@click.option("--address", default="local", show_default=True,
+              help="local: a Ray instance for this job; auto: the cluster this machine joined (`ray start`); or "
+                   "a cluster address such as ray://head:10001.")
+@click.option("--jsonl", is_flag=True, help="Also append every row to OUT/results.jsonl.")
+@gate_option
+def score_archive_command(source: str, out_dir: str, model: str | None, backend: str, workers: int,
+                          batch_size: int, address: str, jsonl: bool, gate: str) -> int:
+    """Score a whole archive on Ray: SOURCE is a folder tree or a CSV/TSV manifest of paths.
+
+    Each image gets one row (the predict record, its SHA-256, size and time stamp, the model's SHA-256) in
+    OUT/parts/*.parquet, written batch by batch as results arrive. Run it again after a crash or kill and it
+    skips what already has a row for this model (same file, or same content): nothing is scored twice. An
+    unreadable file is a row with its error. Needs the scale extra: pip install 'cxr-edge[scale]'.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cxr_edge.runtime.archive import score_archive
+
+    err = Console(stderr=True)
+    started = time.monotonic()
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("scoring", total=None, rate="")
+
+        def advance(done: int, total: int) -> None:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:,.1f} images/s")
+
+        summary = score_archive(source, out_dir, model=model, backend=backend, workers=workers,
+                                batch_size=batch_size, address=address, jsonl=jsonl, gate=gate,
+                                on_progress=advance)
+    click.echo(f"cxr-edge: {summary.line()}; results in {Path(out_dir) / 'parts'}", err=True)
+    return EXIT_PARTIAL if summary.statuses.get("failed") else EXIT_OK
+
+
+COMMANDS = (export_repository_command, score_archive_command)
