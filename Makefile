@@ -37,10 +37,11 @@ APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -q 
 runtime-libs:
 	@/sbin/ldconfig -p | grep -q libopenjp2.so.7 || { $(call APT_INSTALL,libopenjp2-7); }
 
-# Real peers for the live-mode tests: dcmtk (storescu, echoscu, dsrdump) and systemd-analyze, from Debian.
+# Real peers for the live-mode tests, from Debian: dcmtk (storescu, storescp, echoscu, dsrdump), dicom3tools
+# (dciodvfy, the IOD checker), chromium (the headless browser the status-page tests drive) and systemd-analyze.
 system-tools: runtime-libs
-	@command -v storescu >/dev/null && command -v systemd-analyze >/dev/null || \
-	  { $(call APT_INSTALL,dcmtk systemd); }
+	@command -v storescu >/dev/null && command -v dciodvfy >/dev/null && command -v chromium >/dev/null && \
+	  command -v systemd-analyze >/dev/null || { $(call APT_INSTALL,dcmtk dicom3tools chromium systemd); }
 
 test: $(VENV)/.dev-installed system-tools $(TRITON_VENV)/.installed
 	CXR_EDGE_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(BIN)/python -m pytest -q

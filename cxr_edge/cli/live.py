@@ -21,6 +21,10 @@ from .common import (
 
 __all__ = ["COMMANDS", "watch", "dicom_listen"]
 
+SR_KINDS = ("tid1500", "basic")
+"""`cxr_edge.runtime.live.dicom_listener.SR_KINDS`, repeated so that ``--help`` needs no pydicom (a test keeps the
+two equal)."""
+
 
 @click.command()
 @click.argument("in_dir", type=click.Path(file_okay=False))
@@ -78,7 +82,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 @click.option("--ae-title", default="CXREDGE", show_default=True, help="This node's AE title (1-16 characters).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Results folder: incoming/, done/, failed/ (instances), results/ (JSON per SOP Instance UID), "
-                   "sr/ (Basic Text SR per instance), quarantine/ (refused datasets with their reasons).")
+                   "sr/ (a report per instance), quarantine/ (refused datasets with their reasons), status.json.")
 @model_option
 @backend_option()
 @threads_option
@@ -87,20 +91,38 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                    "Titles match exactly and case-sensitively; leading and trailing spaces do not count (DICOM "
                    "PS3.5 6.2); a title with a backslash or control character is refused.")
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
-@click.option("--keep-phi", is_flag=True, help="Also write patient name and ID into the JSON results.")
+@click.option("--keep-phi", is_flag=True,
+              help="Also write patient name and ID into the JSON results and the FHIR subject.")
+@click.option("--sr", "sr_kind", type=click.Choice(SR_KINDS), default="tid1500", show_default=True,
+              help="Report per instance: tid1500, a coded Comprehensive 3D SR (TID 1500 measurement report: SNOMED "
+                   "CT finding, probabilities, status, algorithm); basic, a Basic Text SR for a PACS that cannot "
+                   "show TID 1500.")
+@click.option("--sc", is_flag=True,
+              help="Also write the heatmap as a DICOM Secondary Capture in the study (OUT/sc/), labelled NOT FOR "
+                   "DIAGNOSTIC USE, and forward it with the report.")
+@click.option("--cam", is_flag=True, help="Also write the heatmap as a PNG (OUT/cam/), which the status page shows.")
+@click.option("--forward", multiple=True, metavar="AE@HOST:PORT",
+              help="Send every report (and heatmap) to this PACS by C-STORE, from a durable outbox "
+                   "(OUT/outbox/): retried with backoff while the PACS is down, kept across restarts. Repeatable.")
+@click.option("--fhir", "fhir_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a FHIR R5 Bundle (DiagnosticReport + Observation) per image into this folder; no "
+                   "patient identifiers unless --keep-phi. Needs pip install 'cxr-edge[fhir]'.")
 @gate_option
 @server_options
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
-                 allow: tuple[str, ...], host: str, keep_phi: bool, gate: str, server: str | None,
+                 allow: tuple[str, ...], host: str, keep_phi: bool, sr_kind: str, sc: bool, cam: bool,
+                 forward: tuple[str, ...], fhir_dir: str | None, gate: str, server: str | None,
                  model_name: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
     images, uncompressed, JPEG, JPEG 2000 or RLE, and answers C-ECHO. Each instance is stored before Success is
-    returned, then classified from a queue: OUT/results/<SOP Instance UID>.json and OUT/sr/<UID>.sr.dcm, a Basic
-    Text SR in the image's study. Bad datasets get a failure status and a copy in OUT/quarantine/. An instance
-    sent twice is kept once; a different dataset reusing a SOP Instance UID is stored as <UID>_2 with a warning.
-    Logs name instances by UID only; patient identifiers are never printed.
+    returned, then classified from a queue: OUT/results/<SOP Instance UID>.json and OUT/sr/<UID>.sr.dcm, a
+    report in the image's study (coded TID 1500 by default), which --forward sends on to a PACS. OUT/status.json
+    says what the listener is doing; `cxr-edge status-page OUT` shows it in a browser. Bad datasets get a
+    failure status and a copy in OUT/quarantine/. An instance sent twice is kept once; a different dataset
+    reusing a SOP Instance UID is stored as <UID>_2 with a warning. Logs name instances by UID only; patient
+    identifiers are never printed.
 
     Idle or hostile peers cannot lock senders out: at most 4 open connections per address, 10 s to send an
     association request, 30 s of silence before an association is aborted.
@@ -108,8 +130,14 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     import threading
 
     from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.extras import require
     from cxr_edge.runtime.live.dicom_listener import DicomListener
+    from cxr_edge.runtime.live.outbox import parse_destination
     from cxr_edge.runtime.live.results import live_line
+
+    destinations = [parse_destination(text) for text in forward]
+    if fhir_dir is not None:
+        require("fhir", purpose="dicom-listen --fhir")
 
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
@@ -118,11 +146,13 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
         click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))
 
     listener = DicomListener(out_dir, classifier, port=port, ae_title=ae_title, host=host, allow=allow or None,
-                             keep_phi=keep_phi, on_record=show)
+                             keep_phi=keep_phi, on_record=show, sr=sr_kind, sc=sc, cam=cam, forward=destinations,
+                             fhir_dir=fhir_dir)
     listener.start()
     click.echo(f"cxr-edge: listening as {listener.ae_title} on port {listener.port} with {classifier.path.name} on "
                f"{classifier.backend.name}; results in {out_dir}"
-               + (f"; calling AEs allowed: {', '.join(allow)}" if allow else ""), err=True)
+               + (f"; calling AEs allowed: {', '.join(allow)}" if allow else "")
+               + (f"; forwarding to {', '.join(map(str, destinations))}" if destinations else ""), err=True)
     stopped = threading.Event()
     with StopOnSignals(stopped.set):
         while not stopped.wait(60):

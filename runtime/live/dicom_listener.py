@@ -3,10 +3,12 @@
 An instance is written to ``OUT_DIR/incoming/<SOP Instance UID>.dcm`` (synced) before the sender hears Success,
 so an accepted image survives any crash; classification runs in worker threads, never inside the association
 handler, so a slow model cannot stall a sender. For each instance a worker writes, in this order,
-``results/<UID>.json`` (the result), ``sr/<UID>.sr.dcm`` (a Basic Text SR built from it), then moves the instance
-to ``done/`` (or to ``failed/`` with ``<UID>.reason.txt``). A restart resumes everything still in
-``incoming/``; an instance that already has a result is never classified twice, and a missing report is rebuilt
-from its result.
+``cam/<UID>.cam.png`` and ``sc/<UID>.sc.dcm`` (the heatmap, as a picture and as a Secondary Capture, when asked
+for), ``results/<UID>.json`` (the result), ``sr/<UID>.sr.dcm`` (a coded TID 1500 SR or a Basic Text SR built from
+it), ``fhir/<UID>.json`` (when asked for), queues the reports for the PACS (`outbox`), then moves the instance
+to ``done/`` (or to ``failed/`` with ``<UID>.reason.txt``). ``status.json`` says what the listener is doing. A
+restart resumes everything still in ``incoming/``; an instance that already has a result is never classified
+twice, and a missing report is rebuilt from its result.
 
 A dataset that cannot be used (unreadable, no pixel data, UIDs missing or inconsistent) gets a failure status and
 a copy in ``quarantine/`` with the reason; the listener keeps running. An instance sent again with the same
@@ -43,11 +45,20 @@ from ..classifier import Classifier, Prepared
 from ..dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 from ..errors import CxrEdgeError, first_line
 from ..model_file import file_sha256
+from .ae_title import valid_ae_title
+from .coded_sr import build_coded_sr
 from .files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
+from .health import Heartbeat
+from .outbox import Destination, Outbox
 from .results import LiveSummary, live_record
+from .secondary_capture import build_heatmap_sc, heatmap_picture
 from .sr import build_sr
 
-__all__ = ["DicomListener", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
+SR_KINDS = ("tid1500", "basic")
+"""``tid1500``: coded Comprehensive 3D SR (`coded_sr`); ``basic``: Basic Text SR (`sr`) for a PACS that cannot
+show TID 1500."""
+
+__all__ = ["DicomListener", "SR_KINDS", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +116,6 @@ class Status:
     CANNOT_UNDERSTAND = 0xC000
 
 
-def valid_ae_title(title: str) -> str | None:
-    """Why `title` is not a valid AE title (PS3.5 6.2), or None. Leading and trailing spaces do not count."""
-    core = title.strip(" ")
-    if not core:
-        return "it is empty"
-    if len(core) > 16:
-        return f"it has {len(core)} characters (at most 16)"
-    if any(not " " <= c <= "~" or c == "\\" for c in core):
-        return "it holds a backslash, a control character or a character outside ASCII"
-    return None
-
-
 def ae_title_from_pdu(raw: bytes) -> str | None:
     """The calling AE title as it was sent (16 bytes of the A-ASSOCIATE-RQ), without its non-significant spaces;
     None if it is not valid. pynetdicom strips any whitespace, so a tab or newline would pass there."""
@@ -146,16 +145,34 @@ class DicomListener:
         ae_title: this node's application entity title.
         host: address to bind (default every interface).
         allow: calling AE titles allowed to associate; None allows any.
-        keep_phi: also write patient name and ID into the JSON results.
+        keep_phi: also write patient name and ID into the JSON results (and the FHIR subject).
         on_record: called from the worker with each result record as it is written.
+        sr: the report's kind, one of `SR_KINDS`.
+        sc: also write the heatmap as a Secondary Capture in the study (and forward it).
+        cam: also write the heatmap as a PNG (``cam/``; the status page shows it).
+        forward: send every report (and heatmap) to these Storage SCPs from a durable outbox.
+        fhir_dir: also write a FHIR Bundle (DiagnosticReport + Observation) per image into this folder.
     """
 
     def __init__(self, out_dir: str | Path, classifier: Classifier, *, port: int = 11112, ae_title: str = "CXREDGE",
                  host: str = "", allow: Sequence[str] | None = None, keep_phi: bool = False,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_record: Callable[[dict[str, Any]], None] | None = None, sr: str = "tid1500",
+                 sc: bool = False, cam: bool = False, forward: Sequence[Destination] = (),
+                 fhir_dir: str | Path | None = None) -> None:
+        if sr not in SR_KINDS:
+            raise CxrEdgeError(f"SR kind {sr!r}: expected one of {', '.join(SR_KINDS)}")
+        if (sc or cam) and not classifier.has_cam:
+            raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so it cannot draw heatmaps")
         self.out = Path(out_dir)
         self.incoming, self.done, self.failed = self.out / "incoming", self.out / "done", self.out / "failed"
         self.results, self.reports, self.quarantine = self.out / "results", self.out / "sr", self.out / "quarantine"
+        self.captures, self.heatmaps = self.out / "sc", self.out / "cam"
+        self.fhir = Path(fhir_dir) if fhir_dir is not None else None
+        self.sr_kind, self.sc, self.cam = sr, sc, cam
+        self.outbox = Outbox(self.out, list(forward), calling_ae=ae_title.strip(" ")) if forward else None
+        self.heartbeat = Heartbeat(self.out, "dicom-listen", self._snapshot)
+        self._last_arrival: str | None = None
+        self._last_result: str | None = None
         for title in (ae_title, *(allow or ())):
             if (problem := valid_ae_title(title)) is not None:
                 raise CxrEdgeError(f"AE title {title!r} is not valid: {problem}")
@@ -190,7 +207,10 @@ class DicomListener:
 
         quiet_pydicom()  # datasets are decoded on receipt, before cxr-edge's loader sees them
 
-        for folder in (self.incoming, self.done, self.failed, self.results, self.reports, self.quarantine):
+        folders = [self.incoming, self.done, self.failed, self.results, self.reports, self.quarantine]
+        folders += [self.captures] * self.sc + [self.heatmaps] * (self.sc or self.cam)
+        folders += [self.fhir] if self.fhir is not None else []
+        for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(folder)
         leftovers = sorted(self.incoming.glob("*.dcm"))
@@ -220,6 +240,9 @@ class DicomListener:
             self.stop()
             raise CxrEdgeError(f"cannot listen on port {self.requested_port}: {exc.strerror or exc}") from exc
         threading.Thread(target=self._server.serve_forever, name="cxr-dicom-accept", daemon=True).start()
+        if self.outbox is not None:
+            self.outbox.start()
+        self.heartbeat.start()
 
     def stop(self, *, drain: bool = False) -> None:
         """Stop accepting, let the worker finish the instance in hand (or, with `drain`, the queue), then return.
@@ -235,6 +258,18 @@ class DicomListener:
         for worker in self._workers:
             worker.join()
         self._workers = []
+        if self.outbox is not None:
+            self.outbox.stop()
+        self.heartbeat.stop()
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What `status.json` says beside mode and times (no patient identifier)."""
+        with self._lock:
+            in_flight = len(self._inflight)
+        return {"listening": f"{self.ae_title} on port {self.port}", "model": self.classifier.path.name,
+                "queue": in_flight, "last_arrival": self._last_arrival, "last_result": self._last_result,
+                "counts": self.summary.as_dict(), "quarantined": self.quarantined,
+                "outbox_backlog": self.outbox.backlog() if self.outbox is not None else None}
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until every received instance has its result; True if that happened within `timeout`."""
@@ -263,6 +298,7 @@ class DicomListener:
         uid = str(request.AffectedSOPInstanceUID)
         calling = getattr(event.assoc, "cxr_calling_title", None) or str(event.assoc.requestor.ae_title)
         arrived_s, arrived = time.monotonic(), utc_now()
+        self._last_arrival = arrived
         if sop_class not in STORAGE_CLASSES:
             log.warning("refused instance %s from %s: SOP class %s is not a radiograph", uid, calling, sop_class)
             return Status.SOP_CLASS_NOT_SUPPORTED
@@ -353,7 +389,10 @@ class DicomListener:
             try:
                 self._classify(item, *self._prepare(item))
             except Exception as exc:  # disk full and the like: keep the instance in incoming/ for a restart
-                log.error("instance %s: cannot write its result: %s", item.uid, first_line(exc))
+                # Only an OS error's own words: other messages may quote header values (patient identifiers).
+                reason = f"{exc.strerror or exc} ({type(exc).__name__})" if isinstance(exc, OSError) \
+                    else type(exc).__name__
+                log.error("instance %s: cannot write its result: %s", item.uid, reason)
             finally:
                 with self._lock:
                     self._inflight.pop(item.uid, None)
@@ -362,7 +401,7 @@ class DicomListener:
         """Decode and preprocess one stored instance, and read its header for the report."""
         import pydicom
 
-        prepared = self.classifier.prepare(item.path)
+        prepared = self.classifier.prepare(item.path, keep_display=self.sc or self.cam)
         try:
             header = pydicom.dcmread(item.path, stop_before_pixels=True)
         except Exception:  # the prepared input carries the reason
@@ -374,7 +413,7 @@ class DicomListener:
         if result_path.exists():
             record = json.loads(result_path.read_text())
         else:
-            prediction = self.classifier.infer([prepared])[0]
+            prediction = self.classifier.infer([prepared], cam=self.sc or self.cam)[0]
             warnings = list(prediction.warnings)
             if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
                 warnings.append(RAW_DETECTOR_WARNING)
@@ -395,29 +434,81 @@ class DicomListener:
                 "arrival_to_result_ms": round((time.monotonic() - item.arrived_s) * 1000, 3)}
             if self.keep_phi and prediction.patient:
                 extra["patient"] = prediction.patient
+            extra |= self._write_heatmaps(header, prediction, item.uid)
+            extra["fhir"] = f"fhir/{item.uid}.json" if self.fhir is not None and prediction.error is None else None
             record = live_record(prediction, path=f"incoming/{item.uid}.dcm", sha256=file_sha256(item.path),
                                  arrived=item.arrived, finished=utc_now(), model=self.classifier.path.name, **extra)
             write_json_atomic(result_path, record)
             self.summary.add(record, record["arrival_to_result_ms"])
         if record["sr"] and not (self.out / record["sr"]).exists():  # also repairs a crash after the result
             self._write_sr(header, record, self.out / record["sr"])
+        if record.get("fhir") and self.fhir is not None and not (self.fhir / f"{item.uid}.json").exists():
+            self._write_fhir(record, self.fhir / f"{item.uid}.json")
+        if self.outbox is not None:
+            for key in ("sr", "sc"):
+                if record.get(key):
+                    self.outbox.put(self.out / record[key])
         target = self.out / record["moved_to"]
         if record["error"] is not None:
             write_atomic(target.with_name(f"{item.uid}.reason.txt"),
                          f"SOP Instance UID {item.uid}: {record['error']}\n".encode())
         move_to(item.path, target)
+        self._last_result = record.get("finished")
+        self.heartbeat.beat()
         if self.on_record is not None:
             self.on_record(record)
+
+    def _write_heatmaps(self, header: Any, prediction: Any, name: str) -> dict[str, str]:
+        """The heatmap as PNG and as Secondary Capture, for a classified image when asked for; written before the
+        result, so that a result never names a heatmap that is not there."""
+        if prediction.cam is None or prediction.display is None or prediction.status == "rejected" \
+                or prediction.error is not None:
+            return {}
+        import io
+
+        import cv2
+        import pydicom
+
+        caption = f"{prediction.label} {prediction.probabilities[prediction.label]:.2f} ({prediction.status})"
+        picture = heatmap_picture(prediction.display, prediction.cam, caption)
+        written = {}
+        ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        if ok:
+            write_atomic(self.heatmaps / f"{name}.cam.png", png.tobytes())
+            written["cam"] = f"cam/{name}.cam.png"
+        if self.sc:
+            capture = build_heatmap_sc(header, picture, model_sha256=self._model_sha256, caption=caption)
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, capture, enforce_file_format=True)
+            write_atomic(self.captures / f"{name}.sc.dcm", buffer.getvalue())
+            written["sc"] = f"sc/{name}.sc.dcm"
+        return written
+
+    def _write_fhir(self, record: dict[str, Any], path: Path) -> None:
+        from .fhir import build_fhir_bundle
+
+        patient = None
+        if self.keep_phi and record.get("patient"):
+            patient = {"id": str(record["patient"].get("id", "")), "name": str(record["patient"].get("name", ""))}
+        write_json_atomic(path, build_fhir_bundle(record, model_sha256=self._model_sha256,
+                                                  software_version=self._version, patient=patient))
 
     def _write_sr(self, header: Any, record: dict[str, Any], path: Path) -> None:
         import io
 
         import pydicom
 
-        report = build_sr(header, label=record["label"], probabilities=record["probabilities"],
-                          model_name=self.classifier.path.name, model_sha256=self._model_sha256,
-                          software_version=self._version, warnings=record["warnings"],
-                          status=record.get("status", "classified"))
+        if self.sr_kind == "basic":
+            report = build_sr(header, label=record["label"], probabilities=record["probabilities"],
+                              model_name=self.classifier.path.name, model_sha256=self._model_sha256,
+                              software_version=self._version, warnings=record["warnings"],
+                              status=record.get("status", "classified"))
+        else:
+            report = build_coded_sr(header, status=record.get("status", "classified"), label=record["label"],
+                                    probabilities=record["probabilities"],
+                                    gate_score=(record.get("gate") or {}).get("score"),
+                                    model_name=self.classifier.path.name, model_sha256=self._model_sha256,
+                                    software_version=self._version, warnings=record["warnings"])
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, report, enforce_file_format=True)
         write_atomic(path, buffer.getvalue())

@@ -12,11 +12,12 @@ import errno
 import json
 import os
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "move_to", "free_name", "fit_name",
-           "remove_stale_temps", "same_file", "utc_now"]
+           "remove_stale_temps", "replace_json", "same_file", "utc_now"]
 
 TEMP_PREFIX = ".cxr-edge-"
 """Files being written carry this prefix; a restart deletes leftovers (they were never complete)."""
@@ -57,6 +58,17 @@ def write_atomic(path: Path, data: bytes) -> bool:
         temp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return True
+
+
+def replace_json(path: Path, record: dict) -> None:
+    """Replace a status file whole (rename over it), so a reader never sees half of it. Not synced: a status is
+    rewritten every few seconds, and a lost one is replaced by the next."""
+    temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        temp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, record: dict) -> bool:
