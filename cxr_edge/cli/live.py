@@ -41,10 +41,17 @@ two equal)."""
 @click.option("--poll", type=click.FloatRange(0.05), default=None,
               help="List the folder every POLL seconds instead of using inotify (network shares).")
 @click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
+@click.option("--sr", "sr_kind", type=click.Choice(SR_KINDS), default=None,
+              help="For DICOM inputs, also write a report in the image's study to OUT/sr/: tid1500 (coded) or "
+                   "basic (text). Default: none, or tid1500 with --forward.")
+@click.option("--forward", multiple=True, metavar="AE@HOST:PORT",
+              help="Send the reports of DICOM inputs to this PACS by C-STORE from a durable outbox (OUT/outbox/), "
+                   "retried while the PACS is down and kept across restarts. Repeatable.")
 @gate_option
 @server_options
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, cam: bool,
-          settle: float, poll: float | None, once: bool, gate: str, server: str | None, model_name: str | None) -> int:
+          settle: float, poll: float | None, once: bool, sr_kind: str | None, forward: tuple[str, ...], gate: str,
+          server: str | None, model_name: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
     A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
@@ -53,12 +60,15 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     already in IN_DIR are processed too. After a crash or kill -9, restarting finishes the work in flight: no
     image is lost and none gets two results. An input that changes after its result (a writer that paused) is
     classified again. If OUT cannot be written (read-only, full), it waits and retries; it never exits for it.
-    Prints one line per image and a summary whenever it goes idle.
+    Prints one line per image and a summary whenever it goes idle. OUT/status.json says what the watcher is
+    doing; `cxr-edge status-page OUT` shows it in a browser.
     """
     from cxr_edge.runtime.classifier import Classifier
+    from cxr_edge.runtime.live.outbox import parse_destination
     from cxr_edge.runtime.live.results import live_line
     from cxr_edge.runtime.live.watch import FolderWatcher
 
+    destinations = [parse_destination(text) for text in forward]
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
 
@@ -67,7 +77,8 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                              note="already classified: kept the earlier result" if repeated else None))
 
     watcher = FolderWatcher(in_dir, out_dir, classifier, cam=cam, settle_s=settle, poll_s=poll, on_record=show,
-                            on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True))
+                            on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True),
+                            sr=sr_kind, forward=destinations)
     click.echo(f"cxr-edge: watching {in_dir} ({'once' if once else watcher.mode}) with {classifier.path.name} on "
                f"{classifier.backend.name}; results in {out_dir}", err=True)
     with StopOnSignals(watcher.stop):

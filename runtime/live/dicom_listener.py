@@ -46,17 +46,12 @@ from ..dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 from ..errors import CxrEdgeError, first_line
 from ..model_file import file_sha256
 from .ae_title import valid_ae_title
-from .coded_sr import build_coded_sr
 from .files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
 from .health import Heartbeat
 from .outbox import Destination, Outbox
+from .reports import SR_KINDS, write_report
 from .results import LiveSummary, live_record
 from .secondary_capture import build_heatmap_sc, heatmap_picture
-from .sr import build_sr
-
-SR_KINDS = ("tid1500", "basic")
-"""``tid1500``: coded Comprehensive 3D SR (`coded_sr`); ``basic``: Basic Text SR (`sr`) for a PACS that cannot
-show TID 1500."""
 
 __all__ = ["DicomListener", "SR_KINDS", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
 
@@ -494,25 +489,8 @@ class DicomListener:
                                                   software_version=self._version, patient=patient))
 
     def _write_sr(self, header: Any, record: dict[str, Any], path: Path) -> None:
-        import io
-
-        import pydicom
-
-        if self.sr_kind == "basic":
-            report = build_sr(header, label=record["label"], probabilities=record["probabilities"],
-                              model_name=self.classifier.path.name, model_sha256=self._model_sha256,
-                              software_version=self._version, warnings=record["warnings"],
-                              status=record.get("status", "classified"))
-        else:
-            report = build_coded_sr(header, status=record.get("status", "classified"), label=record["label"],
-                                    probabilities=record["probabilities"],
-                                    gate_score=(record.get("gate") or {}).get("score"),
-                                    model_name=self.classifier.path.name, model_sha256=self._model_sha256,
-                                    software_version=self._version, warnings=record["warnings"])
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, report, enforce_file_format=True)
-        write_atomic(path, buffer.getvalue())
-
+        write_report(header, record, path, kind=self.sr_kind, model_name=self.classifier.path.name,
+                     model_sha256=self._model_sha256, software_version=self._version)
 
 def _dataset_problem(ds: Any, uid: str, sop_class: str) -> str | None:
     """Why a received dataset cannot be stored as a radiograph, or None."""

@@ -27,18 +27,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 
+import cxr_edge
+
 from ..cam import overlay
 from ..classifier import Classifier
 from ..errors import CxrEdgeError, os_reason, printable
 from ..model_file import file_sha256
 from .files import fit_name, free_name, move_to, remove_stale_temps, same_file, utc_now, write_atomic, write_json_atomic
+from .health import Heartbeat
+from .outbox import Destination, Outbox
+from .reports import SR_KINDS, write_report
 from .results import LiveSummary, live_record
 
 __all__ = ["FolderWatcher", "WatchLayout", "is_ignored", "result_name", "IGNORED_SUFFIXES"]
@@ -68,6 +73,10 @@ SECOND_LOOK_MAX = 20_000
 OUTPUT_RETRY_S = (2.0, 30.0)
 """First and longest wait between attempts to write to an output folder that refused (doubling in between)."""
 
+OUTBOX_DRAIN_S = 30.0
+"""With ``--once``, how long the watcher waits for the outbox to deliver before it exits (what is left stays
+pending for the next run)."""
+
 OUTPUT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO,
                            errno.ENOENT})
 """Failures that mean the output folder (not one input) is the problem: waited out, never fatal."""
@@ -93,6 +102,7 @@ class WatchLayout:
         self.failed = out_dir / "failed"
         self.results = out_dir / "results"
         self.cam = out_dir / "cam"
+        self.sr = out_dir / "sr"
 
     def create(self, cam: bool) -> None:
         for folder in (self.processing, self.done, self.failed, self.results) + ((self.cam,) if cam else ()):
@@ -113,12 +123,15 @@ class FolderWatcher:
             falls back to polling every second if inotify is unavailable.
         on_record: called with each result record (and whether it was already there) as it is written.
         on_idle: called when the folder has no more complete files after some were processed.
+        sr: for DICOM inputs, also write a report (one of `SR_KINDS`) into ``OUT_DIR/sr/``; None writes none.
+        forward: send those reports to these Storage SCPs from a durable outbox (`cxr_edge.runtime.live.outbox`).
     """
 
     def __init__(self, in_dir: str | Path, out_dir: str | Path, classifier: Classifier, *, cam: bool = False,
                  settle_s: float = 1.0, poll_s: float | None = None,
                  on_record: Callable[[dict[str, Any], bool], None] | None = None,
-                 on_idle: Callable[[LiveSummary], None] | None = None) -> None:
+                 on_idle: Callable[[LiveSummary], None] | None = None, sr: str | None = None,
+                 forward: Sequence[Destination] = ()) -> None:
         self.in_dir = Path(in_dir).absolute()
         self.layout = WatchLayout(Path(out_dir))
         if not self.in_dir.is_dir():
@@ -127,8 +140,17 @@ class FolderWatcher:
             raise CxrEdgeError(f"{self.in_dir}: the output folder must not be the watched folder")
         if cam and not classifier.has_cam:
             raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so --cam cannot draw heatmaps")
+        if sr is not None and sr not in SR_KINDS:
+            raise CxrEdgeError(f"SR kind {sr!r}: expected one of {', '.join(SR_KINDS)}")
         self.classifier = classifier
         self.cam = cam
+        self.sr = sr or ("tid1500" if forward else None)
+        self.outbox = Outbox(self.layout.out, list(forward)) if forward else None
+        self.heartbeat = Heartbeat(self.layout.out, "watch", self._snapshot)
+        self._model_sha256 = file_sha256(classifier.path) if self.sr else ""
+        self._waiting = 0
+        self._last_arrival: str | None = None
+        self._last_result: str | None = None
         self.settle_s = settle_s
         self.poll_s = poll_s
         self.on_record = on_record
@@ -190,6 +212,10 @@ class FolderWatcher:
         self._guarded(self._start)
         self.ready.set()
         busy = False
+        if self.layout.out.is_dir():
+            self.heartbeat.start()
+        if self.outbox is not None:
+            self.outbox.start()
         try:
             while not self._stop.is_set():
                 if self.blocked is not None:
@@ -201,6 +227,7 @@ class FolderWatcher:
                         log.warning("%s can be written again: continuing", self.layout.out)
                     continue
                 ready, waiting = self._scan()
+                self._waiting = len(ready) + waiting
                 for path in ready:
                     if self._stop.is_set() or not self._guarded(self._take, path):
                         break
@@ -220,7 +247,19 @@ class FolderWatcher:
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
+            if self.outbox is not None:
+                if once:
+                    self.outbox.wait_empty(timeout=OUTBOX_DRAIN_S)
+                self.outbox.stop()
+            self.heartbeat.stop()
         return self.summary
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What `status.json` says beside mode and times (inputs are named by file name only)."""
+        return {"watching": str(self.in_dir), "model": self.classifier.path.name, "queue": self._waiting,
+                "last_arrival": self._last_arrival, "last_result": self._last_result,
+                "counts": self.summary.as_dict(), "blocked": self.blocked,
+                "outbox_backlog": self.outbox.backlog() if self.outbox is not None else None}
 
     def _start(self) -> bool:
         self.layout.create(self.cam)
@@ -321,7 +360,7 @@ class FolderWatcher:
 
     # --- claim, classify, finish ---------------------------------------------------------------------------
     def _take(self, path: Path) -> None:
-        arrived = utc_now()
+        arrived = self._last_arrival = utc_now()
         self.classifier.warm()  # while the file is claimed, hashed and decoded
         target = self.layout.processing / path.name  # the input's own name: a restart recovers it from there
         if target.exists():
@@ -368,8 +407,14 @@ class FolderWatcher:
                 record["replaces"] = replaces
             write_json_atomic(result, record)
             self.summary.add(record)
+        if record.get("sr") and not (self.layout.out / record["sr"]).exists():  # repairs a crash after the result
+            self._write_report(claimed, record)
+        if self.outbox is not None and record.get("sr"):
+            self.outbox.put(self.layout.out / record["sr"])
         moved = self._finish(claimed, record)
         self._finished[moved] = _Finished(_signature(moved), time.monotonic(), claimed.name, result.name)
+        self._last_result = record.get("finished")
+        self.heartbeat.beat()
         if self.on_record is not None:
             self.on_record(record, repeated)
 
@@ -416,8 +461,29 @@ class FolderWatcher:
             if ok:
                 write_atomic(cam_path, png.tobytes())
                 extra["cam"] = f"cam/{cam_path.name}"
+        if self.sr and prediction.patient is not None and not failed:  # a DICOM input
+            extra["sr"] = f"sr/{fit_name(claimed.name, 40)}.{sha256[:16]}.sr.dcm"
         return live_record(prediction, path=str(self.in_dir / claimed.name), sha256=sha256, arrived=arrived,
                            finished=utc_now(), model=self.classifier.path.name, **extra)
+
+    def _write_report(self, claimed: Path, record: dict[str, Any]) -> None:
+        """The DICOM report of a DICOM input, in the input's study; an input whose header lacks the UIDs a report
+        needs gets a warning in the log and no report."""
+        import pydicom
+
+        try:
+            header = pydicom.dcmread(claimed, stop_before_pixels=True)
+            for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+                if not str(header.get(keyword, "") or ""):
+                    raise ValueError(f"no {keyword}")
+        except Exception as exc:
+            log.warning("%s: no report: the DICOM header cannot name its study (%s)", printable(claimed.name),
+                        type(exc).__name__ if not isinstance(exc, ValueError) else exc)
+            record["sr"] = None
+            return
+        self.layout.sr.mkdir(exist_ok=True)
+        write_report(header, record, self.layout.out / record["sr"], kind=self.sr, model_name=self.classifier.path.name,
+                     model_sha256=self._model_sha256, software_version=cxr_edge.__version__)
 
     def _finish(self, claimed: Path, record: dict[str, Any]) -> Path:
         target = self.layout.out / record["moved_to"]

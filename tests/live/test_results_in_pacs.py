@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE, evt
@@ -298,3 +300,35 @@ def test_bad_forward_destinations_are_one_line_errors(text: str, tmp_path: Path)
     assert run.returncode != 0 and len(run.stderr.strip().splitlines()) == 1 and "forward destination" in run.stderr
     assert not (tmp_path / "o").exists()
 
+
+
+def test_watch_reports_dicom_inputs_and_forwards_them(tmp_path: Path, classifier: Classifier) -> None:
+    from cxr_edge.runtime.live.watch import FolderWatcher
+
+    inbox, out, port = tmp_path / "in", tmp_path / "out", free_port()
+    inbox.mkdir()
+    film = dicom_dataset(gradient(160, 160))
+    film.save_as(inbox / "film.dcm", enforce_file_format=True)
+    cv2.imwrite(str(inbox / "photo.png"), np.full((64, 64), 128, np.uint8))  # not DICOM: no report
+    pacs = RecordingSCP(port)
+    try:
+        watcher = FolderWatcher(inbox, out, classifier, settle_s=0.05,
+                                forward=[parse_destination(f"PACS@127.0.0.1:{port}")])
+        watcher.run(once=True)
+    finally:
+        pacs.stop()
+    results = {json.loads(p.read_text())["path"].rsplit("/", 1)[-1]: json.loads(p.read_text())
+               for p in (out / "results").iterdir()}
+    report = hd.sr.srread(out / results["film.dcm"]["sr"])
+    assert report.StudyInstanceUID == film.StudyInstanceUID and results["photo.png"].get("sr") is None
+    assert pacs.received == [report.SOPInstanceUID]
+    status = json.loads((out / "status.json").read_text())
+    assert status["mode"] == "watch" and status["state"] == "stopped" and status["outbox_backlog"] == 0
+    assert PATIENT_NAME not in json.dumps(status)
+
+
+def test_the_cli_offers_the_report_kinds_the_runtime_has() -> None:
+    from cxr_edge.cli.live import SR_KINDS as CLI_KINDS
+    from cxr_edge.runtime.live.reports import SR_KINDS
+
+    assert CLI_KINDS == SR_KINDS
