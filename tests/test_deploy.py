@@ -21,8 +21,8 @@ def exec_start(unit: Path) -> list[str]:
     return shlex.split(line.removeprefix("ExecStart="))
 
 
-def test_both_modes_have_a_unit() -> None:
-    assert [exec_start(u)[1] for u in UNITS] == ["dicom-listen", "watch"]
+def test_both_modes_and_the_status_page_have_a_unit() -> None:
+    assert [exec_start(u)[1] for u in UNITS] == ["dicom-listen", "status-page", "watch"]
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
@@ -45,6 +45,10 @@ def test_the_command_line_parses_and_writes_where_allowed(unit: Path) -> None:
     command = cli.get_command(context, args[0])
     assert command is not None
     options = command.make_context(args[0], args[1:]).params
+    if args[0] == "status-page":  # it only reads, so it may write nowhere
+        assert "ReadWritePaths=" not in unit.read_text() and "ProtectSystem=strict" in unit.read_text()
+        assert options["host"] == "127.0.0.1"
+        return
     writable = next(line for line in unit.read_text().splitlines() if line.startswith("ReadWritePaths="))
     allowed = writable.removeprefix("ReadWritePaths=").split()
     assert options["out_dir"] in allowed

@@ -19,7 +19,7 @@ from .common import (
     threads_option,
 )
 
-__all__ = ["COMMANDS", "watch", "dicom_listen"]
+__all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
 
 SR_KINDS = ("tid1500", "basic")
 """`cxr_edge.runtime.live.dicom_listener.SR_KINDS`, repeated so that ``--help`` needs no pydicom (a test keeps the
@@ -173,6 +173,40 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     return EXIT_OK
 
 
+@click.command("status-page")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port of the page.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on. The page has no login: bind to another address only on a network where "
+                   "everyone may see it (it never shows patient names or IDs).")
+def status_page(out_dir: str, port: int, host: str) -> int:
+    """Show a live mode's results and health in a browser: open http://HOST:PORT/ beside the X-ray machine.
+
+    OUT_DIR is the --out folder of a running (or stopped) `watch` or `dicom-listen`. The page lists the latest
+    results with their heatmaps (--cam), failures with their reasons, images per hour, and whether the live mode is
+    running, its last arrival, queue and PACS backlog; it updates itself as results arrive. It only reads OUT_DIR,
+    which need not exist yet: the page then says that no live mode has written there.
+    Needs pip install 'cxr-edge[status]'.
+    """
+    import socket
+
+    from cxr_edge.runtime.errors import CxrEdgeError
+    from cxr_edge.runtime.extras import require
+
+    require("starlette", "uvicorn", purpose="status-page")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CxrEdgeError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
+    from cxr_edge.runtime.live.status_page import serve
+
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"cxr-edge: status page of {out_dir} on http://{shown}:{port}/ (Ctrl-C stops it)", err=True)
+    serve(out_dir, host=host, port=port)
+    return EXIT_OK
+
+
 class StopOnSignals:
     """Route SIGINT and SIGTERM to `stop` (finish the image in hand, then return) while inside the block."""
 
@@ -193,4 +227,4 @@ class StopOnSignals:
             signal.signal(sig, previous)
 
 
-COMMANDS = (watch, dicom_listen)
+COMMANDS = (watch, dicom_listen, status_page)

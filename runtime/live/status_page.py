@@ -1,0 +1,313 @@
+"""A status page for the technician beside the X-ray machine: what arrived, what came back, whether the live mode
+is healthy, in a browser and without a terminal.
+
+A small Starlette application over a live mode's output folder (``watch`` or ``dicom-listen``). It only reads:
+``results/*.json`` (one record per input), ``status.json`` (the mode's heartbeat, `health`), ``outbox/*/status.json``
+(forwarding), ``quarantine/*.reason.txt`` (refused datasets) and ``cam/*.png`` (heatmaps). It never writes there
+and never takes a lock, so it cannot slow the live mode down beyond the disk reads of a directory listing a second.
+
+What it shows: the latest results (time, input, label, confidence, status, warnings, latency, heatmap thumbnail),
+failures with their reasons, images per hour over the last 24 hours, and the live mode's health (running or not,
+last arrival, queue, outbox backlog and last forwarding error). Pages update themselves through server-sent events
+(``/events``). Inputs are named by file name or SOP Instance UID; patient names and IDs are never shown, even
+when the live mode was asked to keep them in its records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import os
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .health import STALE_S, STATUS_FILE
+from .outbox import outbox_status
+
+__all__ = ["ResultIndex", "snapshot", "create_app", "serve", "LATEST", "FAILURES"]
+
+LATEST = 50
+"""Results shown in the table."""
+
+FAILURES = 20
+"""Failures (and quarantined datasets) shown with their reasons."""
+
+EVENT_POLL_S = 1.0
+"""How often the page's event stream looks for news."""
+
+
+class ResultIndex:
+    """The result records of an output folder, read once each: a listing per refresh, and only new or changed
+    files parsed (a service's folder holds months of results)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = Path(out_dir)
+        self._records: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Every readable record, newest first."""
+        seen: dict[str, int] = {}
+        try:
+            with os.scandir(self.out / "results") as entries:
+                for entry in entries:
+                    if entry.name.endswith(".json") and not entry.name.startswith("."):
+                        try:
+                            seen[entry.name] = entry.stat().st_mtime_ns
+                        except OSError:
+                            continue
+        except OSError:
+            seen = {}
+        for name in list(self._records):
+            if name not in seen:
+                del self._records[name]
+        for name, mtime in seen.items():
+            known = self._records.get(name)
+            if known is None or known[0] != mtime:
+                try:
+                    record = json.loads((self.out / "results" / name).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                if isinstance(record, dict):
+                    self._records[name] = (mtime, record)
+        return sorted((r for _, r in self._records.values()), key=lambda r: str(r.get("finished", "")),
+                      reverse=True)
+
+
+def _shown_name(record: dict[str, Any]) -> str:
+    """The input as the page names it: a SOP Instance UID, or a file name (never a patient identifier)."""
+    if record.get("sop_instance_uid"):
+        return str(record["sop_instance_uid"])
+    return Path(str(record.get("path", "?"))).name
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields the page shows, picked one by one: whatever else a record holds (patient) stays out."""
+    probabilities = record.get("probabilities") or {}
+    top = max(probabilities, key=probabilities.get) if probabilities else None
+    latency = record.get("arrival_to_result_ms") or (record.get("latency_ms") or {}).get("total")
+    status = record.get("status") or ("failed" if record.get("error") else "classified")
+    cam = record.get("cam")
+    return {"finished": record.get("finished"), "name": _shown_name(record), "label": record.get("label"),
+            "top": top, "confidence": probabilities.get(top) if top else None, "status": status,
+            "warnings": [str(w) for w in record.get("warnings") or []], "error": record.get("error"),
+            "latency_ms": latency, "cam": f"/cam/{Path(cam).name}" if cam else None}
+
+
+def _quarantined(out: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted((out / "quarantine").glob("*.reason.txt"), reverse=True)[:FAILURES]:
+        try:
+            reason = path.read_text(encoding="utf-8", errors="replace").strip()
+            when = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
+        except OSError:
+            continue
+        found.append({"finished": when, "name": path.name.removesuffix(".reason.txt"), "status": "quarantined",
+                      "error": reason})
+    return found
+
+
+def health(out: Path, now: datetime | None = None) -> dict[str, Any]:
+    """The live mode's ``status.json``, with whether it is running now (a heartbeat newer than `STALE_S`)."""
+    now = now or datetime.now(UTC)
+    try:
+        status = json.loads((out / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"running": False, "state": "no live mode has written here yet"}
+    try:
+        age = (now - datetime.fromisoformat(status["updated"])).total_seconds()
+    except (KeyError, ValueError, TypeError):
+        age = float("inf")
+    running = status.get("state") == "running" and age <= STALE_S
+    keep = ("mode", "state", "started", "updated", "last_arrival", "last_result", "queue", "outbox_backlog",
+            "watching", "listening", "model", "blocked", "quarantined")
+    shown = {k: status.get(k) for k in keep if k in status}
+    if status.get("state") == "running" and not running:
+        shown["state"] = f"not responding (last heartbeat {age:.0f} s ago)"
+    return shown | {"running": running, "heartbeat_age_s": round(age, 1) if age != float("inf") else None}
+
+
+def snapshot(out: Path, index: ResultIndex, now: datetime | None = None) -> dict[str, Any]:
+    """Everything the page shows, as one JSON-ready dict."""
+    now = now or datetime.now(UTC)
+    records = index.refresh()
+    hours: deque[int] = deque([0] * 24, maxlen=24)
+    counts = {"classified": 0, "uncertain": 0, "rejected": 0, "failed": 0}
+    since = now - timedelta(hours=24)
+    for record in records:
+        status = record.get("status") or ("failed" if record.get("error") else "classified")
+        counts[status] = counts.get(status, 0) + 1
+        try:
+            finished = datetime.fromisoformat(str(record.get("finished")))
+        except ValueError:
+            continue
+        if finished > since:
+            hours[23 - min(23, int((now - finished).total_seconds() // 3600))] += 1
+    failures = [_row(r) for r in records if r.get("error")][:FAILURES]
+    failures = sorted(failures + _quarantined(out), key=lambda r: str(r["finished"]), reverse=True)[:FAILURES]
+    return {"now": now.isoformat(timespec="seconds"), "folder": str(out), "health": health(out, now),
+            "outbox": [{k: s.get(k) for k in ("destination", "backlog", "sent", "refused", "last_sent",
+                                              "last_error", "last_error_at", "next_attempt")}
+                       for s in outbox_status(out)],
+            "counts": counts, "total": len(records), "per_hour": list(hours),
+            "last_hour": hours[-1], "latest": [_row(r) for r in records[:LATEST]], "failures": failures}
+
+
+def create_app(out_dir: str | Path) -> Any:
+    """The Starlette application over `out_dir` (read-only)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    out = Path(out_dir).resolve()
+    index = ResultIndex(out)
+    lock = asyncio.Lock()  # one refresh at a time: the index is shared by every open page
+
+    async def current() -> dict[str, Any]:
+        async with lock:
+            return await asyncio.to_thread(snapshot, out, index)
+
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse(PAGE.replace("{{folder}}", html.escape(str(out))))
+
+    async def state(request: Request) -> JSONResponse:
+        return JSONResponse(await current())
+
+    async def events(request: Request) -> StreamingResponse:
+        async def stream() -> Any:
+            last = None
+            quiet = 0
+            while not await request.is_disconnected():
+                data = await current()
+                body = json.dumps({k: v for k, v in data.items() if k != "now"} | {"health": {
+                    k: v for k, v in data["health"].items() if k != "heartbeat_age_s"}})
+                if body != last:
+                    last, quiet = body, 0
+                    yield f"data: {json.dumps(data)}\n\n"
+                else:
+                    quiet += 1
+                    if quiet % 15 == 0:
+                        yield ": still here\n\n"  # keeps proxies from closing an idle stream
+                await asyncio.sleep(EVENT_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def heatmap(request: Request) -> Response:
+        name = request.path_params["name"]
+        path = out / "cam" / name
+        if "/" in name or name.startswith(".") or not name.endswith(".png") or not path.is_file():
+            return Response("no such heatmap", status_code=404, media_type="text/plain")
+        return FileResponse(path, media_type="image/png")
+
+    return Starlette(routes=[Route("/", page), Route("/api/status", state), Route("/events", events),
+                             Route("/cam/{name}", heatmap)])
+
+
+def serve(out_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the page until interrupted (uvicorn, one worker)."""
+    import uvicorn
+
+    uvicorn.run(create_app(out_dir), host=host, port=port, log_level="warning", access_log=False)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxr-edge status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
+ header{background:#1d2330;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:baseline}
+ header h1{font-size:1.1rem;margin:0} header small{opacity:.7;overflow-wrap:anywhere}
+ main{padding:1rem;display:grid;gap:1rem;grid-template-columns:minmax(0,3fr) minmax(0,1fr)}
+ section{background:#fff;border-radius:6px;padding:.8rem;box-shadow:0 1px 2px #0002}
+ h2{font-size:.95rem;margin:.1rem 0 .6rem}
+ table{border-collapse:collapse;width:100%;font-size:.85rem} td,th{padding:.3rem .4rem;text-align:left;
+ border-bottom:1px solid #e3e5ea;vertical-align:middle} th{font-weight:600;color:#555}
+ .classified{color:#14632f} .uncertain{color:#8a5a00} .rejected{color:#6b6b6b} .failed,.quarantined{color:#a11}
+ .pill{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-weight:600}
+ .ok{background:#d9f2e1;color:#14632f} .bad{background:#f8d7d7;color:#a11}
+ img.thumb{height:48px;border-radius:3px;cursor:zoom-in} dl{display:grid;grid-template-columns:auto 1fr;
+ gap:.2rem .6rem;margin:0;font-size:.85rem} dt{color:#555} dd{margin:0;overflow-wrap:anywhere}
+ .bars{display:flex;align-items:flex-end;gap:2px;height:70px} .bars div{flex:1;background:#4a7bd0;min-height:1px}
+ .warn{font-size:.75rem;color:#8a5a00} .notice{font-size:.75rem;color:#555;margin-top:.6rem}
+ dialog img{max-width:80vw;max-height:80vh} dialog{border:none;border-radius:6px}
+</style></head>
+<body>
+<header><h1>cxr-edge</h1><small>{{folder}}</small><span id="health" class="pill">...</span></header>
+<main>
+ <div>
+  <section><h2>Latest results</h2>
+   <table id="latest"><thead><tr><th>time</th><th>input</th><th>result</th><th>confidence</th><th>status</th>
+   <th>latency</th><th>heatmap</th></tr></thead><tbody></tbody></table>
+   <p class="notice">Not for diagnostic use: automated classification, not reviewed by a physician.</p></section>
+  <section><h2>Failures</h2><table id="failures"><thead><tr><th>time</th><th>input</th><th>reason</th></tr>
+   </thead><tbody></tbody></table></section>
+ </div>
+ <div>
+  <section><h2>Live mode</h2><dl id="live"></dl></section>
+  <section><h2>Images per hour (last 24 h)</h2><div class="bars" id="hours"></div>
+   <dl id="counts" style="margin-top:.6rem"></dl></section>
+  <section><h2>Forwarding</h2><dl id="outbox"></dl></section>
+ </div>
+</main>
+<dialog id="viewer"><img id="viewer-img" alt="heatmap"><form method="dialog"><button>close</button></form></dialog>
+<script>
+const $ = (id) => document.getElementById(id);
+const text = (value) => { const span = document.createElement('span'); span.textContent = value ?? ''; return span; };
+const clock = (iso) => iso ? new Date(iso).toLocaleTimeString() : '-';
+function cell(row, content, cls) {
+  const td = row.insertCell(); if (cls) td.className = cls;
+  if (content instanceof Node) td.append(content); else td.textContent = content ?? ''; return td;
+}
+function pairs(target, entries) {
+  target.replaceChildren();
+  for (const [key, value] of entries) {
+    const dt = document.createElement('dt'); dt.textContent = key;
+    const dd = document.createElement('dd'); dd.textContent = value ?? '-'; target.append(dt, dd);
+  }
+}
+function render(s) {
+  const h = s.health; const badge = $('health');
+  badge.textContent = h.running ? `${h.mode} running` : (h.mode ? `${h.mode}: ${h.state}` : h.state);
+  badge.className = 'pill ' + (h.running ? 'ok' : 'bad');
+  pairs($('live'), [['state', h.state], ['watching', h.watching || h.listening], ['model', h.model],
+    ['last arrival', clock(h.last_arrival)], ['last result', clock(h.last_result)], ['queue', h.queue],
+    ['outbox backlog', h.outbox_backlog], ['output folder', h.blocked ? 'cannot write: ' + h.blocked : 'ok']]);
+  const body = $('latest').tBodies[0]; body.replaceChildren();
+  for (const r of s.latest) {
+    const row = body.insertRow(); row.dataset.name = r.name; row.className = 'result';
+    cell(row, clock(r.finished)); cell(row, r.name);
+    const label = document.createElement('div');
+    label.append(text(r.status === 'failed' ? 'failed' : (r.label || (r.status === 'rejected' ? 'rejected' : r.top))));
+    for (const w of r.warnings) { const d = document.createElement('div'); d.className = 'warn'; d.textContent = w;
+      label.append(d); }
+    cell(row, label);
+    cell(row, r.confidence == null ? '-' : (100 * r.confidence).toFixed(1) + ' %');
+    cell(row, r.status, r.status);
+    cell(row, r.latency_ms == null ? '-' : r.latency_ms.toFixed(1) + ' ms');
+    if (r.cam) { const img = document.createElement('img'); img.className = 'thumb'; img.src = r.cam;
+      img.alt = 'heatmap of ' + r.name;
+      img.onclick = () => { $('viewer-img').src = r.cam; $('viewer').showModal(); }; cell(row, img); }
+    else cell(row, '-');
+  }
+  const fails = $('failures').tBodies[0]; fails.replaceChildren();
+  for (const f of s.failures) { const row = fails.insertRow(); row.dataset.name = f.name; row.className = 'failure';
+    cell(row, clock(f.finished)); cell(row, f.name); cell(row, f.error, f.status); }
+  const peak = Math.max(1, ...s.per_hour); $('hours').replaceChildren(...s.per_hour.map((n, i) => {
+    const bar = document.createElement('div'); bar.style.height = (100 * n / peak) + '%';
+    bar.title = `${n} image(s), ${23 - i} h ago`; return bar; }));
+  pairs($('counts'), [['this hour', s.last_hour], ['classified', s.counts.classified],
+    ['uncertain', s.counts.uncertain], ['rejected', s.counts.rejected], ['failed', s.counts.failed]]);
+  pairs($('outbox'), s.outbox.length ? s.outbox.flatMap(o => [[o.destination, `${o.backlog} waiting, ${o.sent} sent`
+    + (o.refused ? `, ${o.refused} refused` : '')], ['last error', o.last_error ? `${o.last_error} (next try `
+    + clock(o.next_attempt) + ')' : 'none']]) : [['PACS', 'not forwarding']]);
+}
+fetch('api/status').then(r => r.json()).then(render);
+const events = new EventSource('events');
+events.onmessage = (e) => render(JSON.parse(e.data));
+</script>
+</body></html>
+"""

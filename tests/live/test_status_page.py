@@ -1,0 +1,188 @@
+"""The status page in a real headless browser (Debian's chromium driven by playwright) beside a running `watch`,
+and its reading of the output folder: health, failures, no patient identifiers, nothing outside the folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxr_edge.runtime.live.status_page import ResultIndex, create_app, snapshot
+from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset, gradient, tiny_onnx
+from tests.live.test_dicom_listener import free_port
+
+SCREENSHOTS = os.environ.get("CXR_EDGE_SCREENSHOTS")
+"""A folder to save the page's screenshots in (the README's pictures); unset, none are kept."""
+
+
+def chromium() -> str:
+    path = shutil.which("chromium")
+    assert path, "chromium not found: make test installs Debian's chromium (playwright cannot download one here)"
+    return path
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cxr_edge.cli", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_served(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the status page did not come up"
+            time.sleep(0.1)
+
+
+def film(path: Path, seed: int) -> Path:
+    pixels = gradient(320, 280).astype(np.float32)
+    pixels = pixels / pixels.max() * 200 + np.random.default_rng(seed).normal(0, 8, pixels.shape)
+    cv2.imwrite(str(path.with_suffix(".tmp.png")), np.clip(pixels, 0, 255).astype(np.uint8))
+    os.replace(path.with_suffix(".tmp.png"), path)  # arrives whole, as a console's rename would
+    return path
+
+
+def test_a_technician_sees_results_arrive_opens_a_heatmap_and_reads_a_failure(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
+    inbox, out, port = tmp_path / "in", tmp_path / "out", free_port()
+    inbox.mkdir()
+    watch = start(["watch", str(inbox), "--out", str(out), "--model", str(model), "--backend", "ort", "--cam",
+                   "--settle", "0.1"])
+    page_server = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "status.json").exists():
+            assert watch.poll() is None and time.monotonic() < deadline, watch.stderr.read()
+            time.sleep(0.05)
+        page_server = start(["status-page", str(out), "--port", str(port)])
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_served(url + "api/status", page_server)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.goto(url)
+            page.wait_for_selector("#health.ok", timeout=15_000)
+            assert "watch running" in page.inner_text("#health")
+            page.evaluate("window.notReloaded = true")
+
+            film(inbox / "film-1.png", 1)
+            row = page.wait_for_selector("tr.result[data-name='film-1.png']", timeout=20_000)
+            assert page.evaluate("window.notReloaded === true")  # it came by the event stream, not a reload
+            cells = row.inner_text()
+            assert "classified" in cells or "uncertain" in cells or "rejected" in cells
+            assert " ms" in cells and " %" in cells
+
+            row.query_selector("img.thumb").click()
+            page.wait_for_function("document.getElementById('viewer').open && "
+                                   "document.getElementById('viewer-img').naturalWidth > 0", timeout=10_000)
+            width = page.evaluate("document.getElementById('viewer-img').naturalWidth")
+            assert width == cv2.imread(str(next((out / "cam").glob("film-1.png.*.cam.png")))).shape[1]
+            if SCREENSHOTS:
+                page.screenshot(path=str(Path(SCREENSHOTS) / "status-page-heatmap.png"))
+            page.click("#viewer button")
+
+            (inbox / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+            dicom_dataset(gradient(256, 256)).save_as(inbox / "cr.dcm", enforce_file_format=True)
+            film(inbox / "film-2.png", 2)
+            failure = page.wait_for_selector("tr.failure[data-name='broken.jpeg']", timeout=20_000)
+            assert "JPEG" in failure.inner_text()
+            page.wait_for_selector("tr.result[data-name='cr.dcm']", timeout=20_000)
+            page.wait_for_selector("tr.result[data-name='film-2.png']", timeout=20_000)
+            assert page.evaluate("window.notReloaded === true")
+            shown = page.inner_text("body")
+            assert PATIENT_NAME not in shown and PATIENT_ID not in shown and "Doe" not in shown
+            assert "this hour\n4" in page.inner_text("#counts").replace("\t", "\n")
+            if SCREENSHOTS:
+                page.screenshot(path=str(Path(SCREENSHOTS) / "status-page.png"), full_page=True)
+
+            watch.send_signal(signal.SIGTERM)  # the watcher stops: the page says so by itself
+            watch.wait(timeout=30)
+            page.wait_for_selector("#health.bad", timeout=15_000)
+            assert "stopped" in page.inner_text("#health")
+            browser.close()
+    finally:
+        for process in (watch, page_server):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def _record(out: Path, name: str, **fields) -> None:
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    record = {"path": f"/in/{name}", "label": "normal", "probabilities": {"normal": 0.9, "covid19": 0.1},
+              "latency_ms": {"total": 5.0}, "error": None, "status": "classified", "warnings": [],
+              "finished": datetime.now(UTC).isoformat(timespec="milliseconds")} | fields
+    (out / "results" / f"{name}.json").write_text(json.dumps(record))
+
+
+def test_the_page_never_shows_patients_and_knows_a_dead_live_mode(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _record(out, "a.dcm", sop_instance_uid="1.2.3", patient={"name": PATIENT_NAME, "id": PATIENT_ID})
+    _record(out, "b.png", label=None, status="failed", error="corrupt PNG: CRC error", probabilities=None,
+            finished=(datetime.now(UTC) - timedelta(hours=3)).isoformat())
+    (out / "quarantine").mkdir()
+    (out / "quarantine" / "20261130-000001.reason.txt").write_text("SOP Instance UID 9.9 from X: no pixel data\n")
+    stale = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    (out / "status.json").write_text(json.dumps({"mode": "dicom-listen", "state": "running", "updated": stale,
+                                                 "queue": 0}))
+    state = snapshot(out, ResultIndex(out))
+    text = json.dumps(state)
+    assert PATIENT_NAME not in text and PATIENT_ID not in text
+    assert [r["name"] for r in state["latest"]] == ["1.2.3", "b.png"]  # a DICOM input by its UID
+    assert not state["health"]["running"] and "not responding" in state["health"]["state"]
+    assert {f["name"] for f in state["failures"]} == {"b.png", "20261130-000001"}
+    assert state["per_hour"][-1] == 1 and state["per_hour"][-4] == 1 and state["total"] == 2
+
+
+def test_only_heatmaps_inside_the_folder_are_served(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    out = tmp_path / "out"
+    (out / "cam").mkdir(parents=True)
+    ok, png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    (out / "cam" / "x.cam.png").write_bytes(png.tobytes())
+    (tmp_path / "secret.png").write_bytes(png.tobytes())
+    client = TestClient(create_app(out))
+    assert client.get("/cam/x.cam.png").status_code == 200
+    for name in ("..%2Fsecret.png", "%2E%2E%2F..%2Fsecret.png", ".hidden.png", "x.cam.png.json"):
+        assert client.get(f"/cam/{name}").status_code == 404
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "status-page", str(tmp_path), "--port",
+                              str(taken.getsockname()[1])], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and len(run.stderr.strip().splitlines()) == 1 and "cannot serve" in run.stderr
+
+
+def test_a_file_is_not_an_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text("{}")
+    run = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "status-page", str(tmp_path / "results.json")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "is a file" in run.stderr
+
+
+def test_before_any_live_mode_ran_the_page_says_so(tmp_path: Path) -> None:
+    state = snapshot(tmp_path / "not-yet", ResultIndex(tmp_path / "not-yet"))
+    assert state["health"] == {"running": False, "state": "no live mode has written here yet"}
+    assert state["latest"] == [] and state["total"] == 0
