@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import CxrEdgeError, first_line
 from .ae_title import valid_ae_title
-from .files import free_name, remove_stale_temps, replace_json, utc_now, write_atomic
+from .files import TEMP_PREFIX, fit_name, free_name, remove_stale_temps, replace_json, utc_now, write_atomic
 
 __all__ = ["Destination", "Outbox", "parse_destination", "MAX_BACKOFF_S", "outbox_status"]
 
@@ -158,7 +158,7 @@ class _Sender:
     # --- the listener's side ---------------------------------------------------------------------------------
     def put(self, path: Path) -> None:
         target = self.pending / path.name  # one entry per object: queueing it again replaces, never doubles
-        temp = self.pending / f".{target.name}.tmp"
+        temp = self.pending / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")  # a restart removes leftovers
         try:
             os.link(path, temp)
         except OSError:
@@ -199,7 +199,7 @@ class _Sender:
                 self._send(files)
                 self._failures = 0
                 self._status["next_attempt"] = None
-            except _Unreachable as exc:
+            except Exception as exc:  # unreachable, or anything unforeseen: the files stay, the thread goes on
                 self._failures += 1
                 delay = min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
                 self._status.update(last_error=str(exc), last_error_at=utc_now(),
@@ -247,9 +247,13 @@ class _Sender:
                 "no answer)"
             raise _Unreachable(f"{self.destination}: {reason}")
         try:
+            accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
             for path, ds in datasets:
                 if self._stopping.is_set():
                     break
+                if str(ds.SOPClassUID) not in accepted:
+                    self._refuse(path, f"the PACS does not accept SOP class {ds.SOPClassUID}")
+                    continue
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None) if status else None
                 if code is None:

@@ -101,6 +101,9 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
     # the heatmap as Secondary Capture: same study, own series, derived from the image, warning burned in
     capture_path = out / record["sc"]
     assert dciodvfy_errors(capture_path) == []
+    parsed = subprocess.run([dcmtk("dcmdump"), "-q", str(capture_path)],
+                            capture_output=True, text=True)
+    assert parsed.returncode == 0 and not parsed.stderr.strip(), parsed.stderr  # dcmtk reads it whole
     capture = pydicom.dcmread(capture_path)
     assert capture.SOPClassUID == SECONDARY_CAPTURE and capture.StudyInstanceUID == image.StudyInstanceUID
     assert capture.SeriesInstanceUID not in (image.SeriesInstanceUID, sr.SeriesInstanceUID)
@@ -250,7 +253,7 @@ def test_forward_survives_kill_9_and_a_pacs_down_across_the_restart(tmp_path: Pa
         wait_for_echo(port, process)
         send(port, *images)
         deadline = time.monotonic() + 30
-        while len(list((out / "outbox").glob("*/pending/*.sr.dcm"))) < len(images):
+        while len(pending(out)) < len(images):
             assert time.monotonic() < deadline, "reports did not reach the outbox"
             time.sleep(0.05)
     finally:
@@ -263,9 +266,11 @@ def test_forward_survives_kill_9_and_a_pacs_down_across_the_restart(tmp_path: Pa
         time.sleep(1.0)
         storescp = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(received), str(pacs_port)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while list((out / "outbox").glob("*/pending/*")):
-            assert time.monotonic() < deadline, "the outbox did not empty after the PACS came up"
+        deadline = time.monotonic() + 90
+        while pending(out):
+            assert storescp.poll() is None, storescp.stderr.read()
+            assert time.monotonic() < deadline, ("the outbox did not empty after the PACS came up: "
+                                                 + next((out / "outbox").glob("*/status.json")).read_text())
             time.sleep(0.1)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -277,6 +282,11 @@ def test_forward_survives_kill_9_and_a_pacs_down_across_the_restart(tmp_path: Pa
     reports = sorted(pydicom.dcmread(p).SOPInstanceUID for p in (out / "sr").iterdir())
     assert delivered == reports and len(reports) == len(images)
     assert PATIENT_NAME not in stderr and PATIENT_ID not in stderr
+
+
+def pending(out: Path) -> list[Path]:
+    """What waits in the outbox (a file being queued has a dot-name until it is whole)."""
+    return [p for p in (out / "outbox").glob("*/pending/*") if not p.name.startswith(".")]
 
 
 def wait_for_echo(port: int, process: subprocess.Popen) -> None:
