@@ -30,6 +30,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
 from cxr_edge.runtime.bench import machine_info, versions
+from cxr_edge.runtime.live.outbox import MAX_BACKOFF_S
 
 
 def free_port() -> int:
@@ -52,6 +53,10 @@ def radiograph(seed: int) -> Dataset:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.tobytes()
     return ds
+
+
+def pending(out: Path) -> list[Path]:
+    return [p for p in (out / "outbox").glob("*/pending/*") if not p.name.startswith(".")]
 
 
 def start_listener(port: int, out: Path, pacs_port: int) -> subprocess.Popen:
@@ -109,14 +114,14 @@ def main() -> None:
             accepted += store(port, radiograph(i))
             time.sleep(max(0.0, started + (i + 1) * interval - time.monotonic()))
         time.sleep(max(0.0, started + args.down - time.monotonic()))
-        pending_at_up = len(list((out / "outbox").glob("*/pending/*")))
+        pending_at_up = len(pending(out))
         ae = AE(ae_title="PACS")
         for sop_class in ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"):
             ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
         pacs_up = time.monotonic()
         server = ae.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[
             (evt.EVT_C_STORE, lambda event: received.append(str(event.request.AffectedSOPInstanceUID)) or 0)])
-        while list((out / "outbox").glob("*/pending/*")) and time.monotonic() - pacs_up < 300:
+        while pending(out) and time.monotonic() - pacs_up < 300:
             time.sleep(0.1)
         drained_s = time.monotonic() - pacs_up
         server.shutdown()
@@ -144,9 +149,9 @@ def main() -> None:
              f"{'yes, mid-outage' if killed else 'no'} | {pending_at_up} | {drained_s:.1f} s | {len(received)} | "
              f"{len(counts)} | {record['repeats']} |", "",
              "The outbox empties at the sender's next attempt after the PACS is back: attempts back off from 1 s "
-             "doubling to 60 s, so after an outage of a minute or more the wait is at most a minute, then the "
-             "backlog goes in one association. A repeat would be an object sent again after a crash between the "
-             "PACS's Success and its removal from the outbox; it carries the same SOP Instance UID.", ""]
+             f"doubling to {MAX_BACKOFF_S:g} s, so after a long outage the wait is at most {MAX_BACKOFF_S:g} s, "
+             "then the backlog goes in one association. A repeat would be an object sent again after a crash "
+             "between the PACS's Success and its removal from the outbox; it carries the same SOP Instance UID.", ""]
     (args.out / "forward.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
