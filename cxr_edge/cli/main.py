@@ -62,8 +62,13 @@ def cli(debug: bool) -> None:
 
     Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG and DICOM images in
     milliseconds, `info` shows what a model file contains, `bench` measures every engine and precision
-    against the one-minute budget per image. Live mode: `watch` classifies every file dropped into a folder,
-    `dicom-listen` every image an X-ray console or PACS sends over DICOM.
+    against the one-minute budget per image, `audit` checks what a model looks at. Live mode: `watch`
+    classifies every file dropped into a folder, `dicom-listen` every image an X-ray console or PACS sends over
+    DICOM (coded reports and heatmaps into the study, forwarded to PACS), `status-page` shows either in a
+    browser.
+
+    More than one workstation: `export-repository` lays the model out for NVIDIA Triton or OpenVINO Model
+    Server (`--backend kserve --server URL` then infers there), `score-archive` scores an archive on Ray.
 
     Build side (needs the export extra: torch, timm, nncf): `train` fits a classifier on a class-folder
     dataset, `export` writes it to ONNX, `quantize` makes INT8 models for ONNX Runtime or OpenVINO,
