@@ -1,4 +1,5 @@
-"""The live room: `watch` and `dicom-listen`, the long-running modes beside the X-ray machine."""
+"""The live room: `watch` and `dicom-listen`, the long-running modes beside the X-ray machine, and `status-page`, which
+shows either in a browser."""
 
 from __future__ import annotations
 
@@ -195,6 +196,7 @@ def status_page(out_dir: str, port: int, host: str) -> int:
 
     require("starlette", "uvicorn", purpose="status-page")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a restart may follow a stop
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -36,7 +36,8 @@ FAILURES = 20
 """Failures (and quarantined datasets) shown with their reasons."""
 
 EVENT_POLL_S = 1.0
-"""How often the page's event stream looks for news."""
+"""How often the page's event stream looks for news: every update costs the browser a redraw, which on a
+2-core workstation competes with the live mode (benchmarks/live/status-page.md)."""
 
 
 class ResultIndex:
@@ -93,7 +94,8 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     return {"finished": record.get("finished"), "name": _shown_name(record), "label": record.get("label"),
             "top": top, "confidence": probabilities.get(top) if top else None, "status": status,
             "warnings": [str(w) for w in record.get("warnings") or []], "error": record.get("error"),
-            "latency_ms": latency, "cam": f"/cam/{Path(cam).name}" if cam else None}
+            "latency_ms": latency, "cam": f"cam/{Path(cam).name}" if cam else None,
+            "thumb": f"thumb/{Path(cam).name}" if cam else None}
 
 
 def _quarantined(out: Path) -> list[dict[str, Any]]:
@@ -196,15 +198,49 @@ def create_app(out_dir: str | Path) -> Any:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def heatmap(request: Request) -> Response:
-        name = request.path_params["name"]
+    def heatmap_path(name: str) -> Path | None:
         path = out / "cam" / name
         if "/" in name or name.startswith(".") or not name.endswith(".png") or not path.is_file():
+            return None
+        return path
+
+    # a heatmap never changes once written: the browser keeps it instead of asking again at every update
+    immutable = {"Cache-Control": "max-age=86400, immutable"}
+
+    async def heatmap(request: Request) -> Response:
+        path = heatmap_path(request.path_params["name"])
+        if path is None:
             return Response("no such heatmap", status_code=404, media_type="text/plain")
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(path, media_type="image/png", headers=immutable)
+
+    async def thumbnail(request: Request) -> Response:
+        path = heatmap_path(request.path_params["name"])
+        if path is None:
+            return Response("no such heatmap", status_code=404, media_type="text/plain")
+        data = await asyncio.to_thread(_thumbnail, path)
+        if data is None:
+            return Response("unreadable heatmap", status_code=404, media_type="text/plain")
+        return Response(data, media_type="image/jpeg", headers=immutable)
 
     return Starlette(routes=[Route("/", page), Route("/api/status", state), Route("/events", events),
-                             Route("/cam/{name}", heatmap)])
+                             Route("/cam/{name}", heatmap), Route("/thumb/{name}", thumbnail)])
+
+
+THUMB_HEIGHT = 96
+"""Pixel height of the table's heatmap thumbnails: a small JPEG instead of the full picture, so that a browser
+on the workstation decodes a few kilobytes per new result, not a megapixel PNG."""
+
+
+def _thumbnail(path: Path) -> bytes | None:
+    import cv2
+
+    picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if picture is None:
+        return None
+    scale = THUMB_HEIGHT / picture.shape[0]
+    small = cv2.resize(picture, (max(1, round(picture.shape[1] * scale)), THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return encoded.tobytes() if ok else None
 
 
 def serve(out_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -224,7 +260,8 @@ PAGE = """<!doctype html>
  main{padding:1rem;display:grid;gap:1rem;grid-template-columns:minmax(0,3fr) minmax(0,1fr)}
  section{background:#fff;border-radius:6px;padding:.8rem;box-shadow:0 1px 2px #0002}
  h2{font-size:.95rem;margin:.1rem 0 .6rem}
- table{border-collapse:collapse;width:100%;font-size:.85rem} td,th{padding:.3rem .4rem;text-align:left;
+ table{border-collapse:collapse;width:100%;font-size:.85rem;table-layout:fixed}
+ section{contain:content} td{overflow:hidden;text-overflow:ellipsis} #latest td:nth-child(2){white-space:nowrap} td,th{padding:.3rem .4rem;text-align:left;
  border-bottom:1px solid #e3e5ea;vertical-align:middle} th{font-weight:600;color:#555}
  .classified{color:#14632f} .uncertain{color:#8a5a00} .rejected{color:#6b6b6b} .failed,.quarantined{color:#a11}
  .pill{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-weight:600}
@@ -269,41 +306,68 @@ function pairs(target, entries) {
     const dd = document.createElement('dd'); dd.textContent = value ?? '-'; target.append(dt, dd);
   }
 }
-function render(s) {
-  const h = s.health; const badge = $('health');
-  badge.textContent = h.running ? `${h.mode} running` : (h.mode ? `${h.mode}: ${h.state}` : h.state);
-  badge.className = 'pill ' + (h.running ? 'ok' : 'bad');
-  pairs($('live'), [['state', h.state], ['watching', h.watching || h.listening], ['model', h.model],
-    ['last arrival', clock(h.last_arrival)], ['last result', clock(h.last_result)], ['queue', h.queue],
-    ['outbox backlog', h.outbox_backlog], ['output folder', h.blocked ? 'cannot write: ' + h.blocked : 'ok']]);
-  const body = $('latest').tBodies[0]; body.replaceChildren();
-  for (const r of s.latest) {
-    const row = body.insertRow(); row.dataset.name = r.name; row.className = 'result';
-    cell(row, clock(r.finished)); cell(row, r.name);
-    const label = document.createElement('div');
-    label.append(text(r.status === 'failed' ? 'failed' : (r.label || (r.status === 'rejected' ? 'rejected' : r.top))));
-    for (const w of r.warnings) { const d = document.createElement('div'); d.className = 'warn'; d.textContent = w;
-      label.append(d); }
-    cell(row, label);
-    cell(row, r.confidence == null ? '-' : (100 * r.confidence).toFixed(1) + ' %');
-    cell(row, r.status, r.status);
-    cell(row, r.latency_ms == null ? '-' : r.latency_ms.toFixed(1) + ' ms');
-    if (r.cam) { const img = document.createElement('img'); img.className = 'thumb'; img.src = r.cam;
-      img.alt = 'heatmap of ' + r.name;
-      img.onclick = () => { $('viewer-img').src = r.cam; $('viewer').showModal(); }; cell(row, img); }
-    else cell(row, '-');
+const thumbnails = new Map();  // src -> <img>: kept across updates, so no image is fetched or decoded twice
+function thumbnail(r) {
+  let img = thumbnails.get(r.cam);
+  if (!img) {
+    img = document.createElement('img'); img.className = 'thumb'; img.src = r.thumb; img.alt = 'heatmap of ' + r.name;
+    img.onclick = () => { $('viewer-img').src = r.cam; $('viewer').showModal(); };
+    thumbnails.set(r.cam, img);
+    if (thumbnails.size > 200) thumbnails.delete(thumbnails.keys().next().value);
   }
-  const fails = $('failures').tBodies[0]; fails.replaceChildren();
-  for (const f of s.failures) { const row = fails.insertRow(); row.dataset.name = f.name; row.className = 'failure';
-    cell(row, clock(f.finished)); cell(row, f.name); cell(row, f.error, f.status); }
-  const peak = Math.max(1, ...s.per_hour); $('hours').replaceChildren(...s.per_hour.map((n, i) => {
-    const bar = document.createElement('div'); bar.style.height = (100 * n / peak) + '%';
-    bar.title = `${n} image(s), ${23 - i} h ago`; return bar; }));
-  pairs($('counts'), [['this hour', s.last_hour], ['classified', s.counts.classified],
-    ['uncertain', s.counts.uncertain], ['rejected', s.counts.rejected], ['failed', s.counts.failed]]);
-  pairs($('outbox'), s.outbox.length ? s.outbox.flatMap(o => [[o.destination, `${o.backlog} waiting, ${o.sent} sent`
-    + (o.refused ? `, ${o.refused} refused` : '')], ['last error', o.last_error ? `${o.last_error} (next try `
-    + clock(o.next_attempt) + ')' : 'none']]) : [['PACS', 'not forwarding']]);
+  return img;
+}
+const drawn = {};  // section -> the JSON it was last drawn from: a section that did not change is not redrawn
+function changed(section, value) {
+  const json = JSON.stringify(value); if (drawn[section] === json) return false; drawn[section] = json; return true;
+}
+const rows = new Map();  // result key -> <tr>: a result's row is built once and moved, never rebuilt
+function resultRow(r) {
+  const key = r.finished + '|' + r.name + '|' + r.status; let row = rows.get(key);
+  if (row) return row;
+  row = document.createElement('tr'); row.dataset.name = r.name; row.className = 'result';
+  cell(row, clock(r.finished)); cell(row, r.name);
+  const label = document.createElement('div');
+  label.append(text(r.status === 'failed' ? 'failed' : (r.label || (r.status === 'rejected' ? 'rejected' : r.top))));
+  for (const w of r.warnings) { const d = document.createElement('div'); d.className = 'warn'; d.textContent = w;
+    label.append(d); }
+  cell(row, label);
+  cell(row, r.confidence == null ? '-' : (100 * r.confidence).toFixed(1) + ' %');
+  cell(row, r.status, r.status);
+  cell(row, r.latency_ms == null ? '-' : r.latency_ms.toFixed(1) + ' ms');
+  if (r.cam) cell(row, thumbnail(r)); else cell(row, '-');
+  rows.set(key, row);
+  if (rows.size > 500) rows.delete(rows.keys().next().value);
+  return row;
+}
+function render(s) {
+  const h = s.health;
+  if (changed('health', h)) {
+    const badge = $('health');
+    badge.textContent = h.running ? `${h.mode} running` : (h.mode ? `${h.mode}: ${h.state}` : h.state);
+    badge.className = 'pill ' + (h.running ? 'ok' : 'bad');
+    pairs($('live'), [['state', h.state], ['watching', h.watching || h.listening], ['model', h.model],
+      ['last arrival', clock(h.last_arrival)], ['last result', clock(h.last_result)], ['queue', h.queue],
+      ['outbox backlog', h.outbox_backlog], ['output folder', h.blocked ? 'cannot write: ' + h.blocked : 'ok']]);
+  }
+  if (changed('latest', s.latest)) $('latest').tBodies[0].replaceChildren(...s.latest.map(resultRow));
+  if (changed('failures', s.failures)) {
+    const fails = $('failures').tBodies[0]; fails.replaceChildren();
+    for (const f of s.failures) { const row = fails.insertRow(); row.dataset.name = f.name; row.className = 'failure';
+      cell(row, clock(f.finished)); cell(row, f.name); cell(row, f.error, f.status); }
+  }
+  if (changed('hours', [s.per_hour, s.counts, s.last_hour])) {
+    const peak = Math.max(1, ...s.per_hour); $('hours').replaceChildren(...s.per_hour.map((n, i) => {
+      const bar = document.createElement('div'); bar.style.height = (100 * n / peak) + '%';
+      bar.title = `${n} image(s), ${23 - i} h ago`; return bar; }));
+    pairs($('counts'), [['this hour', s.last_hour], ['classified', s.counts.classified],
+      ['uncertain', s.counts.uncertain], ['rejected', s.counts.rejected], ['failed', s.counts.failed]]);
+  }
+  if (changed('outbox', s.outbox)) {
+    pairs($('outbox'), s.outbox.length ? s.outbox.flatMap(o => [[o.destination, `${o.backlog} waiting, `
+      + `${o.sent} sent` + (o.refused ? `, ${o.refused} refused` : '')], ['last error', o.last_error
+      ? `${o.last_error} (next try ` + clock(o.next_attempt) + ')' : 'none']]) : [['PACS', 'not forwarding']]);
+  }
 }
 fetch('api/status').then(r => r.json()).then(render);
 const events = new EventSource('events');

@@ -160,8 +160,12 @@ def test_only_heatmaps_inside_the_folder_are_served(tmp_path: Path) -> None:
     (tmp_path / "secret.png").write_bytes(png.tobytes())
     client = TestClient(create_app(out))
     assert client.get("/cam/x.cam.png").status_code == 200
-    for name in ("..%2Fsecret.png", "%2E%2E%2F..%2Fsecret.png", ".hidden.png", "x.cam.png.json"):
-        assert client.get(f"/cam/{name}").status_code == 404
+    thumb = client.get("/thumb/x.cam.png")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR).shape[0] == 96
+    for route in ("cam", "thumb"):
+        for name in ("..%2Fsecret.png", "%2E%2E%2F..%2Fsecret.png", ".hidden.png", "x.cam.png.json"):
+            assert client.get(f"/{route}/{name}").status_code == 404
 
 
 def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
