@@ -39,7 +39,7 @@ from pydicom.uid import generate_uid
 
 from .sr import NOT_FOR_DIAGNOSTIC_USE
 
-__all__ = ["build_coded_sr", "CLASS_CODES", "PRIVATE_SCHEME", "STATUS_CODES", "COMPREHENSIVE_3D_SR",
+__all__ = ["build_coded_sr", "study_header", "CLASS_CODES", "PRIVATE_SCHEME", "STATUS_CODES", "COMPREHENSIVE_3D_SR",
            "SR_SERIES_NUMBER"]
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -75,7 +75,7 @@ def _probability_code(name: str) -> Code:
                 f"Probability of {CLASS_CODES[name].meaning}"[:64])
 
 
-def _with_type2_attributes(image: Dataset) -> Dataset:
+def study_header(image: Dataset) -> Dataset:
     """The header with the patient and study attributes a report must carry present, empty where the image has
     none (DICOM type 2) or has a date or time that is not one; the report copies them from it."""
     from pydicom.valuerep import DA, DT, TM
@@ -148,7 +148,7 @@ def build_coded_sr(image: Dataset, *, status: str, label: str | None, probabilit
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
                                      procedure_reported=_PLAIN_CHEST_XRAY, imaging_measurements=[group])
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_with_type2_attributes(image)], content=report[0],
+        evidence=[study_header(image)], content=report[0],
         series_instance_uid=generate_uid(entropy_srcs=[str(image.StudyInstanceUID), model_sha256, "coded-sr"]),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(entropy_srcs=[str(image.SOPInstanceUID), model_sha256, "coded-sr"]),

@@ -16,7 +16,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from ..cam import overlay
-from .coded_sr import _with_type2_attributes
+from .coded_sr import study_header
 
 __all__ = ["build_heatmap_sc", "heatmap_picture", "SC_SERIES_NUMBER", "BURNED_IN_WARNING"]
 
@@ -50,7 +50,7 @@ def build_heatmap_sc(image: Dataset, picture: np.ndarray, *, model_sha256: str, 
 
     known = [str(v) for v in image.get("PatientOrientation") or []]
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=_with_type2_attributes(image), pixel_array=np.ascontiguousarray(picture),
+        ref_dataset=study_header(image), pixel_array=np.ascontiguousarray(picture),
         photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
         patient_orientation=tuple(known) if len(known) == 2 else ("L", "F"),  # a placeholder, emptied below
         series_instance_uid=generate_uid(entropy_srcs=[str(image.StudyInstanceUID), model_sha256, "heatmap-sc"]),

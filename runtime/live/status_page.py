@@ -261,7 +261,8 @@ PAGE = """<!doctype html>
  section{background:#fff;border-radius:6px;padding:.8rem;box-shadow:0 1px 2px #0002}
  h2{font-size:.95rem;margin:.1rem 0 .6rem}
  table{border-collapse:collapse;width:100%;font-size:.85rem;table-layout:fixed}
- section{contain:content} td{overflow:hidden;text-overflow:ellipsis} #latest td:nth-child(2){white-space:nowrap} td,th{padding:.3rem .4rem;text-align:left;
+ section{contain:content} td{overflow:hidden;text-overflow:ellipsis} #latest td:nth-child(2){white-space:nowrap}
+ td,th{padding:.3rem .4rem;text-align:left;
  border-bottom:1px solid #e3e5ea;vertical-align:middle} th{font-weight:600;color:#555}
  .classified{color:#14632f} .uncertain{color:#8a5a00} .rejected{color:#6b6b6b} .failed,.quarantined{color:#a11}
  .pill{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-weight:600}
