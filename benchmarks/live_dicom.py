@@ -14,7 +14,8 @@ Three phases, each with its own UIDs:
 3. dcmtk `storescu` (one process per transfer syntax, in parallel, as fast as they can), when dcmtk is installed.
 For each phase it checks that every instance got Success, exactly one JSON result and one SR that references it,
 and reports the listener's own arrival-to-result time (request received to result written) and the capacity.
-Writes dicom.json and dicom.md into --out.
+Writes dicom.json and dicom.md into --out (`--name` picks another stem). `--sr basic` runs the listener with the
+Basic Text SR instead of the coded TID 1500 report, for the ratio of their costs.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=1.0, help="mean seconds between sends per association, paced")
     parser.add_argument("--model", default=None, help="model file (default: the shipped INT8 model)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "live")
+    parser.add_argument("--sr", choices=("tid1500", "basic"), default="tid1500", help="the listener's report kind")
+    parser.add_argument("--name", default="dicom", help="stem of the record files")
     args = parser.parse_args()
     from cxr_edge.runtime.dataset import resolve_data_dirs
 
@@ -211,7 +214,7 @@ def main() -> None:
         paths = build_instances(data_dirs, args.count, scratch_dir / "send")
         out, port = scratch_dir / "out", free_port()
         command = [sys.executable, "-m", "cxr_edge.cli", "dicom-listen", "--port", str(port), "--host", "127.0.0.1",
-                   "--out", str(out)] + (["--model", args.model] if args.model else [])
+                   "--out", str(out), "--sr", args.sr] + (["--model", args.model] if args.model else [])
         listener = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 60
@@ -247,12 +250,13 @@ def main() -> None:
             raise SystemExit(f"listener exited with {listener.returncode}: {err}")
 
     record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
-              "versions": versions(), "model": args.model or "shipped INT8", "phases": phases,
+              "versions": versions(), "model": args.model or "shipped INT8", "sr": args.sr, "phases": phases,
               "bar_ms": BAR_MS}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dicom.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"DICOM listener, {args.count} instances per phase ({', '.join(s.name for s in SYNTAXES)}), "
-             f"{record['model']} model, on {record['machine']['cpu']}, {record['machine']['cores']} cores; "
+             f"{record['model']} model, {args.sr} reports, on {record['machine']['cpu']}, "
+             f"{record['machine']['cores']} cores; "
              f"{record['created']}.", "",
              "| phase | successes | results | SRs | sent/s | classified/s | arrival to result p50 | p95 | max |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -266,7 +270,7 @@ def main() -> None:
               *(f"Median arrival to result <= {BAR_MS:.0f} ms, {p['phase'].split(':')[0]}: "
                 f"{'met' if p['arrival_to_result_ms']['median'] <= BAR_MS else 'NOT met'} "
                 f"({p['arrival_to_result_ms']['median']} ms)." for p in phases)]
-    (args.out / "dicom.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["BASIC_TEXT_SR", "build_sr", "NOT_FOR_DIAGNOSTIC_USE"]
+__all__ = ["BASIC_TEXT_SR", "build_sr", "sr_document", "NOT_FOR_DIAGNOSTIC_USE"]
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 NOT_FOR_DIAGNOSTIC_USE = "Not for diagnostic use: automated classification by cxr-edge, not reviewed by a physician."
@@ -69,54 +69,9 @@ def build_sr(image: Dataset, *, label: str | None, probabilities: Mapping[str, f
         status: ``classified``, ``uncertain`` or ``rejected`` (`cxr_edge.runtime.gate`).
         when: content date and time (default: now).
     """
-    when = when or datetime.now()
-    date, time_ = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    ds = Dataset()
-    for keyword in _PATIENT_STUDY:
-        if keyword in image:
-            setattr(ds, keyword, image[keyword].value)
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "StudyID", "AccessionNumber", "ReferringPhysicianName"):  # type 2: present, maybe empty
-        if keyword not in ds:
-            setattr(ds, keyword, "")
-
-    # SOP common and SR document series; UIDs are reproducible from the image and the model.
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(image.SOPInstanceUID), model_sha256, "sr"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(image.StudyInstanceUID), model_sha256, "sr-series"])
-    ds.Modality = "SR"
-    ds.SeriesNumber = 9901
-    ds.SeriesDescription = "cxr-edge classification (not for diagnostic use)"
-    ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
-    ds.InstanceNumber = 1
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
-    ds.Manufacturer = "cxr-edge"
-
-    # SR document general
-    ds.ContentDate, ds.ContentTime = date, time_
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.PerformedProcedureCodeSequence = DicomSequence()
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = image.SOPClassUID
-    reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
-    series = Dataset()
-    series.SeriesInstanceUID = image.SeriesInstanceUID
-    series.ReferencedSOPSequence = DicomSequence([reference])
-    evidence = Dataset()
-    evidence.StudyInstanceUID = image.StudyInstanceUID
-    evidence.ReferencedSeriesSequence = DicomSequence([series])
-    ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([evidence])
-
-    equipment = Dataset()
-    equipment.Manufacturer = "cxr-edge"
-    equipment.ManufacturerModelName = model_name
-    equipment.SoftwareVersions = software_version
-    equipment.DeviceSerialNumber = model_sha256[:16]
-    equipment.ContributionDateTime = date + time_
-    equipment.ContributionDescription = "Automated chest X-ray classification. " + NOT_FOR_DIAGNOSTIC_USE
-    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code("109102", "DCM", "Processing Equipment")])
-    ds.ContributingEquipmentSequence = DicomSequence([equipment])
+    ds = sr_document(image, sop_class=BASIC_TEXT_SR, series_number=9901, uid_tag="sr",
+                     model_name=model_name, model_sha256=model_sha256, software_version=software_version, when=when)
+    reference = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
 
     # Content tree: TID 2000-like report with a device observer, the finding and the evidence image.
     ds.ValueType = "CONTAINER"
@@ -148,6 +103,73 @@ def build_sr(image: Dataset, *, label: str | None, probabilities: Mapping[str, f
     content += [_text("CONTAINS", _code("121106", "DCM", "Comment"), f"Input warning: {w}") for w in warnings]
     content.append(_text("CONTAINS", _code("121106", "DCM", "Comment"), NOT_FOR_DIAGNOSTIC_USE))
     ds.ContentSequence = DicomSequence(content)
+    return ds
+
+
+def sr_document(image: Dataset, *, sop_class: str, series_number: int, uid_tag: str, model_name: str,
+                model_sha256: str, software_version: str, when: datetime | None = None) -> Dataset:
+    """Everything of an SR document but its content tree: the image's patient and study modules, the SOP common
+    and series attributes, SR Document General (COMPLETE, UNVERIFIED, the image as evidence), the model as
+    contributing equipment, and the file meta information. Both report kinds start from it.
+
+    Args:
+        image: the received image's header.
+        sop_class: the report's SOP Class UID.
+        series_number: the report series' number in the study.
+        uid_tag: mixed into the UIDs, so that two kinds of report of one image never share one.
+        model_name, model_sha256, software_version: the equipment that made the report; the hash, with the
+            image's UIDs, decides the report's UIDs.
+        when: content date and time (default: now).
+    """
+    when = when or datetime.now()
+    date, time_ = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds = Dataset()
+    for keyword in _PATIENT_STUDY:
+        if keyword in image:
+            setattr(ds, keyword, image[keyword].value)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "StudyID", "AccessionNumber", "ReferringPhysicianName"):  # type 2: present, maybe empty
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+
+    # SOP common and SR document series; UIDs are reproducible from the image and the model.
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(image.SOPInstanceUID), model_sha256, uid_tag])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(image.StudyInstanceUID), model_sha256,
+                                                      f"{uid_tag}-series"])
+    ds.Modality = "SR"
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "cxr-edge classification (not for diagnostic use)"
+    ds.ReferencedPerformedProcedureStepSequence = DicomSequence()
+    ds.InstanceNumber = 1
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time_
+    ds.Manufacturer = "cxr-edge"
+
+    # SR document general
+    ds.ContentDate, ds.ContentTime = date, time_
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.PerformedProcedureCodeSequence = DicomSequence()
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = image.SOPClassUID
+    reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = image.SeriesInstanceUID
+    series.ReferencedSOPSequence = DicomSequence([reference])
+    evidence = Dataset()
+    evidence.StudyInstanceUID = image.StudyInstanceUID
+    evidence.ReferencedSeriesSequence = DicomSequence([series])
+    ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([evidence])
+
+    equipment = Dataset()
+    equipment.Manufacturer = "cxr-edge"
+    equipment.ManufacturerModelName = model_name
+    equipment.SoftwareVersions = software_version
+    equipment.DeviceSerialNumber = model_sha256[:16]
+    equipment.ContributionDateTime = date + time_
+    equipment.ContributionDescription = "Automated chest X-ray classification. " + NOT_FOR_DIAGNOSTIC_USE
+    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code("109102", "DCM", "Processing Equipment")])
+    ds.ContributingEquipmentSequence = DicomSequence([equipment])
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
