@@ -49,6 +49,7 @@ from cxr_edge.runtime.images import load_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the DICOM factory
 from tests.factories import dicom_in_syntax  # noqa: E402
+from tests.live.peers import free_port  # noqa: E402
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -89,12 +90,6 @@ def renew_uids(paths: list[Path], folder: Path) -> list[Path]:
         ds.save_as(folder / path.name, enforce_file_format=True)
         renewed.append(folder / path.name)
     return renewed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def send_pynetdicom(paths: list[Path], port: int, senders: int, interval: float = 0.0) -> list[int]:

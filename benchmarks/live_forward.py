@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,13 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
+from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
 from cxr_edge.runtime.bench import machine_info, versions
 from cxr_edge.runtime.live.outbox import MAX_BACKOFF_S
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the peers
+from tests.live.peers import free_port, wait_for_echo  # noqa: E402
 
 
 def radiograph(seed: int) -> Dataset:
@@ -65,19 +61,6 @@ def start_listener(port: int, out: Path, pacs_port: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def echo(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ae = AE(ae_title="BENCH")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="CXREDGE")
-        if assoc.is_established:
-            assoc.release()
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the listener did not come up")
-
-
 def store(port: int, ds: Dataset) -> bool:
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(ComputedRadiographyImageStorage, ExplicitVRLittleEndian)
@@ -100,7 +83,7 @@ def main() -> None:
     with TemporaryDirectory(prefix="cxr-edge-forward-") as work:
         out = Path(work) / "out"
         listener = start_listener(port, out, pacs_port)
-        echo(port)
+        wait_for_echo(port, listener, ae_title="BENCH")
         started = time.monotonic()
         accepted, killed = 0, False
         interval = args.down / args.images
@@ -109,7 +92,7 @@ def main() -> None:
                 listener.send_signal(signal.SIGKILL)  # mid-outage, reports waiting in the outbox
                 listener.wait()
                 listener = start_listener(port, out, pacs_port)
-                echo(port)
+                wait_for_echo(port, listener, ae_title="BENCH")
                 killed = True
             accepted += store(port, radiograph(i))
             time.sleep(max(0.0, started + (i + 1) * interval - time.monotonic()))

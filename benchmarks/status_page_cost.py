@@ -17,7 +17,6 @@ import argparse
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,16 +30,13 @@ import cv2
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from cxr_edge.runtime.bench import machine_info, versions
 from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the peers
+from tests.live.peers import free_port, wait_for_echo  # noqa: E402
 
 
 def as_dicom(path: Path) -> Dataset:
@@ -68,16 +64,6 @@ def wait_for(check, what: str, timeout: float = 90) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not come up")
-
-
-def echo(port: int) -> bool:
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXREDGE")
-    if assoc.is_established:
-        assoc.release()
-        return True
-    return False
 
 
 def phase(port: int, films: list[Dataset], rate: float) -> None:
@@ -116,7 +102,7 @@ def main() -> None:
                                      "--host", "127.0.0.1", "--out", str(out), "--cam"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: echo(port), "the listener")
+            wait_for_echo(port, listener, ae_title="BENCH", timeout=90)
             # started once and left running, as on a workstation: its start-up is not the page's cost
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             browser.new_page().goto("about:blank")

@@ -39,6 +39,7 @@ from tests.factories import (
     write_compressed_dicom,
     write_jpeg_dicom,
 )
+from tests.live.peers import free_port, wait_for_echo
 
 STORAGE = [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
            DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage]
@@ -317,12 +318,6 @@ def test_keep_phi_and_no_phi_in_logs(tmp_path: Path, classifier: Classifier, cap
     assert PATIENT_NAME not in told and PATIENT_ID not in told and "SECRET" not in told
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_with_dcmtk_storescu(tmp_path: Path) -> None:
     """`cxr-edge dicom-listen` as a service would run it, fed by dcmtk's storescu; SIGTERM stops it cleanly."""
     model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
@@ -375,19 +370,6 @@ def _listen(port: int, out: Path, model: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_echo(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        ae = AE(ae_title="TESTSCU")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="CXREDGE")
-        if assoc.is_established:
-            assoc.release()
-            return
-        assert time.monotonic() < deadline and process.poll() is None, "listener did not start"
-        time.sleep(0.2)
-
-
 def test_kill_9_loses_no_accepted_instance(tmp_path: Path) -> None:
     """Every instance that got Success has exactly one result after a kill -9 and a restart."""
     model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
@@ -395,7 +377,7 @@ def test_kill_9_loses_no_accepted_instance(tmp_path: Path) -> None:
     process = _listen(port, out, model)
     accepted: list[str] = []
     try:
-        _wait_for_echo(port, process)
+        wait_for_echo(port, process)
         assoc = associate(port)
         for i in range(60):
             if i == 30:
@@ -416,7 +398,7 @@ def test_kill_9_loses_no_accepted_instance(tmp_path: Path) -> None:
     unfinished = len(list((out / "incoming").glob("*.dcm")))
     process = _listen(port, out, model)
     try:
-        _wait_for_echo(port, process)
+        wait_for_echo(port, process)
         deadline = time.monotonic() + 30
         while list((out / "incoming").glob("*.dcm")):
             assert time.monotonic() < deadline

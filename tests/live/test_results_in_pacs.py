@@ -28,7 +28,8 @@ from cxr_edge.runtime.live.outbox import parse_destination
 from cxr_edge.runtime.live.sr import NOT_FOR_DIAGNOSTIC_USE
 from cxr_edge.runtime.model_file import file_sha256
 from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset, gradient, tiny_onnx
-from tests.live.test_dicom_listener import associate, dcmtk, free_port, sr_texts
+from tests.live.peers import free_port, wait_for_echo
+from tests.live.test_dicom_listener import associate, dcmtk, sr_texts
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -287,19 +288,6 @@ def test_forward_survives_kill_9_and_a_pacs_down_across_the_restart(tmp_path: Pa
 def pending(out: Path) -> list[Path]:
     """What waits in the outbox (a file being queued has a dot-name until it is whole)."""
     return [p for p in (out / "outbox").glob("*/pending/*") if not p.name.startswith(".")]
-
-
-def wait_for_echo(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        ae = AE(ae_title="TESTSCU")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="CXREDGE")
-        if assoc.is_established:
-            assoc.release()
-            return
-        assert time.monotonic() < deadline and process.poll() is None, "listener did not start"
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("text", ["PACS", "PACS@host", "PACS@host:99999", "A\\B@host:104",

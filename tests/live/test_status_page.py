@@ -19,7 +19,7 @@ import numpy as np
 
 from cxr_edge.runtime.live.status_page import ResultIndex, create_app, snapshot
 from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset, gradient, tiny_onnx
-from tests.live.test_dicom_listener import free_port
+from tests.live.peers import free_port
 
 SCREENSHOTS = os.environ.get("CXR_EDGE_SCREENSHOTS")
 """A folder to save the page's screenshots in (the README's pictures); unset, none are kept."""
