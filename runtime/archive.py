@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CxrEdgeError, os_reason
+from .live.files import remove_stale_temps, write_atomic
 from .model_file import file_sha256, resolve_model
 from .pipeline import InputError, expand_inputs
 
@@ -100,7 +101,7 @@ def read_results(out: str | Path) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = sorted((Path(out) / PARTS_DIR).glob("*.parquet"))
+    parts = sorted((Path(out) / PARTS_DIR).glob("part-*.parquet"))  # whole parts only, never one being written
     tables = [pq.read_table(p) for p in parts]
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
@@ -125,7 +126,7 @@ def score_archive(source: str | Path, out: str | Path, *, model: str | Path | No
     model_id = file_sha256(model_path)
     out = Path(out)
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-    _remove_partial_parts(out / PARTS_DIR)
+    remove_stale_temps(out / PARTS_DIR)  # parts a killed run was writing
     summary = ArchiveSummary()
     inputs = archive_inputs(source)
     summary.inputs = len(inputs)
@@ -200,26 +201,15 @@ def _drop_known_contents(table: Any, done_contents: set[str]) -> Any:
     return table.filter(pa.array(keep))
 
 
-def _remove_partial_parts(folder: Path) -> None:
-    for temp in folder.glob(".part-*"):
-        temp.unlink(missing_ok=True)
-
-
 def _write_part(folder: Path, table: Any) -> None:
-    """One Parquet part, whole or not at all."""
+    """One Parquet part, whole or not at all (`write_atomic`: a temporary name, synced, then linked in)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
     name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
-    temp = folder / f".{name}"
-    pq.write_table(table, temp)
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, folder / name)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(folder / name, buffer.getvalue().to_pybytes())
 
 
 def _append_jsonl(path: Path, table: Any) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "move_to", "free_name", "fit_name",
-           "remove_stale_temps", "replace_json", "same_file", "utc_now"]
+           "remove_stale_temps", "replace_json", "same_file", "utc_now", "fsync_dir"]
 
 TEMP_PREFIX = ".cxr-edge-"
 """Files being written carry this prefix; a restart deletes leftovers (they were never complete)."""
@@ -28,7 +28,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -56,7 +56,7 @@ def write_atomic(path: Path, data: bytes) -> bool:
         return False
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -150,9 +150,9 @@ def move_to(source: Path, target: Path) -> Path:
             os.link(temp, target)
         finally:
             temp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     source.unlink()
-    _fsync_dir(source.parent)
+    fsync_dir(source.parent)
     return target
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import CxrEdgeError, first_line
 from .ae_title import valid_ae_title
-from .files import TEMP_PREFIX, fit_name, free_name, remove_stale_temps, replace_json, utc_now, write_atomic
+from .files import TEMP_PREFIX, fit_name, free_name, fsync_dir, remove_stale_temps, replace_json, utc_now, write_atomic
 
 __all__ = ["Destination", "Outbox", "parse_destination", "MAX_BACKOFF_S", "outbox_status"]
 
@@ -167,11 +167,7 @@ class _Sender:
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, target)
-        fd = os.open(self.pending, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.pending)
         self._write_status()
         self._wake.set()
 
