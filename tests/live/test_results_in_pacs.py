@@ -65,17 +65,22 @@ def run_listener(out: Path, classifier: Classifier, **options) -> DicomListener:
     return node
 
 
-def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, classifier: Classifier) -> None:
-    out = tmp_path / "out"
-    node = run_listener(out, classifier, sc=True, fhir_dir=out / "fhir")
-    image = dicom_dataset(gradient(256, 256), StudyDescription="Chest PA", AccessionNumber="ACC1",
-                          StudyDate="20261130", StudyTime="101500", StudyID="S1")
+def classify_one(out: Path, classifier: Classifier, image: pydicom.Dataset, **options) -> dict:
+    """Send one image to a listener started with `options`, stop it, and return the image's result record."""
+    node = run_listener(out, classifier, **options)
     try:
         send(node.port, image)
         assert node.wait_idle()
     finally:
         node.stop()
-    record = json.loads((out / "results" / f"{image.SOPInstanceUID}.json").read_text())
+    return json.loads((out / "results" / f"{image.SOPInstanceUID}.json").read_text())
+
+
+def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, classifier: Classifier) -> None:
+    out = tmp_path / "out"
+    image = dicom_dataset(gradient(256, 256), StudyDescription="Chest PA", AccessionNumber="ACC1",
+                          StudyDate="20261130", StudyTime="101500", StudyID="S1")
+    record = classify_one(out, classifier, image, sc=True, fhir_dir=out / "fhir")
     assert record["status"] in ("classified", "uncertain") and record["label"] is not None
 
     # the coded SR: dcmtk and dicom3tools accept it, highdicom reads back what was meant
@@ -137,14 +142,8 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
 
 def test_a_rejected_image_gets_a_coded_report_without_a_finding(tmp_path: Path, classifier: Classifier) -> None:
     out = tmp_path / "out"
-    node = run_listener(out, classifier, sc=True, fhir_dir=out / "fhir", keep_phi=True)
     hand = dicom_dataset(gradient(200, 160), BodyPartExamined="HAND")
-    try:
-        send(node.port, hand)
-        assert node.wait_idle()
-    finally:
-        node.stop()
-    record = json.loads((out / "results" / f"{hand.SOPInstanceUID}.json").read_text())
+    record = classify_one(out, classifier, hand, sc=True, fhir_dir=out / "fhir", keep_phi=True)
     assert record["status"] == "rejected" and record.get("sc") is None  # no heatmap for a refusal
     dump = subprocess.run([dcmtk("dsrdump"), str(out / record["sr"])], capture_output=True, text=True)
     assert dump.returncode == 0 and not dump.stderr.strip(), dump.stderr
