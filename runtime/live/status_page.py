@@ -4,7 +4,8 @@ is healthy, in a browser and without a terminal.
 A small Starlette application over a live mode's output folder (``watch`` or ``dicom-listen``). It only reads:
 ``results/*.json`` (one record per input), ``status.json`` (the mode's heartbeat, `health`), ``outbox/*/status.json``
 (forwarding), ``quarantine/*.reason.txt`` (refused datasets) and ``cam/*.png`` (heatmaps). It never writes there
-and never takes a lock, so it cannot slow the live mode down beyond the disk reads of a directory listing a second.
+and never takes a lock; once a second it looks at the time stamp of ``results/`` and lists the folder only when
+that changed, so it costs the live mode little beyond reading each new result once.
 
 What it shows: the latest results (time, input, label, confidence, status, warnings, latency, heatmap thumbnail),
 failures with their reasons, images per hour over the last 24 hours, and the live mode's health (running or not,
@@ -19,8 +20,10 @@ import asyncio
 import html
 import json
 import os
+import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,9 @@ LATEST = 50
 FAILURES = 20
 """Failures (and quarantined datasets) shown with their reasons."""
 
+STAMP_SETTLE_NS = 2_000_000_000
+"""A folder time stamp younger than this may hide a second change within the same tick: list it anyway."""
+
 EVENT_POLL_S = 1.0
 """How often the page's event stream looks for news: every update costs the browser a redraw, which on a
 2-core workstation competes with the live mode (benchmarks/live/status-page.md)."""
@@ -46,13 +52,28 @@ class ResultIndex:
 
     def __init__(self, out_dir: Path) -> None:
         self.out = Path(out_dir)
-        self._records: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._records: dict[str, tuple[int, dict[str, Any], datetime | None]] = {}
+        self._folder_stamp: int | None = None
+        self._newest_first: list[tuple[dict[str, Any], datetime | None]] = []
 
-    def refresh(self) -> list[dict[str, Any]]:
-        """Every readable record, newest first."""
+    def refresh(self) -> list[tuple[dict[str, Any], datetime | None]]:
+        """Every readable record with its finishing time (None if unreadable), newest first.
+
+        Results are only ever added or removed, never rewritten in place (`write_atomic`), so an unchanged
+        modification time of the folder means nothing changed: the folder is listed again only when it changed,
+        or when its time stamp is too recent to tell two changes apart.
+        """
+        folder = self.out / "results"
+        try:
+            stamp: int | None = folder.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        settled = stamp is not None and time.time_ns() - stamp > STAMP_SETTLE_NS
+        if stamp == self._folder_stamp and settled:
+            return self._newest_first
         seen: dict[str, int] = {}
         try:
-            with os.scandir(self.out / "results") as entries:
+            with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.name.endswith(".json") and not entry.name.startswith("."):
                         try:
@@ -68,13 +89,22 @@ class ResultIndex:
             known = self._records.get(name)
             if known is None or known[0] != mtime:
                 try:
-                    record = json.loads((self.out / "results" / name).read_text(encoding="utf-8"))
+                    record = json.loads((folder / name).read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     continue
                 if isinstance(record, dict):
-                    self._records[name] = (mtime, record)
-        return sorted((r for _, r in self._records.values()), key=lambda r: str(r.get("finished", "")),
-                      reverse=True)
+                    self._records[name] = (mtime, record, _finished(record))
+        self._newest_first = sorted(((r, f) for _, r, f in self._records.values()),
+                                    key=lambda entry: str(entry[0].get("finished", "")), reverse=True)
+        self._folder_stamp = stamp if settled else None
+        return self._newest_first
+
+
+def _finished(record: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(record.get("finished")))
+    except ValueError:
+        return None
 
 
 def _shown_name(record: dict[str, Any]) -> str:
@@ -134,20 +164,17 @@ def health(out: Path, now: datetime | None = None) -> dict[str, Any]:
 def snapshot(out: Path, index: ResultIndex, now: datetime | None = None) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict."""
     now = now or datetime.now(UTC)
-    records = index.refresh()
+    entries = index.refresh()
+    records = [record for record, _ in entries]
     hours: deque[int] = deque([0] * 24, maxlen=24)
     counts = {"classified": 0, "uncertain": 0, "rejected": 0, "failed": 0}
     since = now - timedelta(hours=24)
-    for record in records:
+    for record, finished in entries:
         status = record.get("status") or ("failed" if record.get("error") else "classified")
         counts[status] = counts.get(status, 0) + 1
-        try:
-            finished = datetime.fromisoformat(str(record.get("finished")))
-        except ValueError:
-            continue
-        if finished > since:
+        if finished is not None and finished > since:
             hours[23 - min(23, int((now - finished).total_seconds() // 3600))] += 1
-    failures = [_row(r) for r in records if r.get("error")][:FAILURES]
+    failures = [_row(r) for r in islice((r for r in records if r.get("error")), FAILURES)]
     failures = sorted(failures + _quarantined(out), key=lambda r: str(r["finished"]), reverse=True)[:FAILURES]
     return {"now": now.isoformat(timespec="seconds"), "folder": str(out), "health": health(out, now),
             "outbox": [{k: s.get(k) for k in ("destination", "backlog", "sent", "refused", "last_sent",
@@ -168,9 +195,15 @@ def create_app(out_dir: str | Path) -> Any:
     index = ResultIndex(out)
     lock = asyncio.Lock()  # one refresh at a time: the index is shared by every open page
 
+    latest: dict[str, Any] = {"at": float("-inf"), "data": None}
+
     async def current() -> dict[str, Any]:
+        """The snapshot, shared by every open page: taken at most twice per `EVENT_POLL_S`, not once per page."""
         async with lock:
-            return await asyncio.to_thread(snapshot, out, index)
+            if time.monotonic() - latest["at"] >= EVENT_POLL_S / 2:
+                latest["data"] = await asyncio.to_thread(snapshot, out, index)
+                latest["at"] = time.monotonic()
+            return latest["data"]
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE.replace("{{folder}}", html.escape(str(out))))
