@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from cxr_edge.runtime.archive import PARTS_DIR, read_results, score_archive
 from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8, file_sha256
+from tests.numerics import assert_same_results, int8_rerun_bound
 
 CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
 
@@ -37,22 +39,22 @@ def archive(small_dataset: Path, tmp_path: Path) -> Path:
 
 def test_every_image_once_equal_to_predict_with_errors_as_rows(archive: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    summary = score_archive(archive, out, workers=2, batch_size=4, jsonl=True)
+    summary = score_archive(archive, out, backend="ort", workers=2, batch_size=4, jsonl=True)
     table = read_results(out).to_pylist()
     files = sorted(str(p) for p in archive.rglob("*") if p.is_file())
     assert sorted(r["path"] for r in table) == files  # every input exactly once
     assert summary.scored == len(files) and summary.skipped == 0
     broken = next(r for r in table if r["path"].endswith("broken.jpeg"))
     assert broken["status"] == "failed" and "JPEG" in broken["error"] and broken["label"] is None
-    local = {p.path: p for p in Classifier.open(MODELS_DIR / SHIPPED_INT8, threads=1).predict(files)}
+    local = {p.path: p for p in Classifier.open(MODELS_DIR / SHIPPED_INT8, backend="ort", threads=1).predict(files)}
+    bound = int8_rerun_bound(MODELS_DIR / SHIPPED_INT8)  # another process and batch size: not bit-equal everywhere
     for row in table:
         here = local[row["path"]]
-        assert row["status"] == here.status and row["label"] == here.label
-        assert row["model_sha256"] == file_sha256(MODELS_DIR / SHIPPED_INT8)
+        assert row["status"] == here.status and row["model_sha256"] == file_sha256(MODELS_DIR / SHIPPED_INT8)
         if row["error"] is None:
             assert row["sha256"] == file_sha256(row["path"])
-            for name in CLASSES:
-                assert abs(row[f"p_{name}"] - here.probabilities[name]) <= 1e-5
+            there = replace(here, label=row["label"], probabilities={n: row[f"p_{n}"] for n in CLASSES})
+            assert_same_results([there], [here], bound)
     assert len((out / "results.jsonl").read_text().splitlines()) == len(files)
 
     shutil.copy(files[0] if not files[0].endswith("broken.jpeg") else files[1], archive / "copy.png")
@@ -81,10 +83,10 @@ def test_a_killed_driver_is_continued_by_the_next_run_and_nothing_is_scored_twic
     finally:
         _ray_stop()
     written = len(read_results(out))
-    assert 0 < written < total  # really interrupted
+    assert 0 < written < total, (written, total)  # really interrupted
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode in (0, 2), second.stderr
     rows = read_results(out).to_pylist()
     counts = Counter(r["path"] for r in rows)
-    assert len(counts) >= total - 1 and max(counts.values()) == 1  # all there, none twice
-    assert f"{written} already scored" in second.stderr
+    assert len(counts) >= total - 1 and max(counts.values()) == 1, counts.most_common(3)  # all there, none twice
+    assert f"{written} already scored" in second.stderr, second.stderr

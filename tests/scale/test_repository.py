@@ -20,6 +20,7 @@ from cxr_edge.runtime.repository import (
     REPOSITORY_FORMATS,
     export_repository,
 )
+from tests.numerics import int8_rerun_bound
 from tests.processes import run_cli
 
 SHIPPED = [MODELS_DIR / SHIPPED_INT8, MODELS_DIR / SHIPPED_OPENVINO]
@@ -82,7 +83,8 @@ def test_the_placed_files_load_and_answer_as_the_originals_at_any_batch(reposito
         served = open_backend(placed, engine).run(batch)["probabilities"]
         reference = np.concatenate([open_backend(original, engine).run(batch[i:i + 1])["probabilities"]
                                     for i in range(3)])
-        np.testing.assert_allclose(served, reference, atol=1e-5)
+        # batch 3 against batch 1: INT8 is not bit-equal under every CPU's kernels (tests/numerics.py)
+        np.testing.assert_allclose(served, reference, atol=int8_rerun_bound(SHIPPED[0]))
         description = json.loads((placed.parent / DESCRIPTION_FILE).read_text())
         assert description["sha256"] == file_sha256(original) and description["precision"] == "int8"
         assert description["contract"]["class_names"] == ["normal", "covid19", "bacterial_pneumonia",
