@@ -30,10 +30,10 @@ from cxr_edge.export.data import load_resized, stratified_split
 from cxr_edge.export.to_onnx import model_from_checkpoint
 from cxr_edge.export.train import augment, cell_weights, load_checkpoint
 from cxr_edge.export.zoo import CamClassifier
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.metrics import group_report
-from cxr_edge.runtime.preprocess import to_input
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.evaluation.metrics import group_report
+from cxr_edge.runtime.model.preprocess import to_input
 
 TEMPERATURE = 4.0
 """Distillation temperature: softens the teacher's probabilities so that its second choices teach too."""

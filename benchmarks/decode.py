@@ -31,10 +31,10 @@ import glymur
 import numpy as np
 from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.images import load_image
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.reading.images import load_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the DICOM factory
 from tests.factories import dicom_dataset, dicom_in_syntax  # noqa: E402

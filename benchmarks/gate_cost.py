@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.model_file import engines_for, model_format
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import engines_for, model_format
 from cxr_edge.runtime.timing import time_interleaved
 
 

@@ -26,8 +26,8 @@ from cxr_edge.export.data import stratified_split
 from cxr_edge.export.quantize import quantize
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import train
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
 
 ENGINES = {"ort": "int8.onnx", "openvino": "int8.xml"}
 

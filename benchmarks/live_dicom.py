@@ -44,8 +44,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.images import load_image
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.reading.images import load_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the DICOM factory
 from tests.factories import dicom_in_syntax  # noqa: E402
@@ -66,7 +66,7 @@ def make_instance(pixels: np.ndarray, syntax: str, index: int) -> Dataset:
 
 
 def build_instances(data_dirs: list[Path], count: int, folder: Path) -> list[Path]:
-    from cxr_edge.runtime.dataset import scan_dataset
+    from cxr_edge.runtime.evaluation.dataset import scan_dataset
 
     images = [s.path for s in scan_dataset(data_dirs).samples]
     folder.mkdir(parents=True)
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--sr", choices=("tid1500", "basic"), default="tid1500", help="the listener's report kind")
     parser.add_argument("--name", default="dicom", help="stem of the record files")
     args = parser.parse_args()
-    from cxr_edge.runtime.dataset import resolve_data_dirs
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs
 
     data_dirs = resolve_data_dirs(args.data)
     phases = []

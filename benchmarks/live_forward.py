@@ -28,8 +28,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.live.outbox import MAX_BACKOFF_S
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.outputs.outbox import MAX_BACKOFF_S
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the peers
 from tests.live.peers import free_port, wait_for_echo  # noqa: E402

@@ -26,9 +26,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cxr_edge.runtime.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
 from cxr_edge.runtime.live.watch import result_name
-from cxr_edge.runtime.model_file import file_sha256
+from cxr_edge.runtime.model.model_file import file_sha256
 
 
 def rss_mb(pid: int) -> float | None:
@@ -64,7 +64,7 @@ class Sampler:
 
 def plan(data_dirs: list[Path], count: int) -> list[tuple[str, bytes, bool]]:
     """(name, content, valid) for every file to drop; every tenth is broken in one of three ways."""
-    from cxr_edge.runtime.dataset import scan_dataset
+    from cxr_edge.runtime.evaluation.dataset import scan_dataset
 
     images = [s.path for s in scan_dataset(data_dirs).samples]
     files = []
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped INT8 model)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "live")
     args = parser.parse_args()
-    from cxr_edge.runtime.dataset import resolve_data_dirs
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs
 
     files = plan(resolve_data_dirs(args.data), args.count)
     size = -(-len(files) // args.bursts)

@@ -20,9 +20,9 @@ import torch
 
 from cxr_edge.export.to_onnx import model_from_checkpoint
 from cxr_edge.export.train import load_checkpoint
-from cxr_edge.runtime.audit import STRESSES
-from cxr_edge.runtime.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.preprocess import load_many, to_input
+from cxr_edge.runtime.evaluation.audit import STRESSES
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.model.preprocess import load_many, to_input
 
 
 def stress(run: Path, roots: list[Path]) -> dict:

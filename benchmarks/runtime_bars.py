@@ -34,7 +34,7 @@ import numpy as np
 def _machine() -> dict:
     import onnxruntime
 
-    from cxr_edge.runtime.bench import machine_info
+    from cxr_edge.runtime.evaluation.bench import machine_info
 
     return machine_info() | {"onnxruntime": onnxruntime.__version__}
 
@@ -46,12 +46,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "runtime")
     args = parser.parse_args()
 
-    from cxr_edge.runtime.backends import resolve_backend
-    from cxr_edge.runtime.classifier import Classifier
-    from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
-    from cxr_edge.runtime.model_file import resolve_model
-    from cxr_edge.runtime.pipeline import predict_stream
-    from cxr_edge.runtime.preprocess import load_many, to_input
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
+    from cxr_edge.runtime.model.backends import resolve_backend
+    from cxr_edge.runtime.model.classifier import Classifier
+    from cxr_edge.runtime.model.model_file import resolve_model
+    from cxr_edge.runtime.model.preprocess import load_many, to_input
+    from cxr_edge.runtime.model.stream import predict_stream
     from cxr_edge.runtime.timing import time_interleaved
 
     model = resolve_model(args.model)

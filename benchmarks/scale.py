@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_edge.runtime.archive import read_results, score_archive
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8
-from cxr_edge.runtime.pipeline import predict_stream
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8
+from cxr_edge.runtime.model.stream import predict_stream
+from cxr_edge.runtime.scale.archive import read_results, score_archive
 
 
 def single_process(files: list[Path]) -> dict:

@@ -22,10 +22,10 @@ from rich.console import Console
 from cxr_edge.export.config import TrainConfig
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import train
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.metrics import bootstrap_interval
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.evaluation.metrics import bootstrap_interval
+from cxr_edge.runtime.model.classifier import Classifier
 
 HELD_OUT = ("hannover-mhh", "ieee8023-covid", "rsna-nih")
 

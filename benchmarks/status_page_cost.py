@@ -32,8 +32,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: its tests/ holds the peers
 from tests.live.peers import free_port, wait_for_echo  # noqa: E402

@@ -52,7 +52,7 @@ def main() -> None:
     summary = {"macro_f1_mean": statistics.mean(f1s), "macro_f1_min": min(f1s), "macro_f1_max": max(f1s),
                "max_deviation_from_mean": max(abs(f - statistics.mean(f1s)) for f in f1s),
                "wall_seconds_max": max(r["wall_seconds"] for r in runs)}
-    from cxr_edge.runtime.bench import machine_info
+    from cxr_edge.runtime.evaluation.bench import machine_info
 
     machine = machine_info() | {"torch": str(torch.__version__)}
     record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,

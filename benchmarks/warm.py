@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_edge.runtime.bench import machine_info, versions
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8, SHIPPED_OPENVINO
+from cxr_edge.runtime.evaluation.bench import machine_info, versions
+from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8, SHIPPED_OPENVINO
 
 
 def _burn(stop: multiprocessing.Event) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.dataset import CLASS_NAMES, Dataset, Sample, scan_dataset
 from ..runtime.errors import CxrEdgeError
-from ..runtime.images import IMAGE_SUFFIXES
+from ..runtime.evaluation.dataset import CLASS_NAMES, Dataset, Sample, scan_dataset
+from ..runtime.reading.images import IMAGE_SUFFIXES
 from .data import file_sha256, manifest_hash
 
 __all__ = ["MANIFEST_HEADER", "write_manifest", "read_manifest", "resolve_calibration", "CalibrationError"]

@@ -1,7 +1,7 @@
-"""Training data from class-folder datasets (`cxr_edge.runtime.dataset`): splitting, hashing, and decoding
+"""Training data from class-folder datasets (`cxr_edge.runtime.evaluation.dataset`): splitting, hashing, and decoding
 through the runtime loader.
 
-Images are decoded and resized exactly as the runtime does it (`cxr_edge.runtime.preprocess`), once, into memory;
+Images are decoded and resized exactly as the runtime does it (`cxr_edge.runtime.model.preprocess`), once, into memory;
 training augments those arrays. Unreadable files are listed and counted, never silently dropped.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.contract import Contract
-from ..runtime.dataset import CLASS_NAMES, DatasetError, Sample
-from ..runtime.model_file import file_sha256
-from ..runtime.preprocess import load_many
+from ..runtime.evaluation.dataset import CLASS_NAMES, DatasetError, Sample
+from ..runtime.model.contract import Contract
+from ..runtime.model.model_file import file_sha256
+from ..runtime.model.preprocess import load_many
 
 __all__ = [
     "stratified_split",
@@ -77,7 +77,7 @@ def load_resized(
     samples: Sequence[Sample], contract: Contract, *, workers: int | None = None,
     on_progress: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, list[Sample], list[tuple[Path, str]]]:
-    """Decode and resize every sample with the runtime's loader (`cxr_edge.runtime.preprocess.load_many`).
+    """Decode and resize every sample with the runtime's loader (`cxr_edge.runtime.model.preprocess.load_many`).
 
     Returns:
         images (N x H x W float32 in [0, 1], before standardisation and normalisation), the samples they are (in

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..runtime.classifier import Classifier
-from ..runtime.images import read_image
+from ..runtime.model.classifier import Classifier
+from ..runtime.reading.images import read_image
 from .reliability import ORIENTATIONS, orient
 
 __all__ = ["photos", "synthetic", "dicom_files", "dicom_pixels", "altered", "rejection_rates"]

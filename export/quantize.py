@@ -19,7 +19,7 @@ ONNX Runtime recipe, and why (measured; see benchmarks/ and the notes in the cod
   0.3 points and 98.4 %. Full range has one hazard: on x86 CPUs without VNNI, ORT's U8S8 kernel adds pairs of
   uint8 x int8 products in 16 bits (VPMADDUBSW) and can saturate. The runtime therefore turns on ORT's exact
   U8U8 path (``session.x64quantprecision``) on such CPUs and keeps INT8 ONNX models off OpenVINO there
-  (``cxr_edge.runtime.backends``); VNNI CPUs accumulate in 32 bits and run the fast path exactly.
+  (``cxr_edge.runtime.model.backends``); VNNI CPUs accumulate in 32 bits and run the fast path exactly.
 - Convolutions *and* their ReLU6 (``Clip``) are quantised together. With convolutions alone, the quantiser puts
   Q/DQ on the raw convolution output, whose range is set by a few outlier channels (about +-97 after the first
   depthwise convolution of EfficientNet-Lite0, where most channels stay below 9): one 8-bit step is then 0.76,
@@ -58,13 +58,13 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.classifier import Classifier
-from ..runtime.contract import Contract
-from ..runtime.dataset import Sample
 from ..runtime.errors import CxrEdgeError, first_line
+from ..runtime.evaluation.dataset import Sample
+from ..runtime.evaluation.metrics import classification_report
 from ..runtime.extras import require
-from ..runtime.metrics import classification_report
-from ..runtime.model_file import (
+from ..runtime.model.classifier import Classifier
+from ..runtime.model.contract import Contract
+from ..runtime.model.model_file import (
     FORMATS,
     INPUT_NAME,
     PROBABILITIES,
@@ -76,7 +76,7 @@ from ..runtime.model_file import (
     quantizing_engines,
     reader_engine,
 )
-from ..runtime.preprocess import load_many, to_input
+from ..runtime.model.preprocess import load_many, to_input
 from ..runtime.timing import time_interleaved
 from .provenance import set_onnx_metadata
 

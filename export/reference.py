@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime.contract import Contract
 from ..runtime.errors import CxrEdgeError
+from ..runtime.model.contract import Contract
 from .to_onnx import model_from_checkpoint
 from .train import load_checkpoint
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..runtime.audit import run_audit
-from ..runtime.classifier import Classifier
-from ..runtime.dataset import CLASS_NAMES, Dataset, Sample, resolve_data_dirs, scan_dataset
-from ..runtime.images import load_image
-from ..runtime.metrics import group_report
-from ..runtime.model_file import SHIPPED_FP32, SHIPPED_INT8, SHIPPED_OPENVINO
+from ..runtime.evaluation.audit import run_audit
+from ..runtime.evaluation.dataset import CLASS_NAMES, Dataset, Sample, resolve_data_dirs, scan_dataset
+from ..runtime.evaluation.metrics import group_report
+from ..runtime.model.classifier import Classifier
+from ..runtime.model.model_file import SHIPPED_FP32, SHIPPED_INT8, SHIPPED_OPENVINO
+from ..runtime.reading.images import load_image
 from . import ood
 from .calibration import read_manifest, write_manifest
 from .config import TrainConfig

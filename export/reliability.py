@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.contract import Contract
-from ..runtime.dataset import CLASS_NAMES, Sample
-from ..runtime.preprocess import to_input
+from ..runtime.evaluation.dataset import CLASS_NAMES, Sample
+from ..runtime.model.contract import Contract
+from ..runtime.model.preprocess import to_input
 from .zoo import CamClassifier, arch_spec
 
 __all__ = ["fit_reliability", "GateHead", "ORIENTATIONS", "expected_calibration_error", "describe",

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.contract import Contract
 from ..runtime.errors import CxrEdgeError
-from ..runtime.gate import GatePolicy
-from ..runtime.model_file import (
+from ..runtime.model.contract import Contract
+from ..runtime.model.gate import GatePolicy
+from ..runtime.model.model_file import (
     ARCHITECTURE_KEY,
     CAM,
     FEATURES,
@@ -38,7 +38,7 @@ from ..runtime.model_file import (
     PROVENANCE_KEY,
     file_sha256,
 )
-from ..runtime.preprocess import load_for_contract, preprocess, stack
+from ..runtime.model.preprocess import load_for_contract, preprocess, stack
 from .provenance import git_commit, package_version, set_onnx_metadata
 from .reliability import GateHead, mid_statistics
 from .train import load_checkpoint
@@ -92,7 +92,7 @@ class ExportReport:
 def parity_images(data_dir: Path | Sequence[Path], seed: int = 0) -> list[Path]:
     """One held-out image per class of a labelled folder (the 20 % validation part of a seeded split), so that
     the parity check sees real X-rays of every class rather than synthetic noise."""
-    from ..runtime.dataset import scan_dataset
+    from ..runtime.evaluation.dataset import scan_dataset
     from .data import stratified_split
 
     _, val = stratified_split(scan_dataset(data_dir).samples, 0.2, seed)

@@ -36,11 +36,11 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from ..runtime.contract import Contract
-from ..runtime.dataset import CLASS_NAMES, Sample, scan_dataset
 from ..runtime.errors import CxrEdgeError
-from ..runtime.metrics import classification_report, group_report
-from ..runtime.preprocess import to_input
+from ..runtime.evaluation.dataset import CLASS_NAMES, Sample, scan_dataset
+from ..runtime.evaluation.metrics import classification_report, group_report
+from ..runtime.model.contract import Contract
+from ..runtime.model.preprocess import to_input
 from .config import TrainConfig
 from .data import load_resized, manifest_hash, stratified_split
 from .plots import plot_confusion_matrix, plot_curves
@@ -180,8 +180,8 @@ def train(config: TrainConfig, data_dirs: str | Path | Sequence[str | Path], out
 
     Args:
         config: the run's settings.
-        data_dirs: class-folder datasets (see `cxr_edge.runtime.dataset.scan_dataset`); their images are pooled,
-            each keeping its source, patient and age group.
+        data_dirs: class-folder datasets (see `cxr_edge.runtime.evaluation.dataset.scan_dataset`); their images
+            are pooled, each keeping its source, patient and age group.
         out_dir: new or empty folder for checkpoint.pt, history.json, metrics.json, curves.png and
             confusion_matrix.png; an existing run there is never overwritten.
         console: a rich Console for progress and the final table (None: silent).

@@ -131,7 +131,7 @@ def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequenc
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cxr_edge.runtime.contract import Contract
+    from cxr_edge.runtime.model.contract import Contract
 
     rng = np.random.default_rng(seed)
     k = len(classes)

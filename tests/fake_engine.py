@@ -1,7 +1,7 @@
 """A third engine for the structure test: the one module that adding an engine takes (plus its table entry).
 
 It runs ONNX models on ONNX Runtime's plain session with default settings, so that its answers can be checked
-against the real engines, and follows `cxr_edge.runtime.backends.base.Backend` and nothing more.
+against the real engines, and follows `cxr_edge.runtime.model.backends.base.Backend` and nothing more.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from cxr_edge.runtime.backends.base import ModelIO
-from cxr_edge.runtime.model_file import INPUT_NAME, PROBABILITIES
+from cxr_edge.runtime.model.backends.base import ModelIO
+from cxr_edge.runtime.model.model_file import INPUT_NAME, PROBABILITIES
 
 ENTRY = ('Engine("echo", "Echo engine", "Echo", ("onnx",), "tests.fake_engine:EchoBackend", "onnxruntime", '
          'writes=None)')

@@ -97,9 +97,52 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_has_no_cycle():
     graph = _import_graph()
-    assert "cxr_edge.runtime.model_file" in graph and len(graph) > 30
-    assert graph["cxr_edge.runtime.model_file"] == {"cxr_edge.runtime.errors"}  # the bottom floor
+    assert "cxr_edge.runtime.model.model_file" in graph and len(graph) > 30
+    assert graph["cxr_edge.runtime.model.model_file"] == {"cxr_edge.runtime.errors"}  # the bottom floor
     assert _cycles(graph) == []
+
+
+ROOMS = ("reading", "model", "outputs", ("live", "scale", "evaluation"))
+"""The rooms of the runtime from the bottom up; modules at the top of `runtime/` (errors, files, cache, cpu,
+timing, extras) are the floor under all of them. A room imports only from rooms below it and from itself, and the
+top rooms (arrival modes, scale-out, measuring) not from each other."""
+
+
+def _room(module: str) -> tuple[int, str] | None:
+    """(height, room) of a runtime module; the floor is height 0."""
+    if not module.startswith("cxr_edge.runtime"):
+        return None
+    parts = module.split(".")
+    name = parts[2] if len(parts) > 2 else None
+    for height, rooms in enumerate(ROOMS, start=1):
+        if name == rooms or (isinstance(rooms, tuple) and name in rooms):
+            return height, name
+    return 0, "floor"
+
+
+def test_rooms_import_only_downwards():
+    graph = _import_graph()
+    wrong = []
+    for module, targets in graph.items():
+        here = _room(module)
+        if here is None:
+            continue
+        for target in targets:
+            there = _room(target)
+            if there is None or there[1] == here[1]:
+                continue
+            if there[0] > here[0] or (there[0] == here[0] and there[1] != here[1]):
+                wrong.append(f"{module} -> {target}")
+    assert wrong == []
+    assert {m.split(".")[2] for m in graph if m.count(".") >= 3 and m.startswith("cxr_edge.runtime.")} >= \
+        {"reading", "model", "outputs", "live", "scale", "evaluation"}
+
+
+def test_no_decoder_imports_the_gate():
+    graph = _import_graph()
+    readers = [m for m in graph if m.startswith("cxr_edge.runtime.reading")]
+    assert "cxr_edge.runtime.reading.images" in readers
+    assert {m: graph[m] for m in readers if any(t.startswith("cxr_edge.runtime.model") for t in graph[m])} == {}
 
 
 def test_the_cycle_finder_finds_cycles():
@@ -128,8 +171,8 @@ def test_hashing_a_file_does_not_pull_in_the_engines():
         return seen
 
     for module in ("cxr_edge.export.data", "cxr_edge.export.calibration"):
-        assert "cxr_edge.runtime.model_file" in reach(module)
-        assert not {m for m in reach(module) if m.startswith("cxr_edge.runtime.backends")}, module
+        assert "cxr_edge.runtime.model.model_file" in reach(module)
+        assert not {m for m in reach(module) if m.startswith("cxr_edge.runtime.model.backends")}, module
 
 
 def test_no_library_module_finds_the_repository_by_walking_up_from_its_file():
@@ -154,7 +197,7 @@ def test_a_new_engine_is_one_table_entry_and_one_module(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        from cxr_edge.runtime.model_file import ENGINES, Engine
+        from cxr_edge.runtime.model.model_file import ENGINES, Engine
         ENGINES["echo"] = {ENTRY}
     """))
     model = tiny_onnx(tmp_path / "tiny.onnx", size=64)
@@ -192,6 +235,6 @@ def test_a_new_engine_is_one_table_entry_and_one_module(tmp_path):
 
 def test_cli_lists_repeated_for_a_light_help_agree_with_their_sources():
     from cxr_edge.cli.edge import OUTPUT_FORMATS
-    from cxr_edge.runtime.outputs import FORMATS
+    from cxr_edge.runtime.outputs.table import FORMATS
 
     assert OUTPUT_FORMATS == FORMATS  # ARCH_NAMES has its twin in tests/export/test_zoo.py

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from cxr_edge.export.config import ARCH_NAMES, TrainConfig
-from cxr_edge.runtime.contract import INTENSITIES
-from cxr_edge.runtime.model_file import quantizing_engines
+from cxr_edge.runtime.model.contract import INTENSITIES
+from cxr_edge.runtime.model.model_file import quantizing_engines
 
 from .common import EXIT_OK, progress
 
@@ -73,13 +73,13 @@ def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | No
     Prints a progress bar per epoch and, at the end, per-class precision, recall and F1 on the validation split.
     """
     _require_build("train")
-    from cxr_edge.runtime.dataset import resolve_data_dirs
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs
 
     data = resolve_data_dirs(data_dirs)  # a wrong folder is reported before torch is imported
     from rich.console import Console
 
     from cxr_edge.export.train import train as run_training
-    from cxr_edge.runtime.metrics import render_report
+    from cxr_edge.runtime.evaluation.metrics import render_report
 
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
                          split_seed=split_seed, val_fraction=val_fraction, patience=patience,
@@ -109,7 +109,7 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
     """
     _require_build("export")
     from cxr_edge.export.to_onnx import export_onnx, parity_images
-    from cxr_edge.runtime.dataset import DatasetError, resolve_data_dirs
+    from cxr_edge.runtime.evaluation.dataset import DatasetError, resolve_data_dirs
 
     try:
         images = parity_images(resolve_data_dirs(check_data))
@@ -165,7 +165,7 @@ def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_ma
     from cxr_edge.export.calibration import resolve_calibration
     from cxr_edge.export.quantize import quantize as run_quantize
     from cxr_edge.export.quantize import render_comparison
-    from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
 
     data = resolve_data_dirs(data_dirs) if calib_manifest else None
     files = resolve_calibration(calib_dir, calib_manifest, data)
@@ -194,7 +194,7 @@ def quantize(model: str, out: str, backend: str, calib_dir: str | None, calib_ma
 def calibration_manifest(data_dirs: tuple[str, ...], out: str, per_class: int, seed: int) -> int:
     """Write a calibration manifest: names, classes and hashes of a stratified subset (never the images)."""
     from cxr_edge.export.calibration import write_manifest
-    from cxr_edge.runtime.dataset import resolve_data_dirs, scan_dataset
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
 
     dataset = scan_dataset(resolve_data_dirs(data_dirs))
     chosen = write_manifest(dataset, out, per_class=per_class, seed=seed)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from cxr_edge.runtime.model_file import ENGINES
+from cxr_edge.runtime.model.model_file import ENGINES
 
 __all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "model_option", "backend_option",
            "server_options", "remote_if_server", "threads_option", "gate_option", "progress", "csv_list",
@@ -17,7 +17,7 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
 every input was read but some were rejected by the gate or uncertain."""
 
 GATE_MODES = ("reject", "warn", "off")
-"""`cxr_edge.runtime.gate.GATE_MODES`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
+"""`cxr_edge.runtime.model.gate.GATE_MODES`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
 
 gate_option = click.option(
     "--gate", type=click.Choice(GATE_MODES), default="reject", show_default=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cxr_edge.runtime.errors import CxrEdgeError, printable
-from cxr_edge.runtime.model_file import ENGINES, local_engines
+from cxr_edge.runtime.model.model_file import ENGINES, local_engines
 
 from .common import (
     EXIT_DOUBTFUL,
@@ -29,7 +29,7 @@ from .common import (
 __all__ = ["COMMANDS", "predict", "info", "bench"]
 
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
-"""`cxr_edge.runtime.outputs.FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
+"""`cxr_edge.runtime.outputs.table.FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
 REFERENCE = "torch"
 """The bench's reference row: a training checkpoint in PyTorch eager mode, from the build side."""
 
@@ -63,10 +63,11 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
     """
     from rich.console import Console
 
-    from cxr_edge.runtime.cam import overlay, write_overlay
-    from cxr_edge.runtime.classifier import Classifier
-    from cxr_edge.runtime.outputs import Summary, make_writer
-    from cxr_edge.runtime.pipeline import expand_inputs, predict_stream
+    from cxr_edge.runtime.model.classifier import Classifier
+    from cxr_edge.runtime.model.stream import predict_stream
+    from cxr_edge.runtime.outputs.heatmaps import overlay, write_overlay
+    from cxr_edge.runtime.outputs.table import Summary, make_writer
+    from cxr_edge.runtime.reading.paths import expand_inputs
 
     items = expand_inputs(paths, recursive=recursive)
     many = len(items) > 1
@@ -116,7 +117,7 @@ def info(model: str | None, as_json: bool) -> int:
     """Show a model's preprocessing contract, classes, provenance and file hashes (default: the shipped model)."""
     from rich.console import Console
 
-    from cxr_edge.runtime.model_info import model_info, render_info
+    from cxr_edge.runtime.model.info import model_info, render_info
 
     details = model_info(model)
     if as_json:
@@ -164,8 +165,8 @@ def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str,
     """
     from rich.console import Console
 
-    from cxr_edge.runtime.bench import Reference, end_to_end_files, run_bench
-    from cxr_edge.runtime.bench_report import bench_markdown, bench_plot, bench_table
+    from cxr_edge.runtime.evaluation.bench import Reference, end_to_end_files, run_bench
+    from cxr_edge.runtime.evaluation.bench_report import bench_markdown, bench_plot, bench_table
     from cxr_edge.runtime.extras import require
 
     if e2e and not data_dirs:
@@ -229,9 +230,9 @@ def audit(data_dirs: tuple[str, ...], model: str | None, backend: str, threads: 
     """
     from rich.console import Console
 
-    from cxr_edge.runtime.audit import render_audit, run_audit
-    from cxr_edge.runtime.classifier import Classifier
-    from cxr_edge.runtime.dataset import resolve_data_dirs
+    from cxr_edge.runtime.evaluation.audit import render_audit, run_audit
+    from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs
+    from cxr_edge.runtime.model.classifier import Classifier
 
     roots = resolve_data_dirs(data_dirs)
     classifier = Classifier.open(model, backend=backend, threads=threads, mode="throughput")

@@ -64,10 +64,10 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     Prints one line per image and a summary whenever it goes idle. OUT/status.json says what the watcher is
     doing; `cxr-edge status-page OUT` shows it in a browser.
     """
-    from cxr_edge.runtime.classifier import Classifier
-    from cxr_edge.runtime.live.outbox import parse_destination
-    from cxr_edge.runtime.live.results import live_line
     from cxr_edge.runtime.live.watch import FolderWatcher
+    from cxr_edge.runtime.model.classifier import Classifier
+    from cxr_edge.runtime.outputs.outbox import parse_destination
+    from cxr_edge.runtime.outputs.records import live_line
 
     destinations = [parse_destination(text) for text in forward]
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
@@ -141,11 +141,11 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     """
     import threading
 
-    from cxr_edge.runtime.classifier import Classifier
     from cxr_edge.runtime.extras import require
     from cxr_edge.runtime.live.dicom_listener import DicomListener
-    from cxr_edge.runtime.live.outbox import parse_destination
-    from cxr_edge.runtime.live.results import live_line
+    from cxr_edge.runtime.model.classifier import Classifier
+    from cxr_edge.runtime.outputs.outbox import parse_destination
+    from cxr_edge.runtime.outputs.records import live_line
 
     destinations = [parse_destination(text) for text in forward]
     if fhir_dir is not None:

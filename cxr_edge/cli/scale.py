@@ -14,7 +14,7 @@ from .common import EXIT_OK, EXIT_PARTIAL, backend_option, gate_option, model_op
 __all__ = ["COMMANDS", "export_repository_command", "score_archive_command"]
 
 REPOSITORY_FORMATS = ("triton", "ovms", "both")
-"""`cxr_edge.runtime.repository.REPOSITORY_FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps
+"""`cxr_edge.runtime.scale.repository.REPOSITORY_FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps
 both equal)."""
 
 
@@ -38,8 +38,8 @@ def export_repository_command(out: str, models: tuple[str, ...], fmt: str, name:
     SHA-256) so that `--backend kserve` clients can check they talk to the model they expect. Point the server
     at OUT: `tritonserver --model-repository OUT`, or `ovms --config_path OUT/config.json`.
     """
-    from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8, SHIPPED_OPENVINO
-    from cxr_edge.runtime.repository import export_repository
+    from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8, SHIPPED_OPENVINO
+    from cxr_edge.runtime.scale.repository import export_repository
 
     files = [Path(m) for m in models] or [MODELS_DIR / SHIPPED_INT8, MODELS_DIR / SHIPPED_OPENVINO]
     served = export_repository(out, files, fmt=fmt, name=name, version=version, threads=threads)
@@ -75,7 +75,7 @@ def score_archive_command(source: str, out_dir: str, model: str | None, backend:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from cxr_edge.runtime.archive import score_archive
+    from cxr_edge.runtime.scale.archive import score_archive
 
     err = Console(stderr=True)
     started = time.monotonic()

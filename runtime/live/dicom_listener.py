@@ -41,17 +41,17 @@ from typing import Any
 
 import cxr_edge
 
-from ..classifier import Classifier, Prepared
-from ..dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 from ..errors import CxrEdgeError, first_line
-from ..model_file import file_sha256
-from .ae_title import valid_ae_title
-from .files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
-from .health import Heartbeat
-from .outbox import Destination, Outbox
-from .reports import SR_KINDS, write_report
-from .results import LiveSummary, live_record
-from .secondary_capture import build_heatmap_sc, heatmap_picture
+from ..files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
+from ..model.classifier import Classifier, Prepared
+from ..model.model_file import file_sha256
+from ..outputs.ae_title import valid_ae_title
+from ..outputs.health import Heartbeat
+from ..outputs.outbox import Destination, Outbox
+from ..outputs.records import LiveSummary, live_record
+from ..outputs.reports import SR_KINDS, write_report
+from ..outputs.secondary_capture import build_heatmap_sc, heatmap_picture
+from ..reading.dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 
 __all__ = ["DicomListener", "SR_KINDS", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
 
@@ -480,7 +480,7 @@ class DicomListener:
         return written
 
     def _write_fhir(self, record: dict[str, Any], path: Path) -> None:
-        from .fhir import build_fhir_bundle
+        from ..outputs.fhir import build_fhir_bundle
 
         patient = None
         if self.keep_phi and record.get("patient"):

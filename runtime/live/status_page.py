@@ -27,8 +27,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .health import STALE_S, STATUS_FILE
-from .outbox import outbox_status
+from ..outputs.health import STALE_S, STATUS_FILE
+from ..outputs.outbox import outbox_status
 
 __all__ = ["ResultIndex", "snapshot", "create_app", "serve", "LATEST", "FAILURES"]
 

@@ -36,15 +36,24 @@ import cv2
 
 import cxr_edge
 
-from ..cam import overlay
-from ..classifier import Classifier
 from ..errors import CxrEdgeError, os_reason, printable
-from ..model_file import file_sha256
-from .files import fit_name, free_name, move_to, remove_stale_temps, same_file, utc_now, write_atomic, write_json_atomic
-from .health import Heartbeat
-from .outbox import Destination, Outbox
-from .reports import SR_KINDS, write_report
-from .results import LiveSummary, live_record
+from ..files import (
+    fit_name,
+    free_name,
+    move_to,
+    remove_stale_temps,
+    same_file,
+    utc_now,
+    write_atomic,
+    write_json_atomic,
+)
+from ..model.classifier import Classifier
+from ..model.model_file import file_sha256
+from ..outputs.health import Heartbeat
+from ..outputs.heatmaps import overlay
+from ..outputs.outbox import Destination, Outbox
+from ..outputs.records import LiveSummary, live_record
+from ..outputs.reports import SR_KINDS, write_report
 
 __all__ = ["FolderWatcher", "WatchLayout", "is_ignored", "result_name", "IGNORED_SUFFIXES"]
 
@@ -124,7 +133,7 @@ class FolderWatcher:
         on_record: called with each result record (and whether it was already there) as it is written.
         on_idle: called when the folder has no more complete files after some were processed.
         sr: for DICOM inputs, also write a report (one of `SR_KINDS`) into ``OUT_DIR/sr/``; None writes none.
-        forward: send those reports to these Storage SCPs from a durable outbox (`cxr_edge.runtime.live.outbox`).
+        forward: send those reports to these Storage SCPs from a durable outbox (`cxr_edge.runtime.outputs.outbox`).
     """
 
     def __init__(self, in_dir: str | Path, out_dir: str | Path, classifier: Classifier, *, cam: bool = False,

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cxr_edge.runtime.contract import Contract
 from cxr_edge.runtime.errors import printable
+from cxr_edge.runtime.model.contract import Contract
 from tests.factories import CLASSES, tiny_onnx
 from tests.hostile import GOOD, image_cases, layout_cases
 from tests.processes import run_cli
@@ -82,8 +82,8 @@ def test_a_contract_naming_the_wrong_number_of_classes_is_refused_at_open(tmp_pa
 
 
 def test_the_openvino_engine_checks_the_contract_too(tmp_path):
-    from cxr_edge.runtime.classifier import Classifier
     from cxr_edge.runtime.errors import ModelError
+    from cxr_edge.runtime.model.classifier import Classifier
 
     contract = Contract(input_size=(64, 64), class_names=CLASSES[:3], channels=1, mean=(0.5,), std=(0.25,))
     model = tiny_onnx(tmp_path / "wrong.onnx", size=64, contract=False, extra_metadata=contract.to_metadata())

@@ -191,7 +191,7 @@ def test_an_80_column_table_still_names_every_file(setup, tmp_path, columns):
 
 
 def _gated(tmp_path: Path, **policy: object) -> Path:
-    from cxr_edge.runtime.gate import GatePolicy
+    from cxr_edge.runtime.model.gate import GatePolicy
 
     tmp_path.mkdir(exist_ok=True)
     return tiny_onnx(tmp_path / "gated.onnx", size=64, extra_metadata=GatePolicy(**policy).to_metadata())

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from cxr_edge.export.data import load_resized, manifest_hash, stratified_split
-from cxr_edge.runtime.contract import Contract
-from cxr_edge.runtime.dataset import CLASS_NAMES, DatasetError, Sample, scan_dataset
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, DatasetError, Sample, scan_dataset
+from cxr_edge.runtime.model.contract import Contract
 
 
 def test_split_is_stratified_seeded_and_order_independent():

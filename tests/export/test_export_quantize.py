@@ -16,13 +16,13 @@ from cxr_edge.export.config import TrainConfig
 from cxr_edge.export.quantize import compare_models, quantize
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import load_checkpoint, train
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.contract import Contract
-from cxr_edge.runtime.dataset import CLASS_NAMES, scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.gate import GatePolicy
-from cxr_edge.runtime.model_file import ARCHITECTURE_KEY, PROVENANCE_KEY, QUANTIZATION_KEY, file_sha256
-from cxr_edge.runtime.preprocess import to_input
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, scan_dataset
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.contract import Contract
+from cxr_edge.runtime.model.gate import GatePolicy
+from cxr_edge.runtime.model.model_file import ARCHITECTURE_KEY, PROVENANCE_KEY, QUANTIZATION_KEY, file_sha256
+from cxr_edge.runtime.model.preprocess import to_input
 
 pytestmark = pytest.mark.slow  # trains or exports real networks
 
@@ -69,7 +69,7 @@ def test_the_gate_in_the_graph_is_the_gate_that_was_fitted(exported, small_datas
 
     from cxr_edge.export.reliability import GateHead, describe
     from cxr_edge.export.to_onnx import model_from_checkpoint
-    from cxr_edge.runtime.preprocess import load_many
+    from cxr_edge.runtime.model.preprocess import load_many
 
     folder, _ = exported
     checkpoint = load_checkpoint(folder / "run" / "checkpoint.pt")

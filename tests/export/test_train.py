@@ -14,9 +14,9 @@ from cxr_edge.export.config import TrainConfig
 from cxr_edge.export.data import manifest_hash, stratified_split
 from cxr_edge.export.train import CHECKPOINT_NAME, load_checkpoint, train
 from cxr_edge.export.zoo import build_model
-from cxr_edge.runtime.contract import Contract
-from cxr_edge.runtime.dataset import CLASS_NAMES, scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, scan_dataset
+from cxr_edge.runtime.model.contract import Contract
 
 pytestmark = pytest.mark.slow  # trains or exports real networks
 

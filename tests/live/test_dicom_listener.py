@@ -27,9 +27,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.live.dicom_listener import DicomListener, Status
-from cxr_edge.runtime.live.sr import BASIC_TEXT_SR, NOT_FOR_DIAGNOSTIC_USE
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.outputs.sr import BASIC_TEXT_SR, NOT_FOR_DIAGNOSTIC_USE
 from tests.factories import (
     PATIENT_ID,
     PATIENT_NAME,

@@ -21,12 +21,12 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 import cxr_edge
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.live.coded_sr import CLASS_CODES, COMPREHENSIVE_3D_SR, STATUS_CODES
 from cxr_edge.runtime.live.dicom_listener import DicomListener, Status
-from cxr_edge.runtime.live.outbox import parse_destination
-from cxr_edge.runtime.live.sr import NOT_FOR_DIAGNOSTIC_USE
-from cxr_edge.runtime.model_file import file_sha256
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import file_sha256
+from cxr_edge.runtime.outputs.coded_sr import CLASS_CODES, COMPREHENSIVE_3D_SR, STATUS_CODES
+from cxr_edge.runtime.outputs.outbox import parse_destination
+from cxr_edge.runtime.outputs.sr import NOT_FOR_DIAGNOSTIC_USE
 from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset, gradient, tiny_onnx
 from tests.live.peers import free_port, wait_for_echo
 from tests.live.test_dicom_listener import associate, dcmtk, sr_texts
@@ -326,6 +326,6 @@ def test_watch_reports_dicom_inputs_and_forwards_them(tmp_path: Path, classifier
 
 def test_the_cli_offers_the_report_kinds_the_runtime_has() -> None:
     from cxr_edge.cli.live import SR_KINDS as CLI_KINDS
-    from cxr_edge.runtime.live.reports import SR_KINDS
+    from cxr_edge.runtime.outputs.reports import SR_KINDS
 
     assert CLI_KINDS == SR_KINDS

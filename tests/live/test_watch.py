@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.live.files import TEMP_PREFIX
+from cxr_edge.runtime.files import TEMP_PREFIX
 from cxr_edge.runtime.live.watch import FolderWatcher, result_name
-from cxr_edge.runtime.model_file import file_sha256
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import file_sha256
 from tests.factories import gradient, truncated, write_dicom
 
 RECORD_KEYS = {"path", "label", "probabilities", "latency_ms", "error", "status", "gate", "sha256", "arrived",

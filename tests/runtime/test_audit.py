@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from cxr_edge.runtime.audit import LUNG_BOX, STRESSES, auroc, run_audit
-from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.preprocess import load_many, to_input
+from cxr_edge.runtime.evaluation.audit import LUNG_BOX, STRESSES, auroc, run_audit
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.preprocess import load_many, to_input
 from tests.factories import tiny_onnx
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from cxr_edge.runtime.bench import Reference, run_bench
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.dataset import CLASS_NAMES, scan_dataset
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.metrics import classification_report
+from cxr_edge.runtime.evaluation.bench import Reference, run_bench
+from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, scan_dataset
+from cxr_edge.runtime.evaluation.metrics import classification_report
+from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.timing import time_interleaved
 from tests.factories import tiny_int8, tiny_onnx
 
@@ -192,7 +192,7 @@ def test_a_row_that_cannot_run_is_a_row_with_its_reason(models, tmp_path):
     """A broken model and a reference that cannot run here become rows with reasons; the others are measured."""
     from rich.console import Console
 
-    from cxr_edge.runtime.bench_report import bench_markdown, bench_table
+    from cxr_edge.runtime.evaluation.bench_report import bench_markdown, bench_table
 
     fp32, _, _ = models
     broken = tmp_path / "broken.xml"

@@ -12,11 +12,12 @@ import openvino as ov
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.errors import ContractError, ModelError
-from cxr_edge.runtime.images import load_image
-from cxr_edge.runtime.pipeline import InputError, expand_inputs, predict_stream
-from cxr_edge.runtime.preprocess import preprocess
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.preprocess import preprocess
+from cxr_edge.runtime.model.stream import predict_stream
+from cxr_edge.runtime.reading.images import load_image
+from cxr_edge.runtime.reading.paths import InputError, expand_inputs
 from tests.factories import CLASSES, gradient, tiny_onnx, write_compressed_dicom, write_dicom, write_jpeg_dicom
 
 
@@ -90,7 +91,7 @@ def test_damaged_graph_cache_is_rebuilt(tmp_path, model):
 def test_models_without_or_against_their_contract_are_refused(tmp_path):
     with pytest.raises(ContractError, match="carries no cxr-edge preprocessing contract"):
         Classifier.open(tiny_onnx(tmp_path / "bare.onnx", contract=False), backend="ort")
-    from cxr_edge.runtime.contract import Contract
+    from cxr_edge.runtime.model.contract import Contract
 
     wrong = Contract(input_size=(96, 96), class_names=CLASSES, channels=1, mean=(0.5,), std=(0.25,)).to_metadata()
     lying = tiny_onnx(tmp_path / "lying.onnx", size=64, contract=False, extra_metadata=wrong)
@@ -179,7 +180,7 @@ def test_ort_path_never_imports_openvino(tmp_path, model):
     image = _images(tmp_path, 1)[0]
     code = textwrap.dedent(f"""
         import sys
-        from cxr_edge.runtime.classifier import Classifier
+        from cxr_edge.runtime.model.classifier import Classifier
         result = Classifier.open({str(model)!r}, backend="ort").predict([{str(image)!r}])[0]
         assert result.error is None, result.error
         assert "openvino" not in sys.modules

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from cxr_edge.runtime.contract import FORMAT_VERSION, Contract
 from cxr_edge.runtime.errors import ContractError
-from cxr_edge.runtime.model_file import CONTRACT_KEY, VERSION_KEY
+from cxr_edge.runtime.model.contract import FORMAT_VERSION, Contract
+from cxr_edge.runtime.model.model_file import CONTRACT_KEY, VERSION_KEY
 
 CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import cxr_edge.runtime.backends as backends
-import cxr_edge.runtime.backends.ort as ort_backend
+import cxr_edge.runtime.model.backends as backends
+import cxr_edge.runtime.model.backends.ort as ort_backend
 from cxr_edge.runtime import cpu
-from cxr_edge.runtime.backends import open_backend, resolve_backend
+from cxr_edge.runtime.model.backends import open_backend, resolve_backend
 from tests.factories import tiny_int8, tiny_onnx
 
 

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from cxr_edge.runtime.dataset import CLASS_NAMES, DatasetError, resolve_class, resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.evaluation.dataset import (
+    CLASS_NAMES,
+    DatasetError,
+    resolve_class,
+    resolve_data_dirs,
+    scan_dataset,
+)
 
 
 @pytest.mark.parametrize(

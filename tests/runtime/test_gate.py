@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_edge.runtime.gate import GatePolicy, HeaderFacts, judge
+from cxr_edge.runtime.model.gate import GatePolicy, judge
+from cxr_edge.runtime.reading.header import HeaderFacts
 
 POLICY = GatePolicy(gate_threshold=1.5, upright_min=0.5,
                     orientations=("upright", "rotated_90", "rotated_180", "rotated_270", "inverted"),

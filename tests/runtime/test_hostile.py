@@ -19,9 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from cxr_edge.runtime.errors import ImageError, printable
-from cxr_edge.runtime.gate import judge
-from cxr_edge.runtime.images import MAX_FILE_BYTES, read_image
-from cxr_edge.runtime.pipeline import InputError, expand_inputs
+from cxr_edge.runtime.model.gate import judge
+from cxr_edge.runtime.reading.images import MAX_FILE_BYTES, read_image
+from cxr_edge.runtime.reading.paths import InputError, expand_inputs
 from tests.factories import CLASSES, dicom_dataset, gradient
 from tests.hostile import GOOD, image_cases, layout_cases
 
@@ -84,7 +84,7 @@ def test_names_with_terminal_escapes_and_undecodable_bytes_print_as_escapes():
 
 
 def test_a_gate_score_that_is_not_a_number_rejects():
-    from cxr_edge.runtime.gate import GatePolicy
+    from cxr_edge.runtime.model.gate import GatePolicy
 
     policy = GatePolicy(gate_threshold=1.5)
     verdict = judge(dict.fromkeys(CLASSES, 0.25), policy=policy, gate_score=math.nan)
@@ -137,7 +137,7 @@ def test_an_unreadable_folder_is_one_error_and_the_rest_is_walked(tmp_path):
         if folder.stat().st_mode & 0o005 != 0o005 and os.geteuid() == 0:
             os.chmod(folder, folder.stat().st_mode | 0o005)  # pytest's own folders are private to root
     os.chmod(tmp_path / "locked", 0o300 if os.geteuid() else 0o700)
-    code = ("import os\nfrom cxr_edge.runtime.pipeline import expand_inputs\n"
+    code = ("import os\nfrom cxr_edge.runtime.reading.paths import expand_inputs\n"
             + ("os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else "")
             + f"print([getattr(i, 'reason', str(i)) for i in expand_inputs([{str(tmp_path)!r}], recursive=True)])")
     try:

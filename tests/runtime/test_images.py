@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr_edge.runtime.errors import ImageError
-from cxr_edge.runtime.images import load_image, read_image
+from cxr_edge.runtime.reading.images import load_image, read_image
 from tests.factories import (
     PATIENT_ID,
     PATIENT_NAME,

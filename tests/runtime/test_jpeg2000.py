@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
-from cxr_edge.runtime import jpeg2000
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.images import load_image, read_image
+from cxr_edge.runtime.reading import jpeg2000
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.reading.images import load_image, read_image
 from tests.factories import gradient, write_compressed_dicom
 
 
@@ -63,7 +63,7 @@ class glymur_file:  # noqa: N801 (a context manager)
 def test_a_detector_size_cr_decodes_small_and_classifies_like_the_full_image(tmp_path, data_dirs, full_decode):
     """Real films re-encoded as 15-bit MONOCHROME1 JPEG 2000 CRs at detector size, lossy and lossless; one of odd
     size (the case that breaks Pillow's own reduce)."""
-    from cxr_edge.runtime.dataset import scan_dataset
+    from cxr_edge.runtime.evaluation.dataset import scan_dataset
 
     samples = scan_dataset(data_dirs).samples[::60]
     paths = []

@@ -15,14 +15,14 @@ def test_runtime_imports_and_works_without_torch(tmp_path):
         for module in pkgutil.walk_packages(runtime.__path__, "cxr_edge.runtime."):
             if not module.name.endswith(".backends.openvino"):  # that one is OpenVINO itself, imported on use
                 importlib.import_module(module.name)
-        from cxr_edge.runtime.contract import Contract
-        from cxr_edge.runtime.preprocess import load_for_contract, preprocess
+        from cxr_edge.runtime.model.contract import Contract
+        from cxr_edge.runtime.model.preprocess import load_for_contract, preprocess
         contract = Contract(input_size=(32, 32), class_names=("a", "b"))
         x = preprocess(load_for_contract({str(image)!r}, contract).pixels, contract)
         assert x.shape == (3, 32, 32), x.shape
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "nncf", "openvino"))
         assert not heavy, heavy
-        importlib.import_module("cxr_edge.runtime.backends.openvino")
+        importlib.import_module("cxr_edge.runtime.model.backends.openvino")
         assert not any(m.split(".")[0] in ("torch", "timm", "nncf") for m in sys.modules)
         print("ok")
     """, blocked=("torch", "torchvision", "timm", "nncf"))

@@ -1,8 +1,8 @@
 import cv2
 import numpy as np
 
-from cxr_edge.runtime.contract import Contract
-from cxr_edge.runtime.preprocess import load_for_contract, load_many, preprocess, resize, stack, to_input
+from cxr_edge.runtime.model.contract import Contract
+from cxr_edge.runtime.model.preprocess import load_for_contract, load_many, preprocess, resize, stack, to_input
 
 CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage.data import astronaut, chelsea, coffee
 
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.dataset import scan_dataset
-from cxr_edge.runtime.images import load_image
+from cxr_edge.runtime.evaluation.dataset import scan_dataset
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.reading.images import load_image
 
 
 @pytest.fixture(scope="module")

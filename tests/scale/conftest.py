@@ -86,7 +86,7 @@ class TritonServer:
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8
+    from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8
 
     server = TritonServer(MODELS_DIR / SHIPPED_INT8)
     yield server

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cxr_edge.runtime.archive import PARTS_DIR, read_results, score_archive
-from cxr_edge.runtime.classifier import Classifier
-from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8, file_sha256
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8, file_sha256
+from cxr_edge.runtime.scale.archive import PARTS_DIR, read_results, score_archive
 from tests.numerics import assert_same_results, int8_rerun_bound
 
 CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr_edge.runtime.classifier import Classifier
 from cxr_edge.runtime.errors import InferenceError, ModelError
-from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8
-from cxr_edge.runtime.pipeline import predict_stream
+from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8
+from cxr_edge.runtime.model.stream import predict_stream
 from tests.factories import CLASSES, tiny_onnx
 from tests.hostile import noisy_film
 from tests.numerics import assert_same_results, int8_rerun_bound
@@ -147,7 +147,7 @@ def test_watch_and_bench_run_on_the_server(triton: TritonServer, films: list[Pat
     records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "results").glob("*.json")]
     assert len(records) == 2 and all(r["error"] is None for r in records)
 
-    from cxr_edge.runtime.bench import run_bench
+    from cxr_edge.runtime.evaluation.bench import run_bench
 
     bench = run_bench([SHIPPED], backends=("ort", "kserve"), precisions=("int8",), batches=(1,), runs=10,
                       warmup=2, threads=1, server=triton.url)

@@ -11,10 +11,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from cxr_edge.runtime.backends import open_backend
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.model_file import MODELS_DIR, SHIPPED_INT8, SHIPPED_OPENVINO, file_sha256
-from cxr_edge.runtime.repository import (
+from cxr_edge.runtime.model.backends import open_backend
+from cxr_edge.runtime.model.model_file import MODELS_DIR, SHIPPED_INT8, SHIPPED_OPENVINO, file_sha256
+from cxr_edge.runtime.scale.repository import (
     DESCRIPTION_FILE,
     OVMS_CONFIG_SCHEMA,
     REPOSITORY_FORMATS,

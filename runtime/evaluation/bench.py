@@ -1,0 +1,404 @@
+"""`cxr-edge bench`: every backend and precision side by side, against the one-minute budget per image.
+
+Method, so that the figures survive an engineer's check:
+- every row is opened in the same process; load and first-inference times come from a fresh child process per
+  row (`cxr_edge.runtime.evaluation.cold_start`, with its peak resident memory), so that caches of one row do
+  not flatter another's start;
+- warm-up runs, then many timed batch-1 runs, the rows interleaved in short blocks (A B C D A B C D ...): drift
+  of the machine hits every row alike; blocks of a few runs let each engine's threads settle;
+- thread count pinned and reported; CPU model, the instruction-set flags that matter and library versions in
+  the header; a warning when the machine is loaded or a row's spread is wide;
+- each row is set up on its own: a row that cannot run (a missing engine, a model it cannot load) becomes a row
+  with its reason, and the others are measured as usual.
+A reference row (PyTorch eager FP32, the seed project's way) is measured only when the caller supplies one
+(`Reference`): the runtime never imports the build side.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cpu import INT8_FLAGS, cpu_flags, cpu_model
+from ..errors import CxrEdgeError, first_line
+from ..model.classifier import Classifier
+from ..model.contract import Contract
+from ..model.model_file import (
+    ENGINES,
+    PROBABILITIES,
+    QUANTIZATION_KEY,
+    engines_for,
+    local_engines,
+    model_format,
+    model_size_mb,
+    reader_engine,
+    shipped_models,
+)
+from ..model.preprocess import load_many, to_input
+from ..outputs.table import BUDGET_S, budget_verdict
+from ..timing import time_interleaved
+from .dataset import CLASS_NAMES, Sample, scan_dataset
+from .metrics import classification_report, group_report
+
+__all__ = ["BenchRow", "Reference", "default_rows", "run_bench", "machine_info", "versions", "end_to_end_files",
+           "row_label", "END_TO_END_FILES"]
+
+BLOCK = 5
+"""Timed runs per row before moving to the next row."""
+END_TO_END_FILES = 200
+"""Real files timed end to end at most (enough for a stable median; a whole archive would only take longer)."""
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Reference:
+    """A row measured beside the engines, supplied by the caller: the build side's PyTorch eager model.
+
+    Args:
+        backend: the row's name (``torch``).
+        label: its name for people.
+        model: the file it runs (a training checkpoint).
+        make_runner: (contract of the engine rows, threads) -> preprocessed batch -> probabilities. Raises if the
+            reference cannot run here (the row then shows the reason).
+    """
+
+    backend: str
+    label: str
+    model: Path
+    make_runner: Callable[[Contract, int], Runner]
+
+
+@dataclass
+class BenchRow:
+    """One (backend, precision, model) combination and its measurements, or the reason it could not run."""
+
+    backend: str
+    precision: str
+    model: str
+    figures: dict = field(default_factory=dict)
+    run: Runner | None = field(default=None, repr=False)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        row = {"backend": self.backend, "precision": self.precision, "model": self.model} | self.figures
+        return row | ({"error": self.error} if self.error is not None else {})
+
+
+def row_label(backend: str) -> str:
+    """An engine's name for people (a reference row's label comes from its `Reference`)."""
+    return ENGINES[backend].label if backend in ENGINES else backend
+
+
+def machine_info() -> dict:
+    """CPU model, the instruction-set flags that decide INT8 speed (those usable here), cores and load."""
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(),
+            "flags": [name for flag, name in INT8_FLAGS.items() if flag in flags],
+            "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def versions() -> dict:
+    found = {}
+    packages = ("cxr-edge", *(e.distribution for e in ENGINES.values()), "numpy", "opencv-python-headless", "torch")
+    for name in dict.fromkeys(packages):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def default_rows(models: Sequence[Path], backends: Sequence[str], precisions: Sequence[str],
+                 precision_of: Callable[[Path], str]) -> tuple[list[tuple[str, str, Path]], list[tuple[Path, str]]]:
+    """(backend, precision, path) for each model on each engine that should run it, and the models that cannot
+    be read at all, with the reason.
+
+    A model runs on every engine of ``ENGINES`` that reads its format, except an INT8 model on an engine for which
+    an INT8 model in that engine's own format is also given: that one is the engine's INT8 row (OpenVINO runs
+    the NNCF IR, not the ONNX Runtime QDQ file).
+
+    Args:
+        precision_of: path -> ``fp32`` or ``int8``.
+    """
+    described, unreadable = [], []
+    for path in models:
+        try:
+            described.append((path, model_format(path), precision_of(path)))
+        except CxrEdgeError as exc:
+            unreadable.append((path, str(exc)))
+    native_int8 = {fmt for _, fmt, precision in described if precision == "int8"}
+    rows = []
+    for path, fmt, precision in described:
+        for engine in engines_for(fmt, remote=True):
+            if precision == "int8" and engine.writes in native_int8 and engine.writes != fmt:
+                continue
+            if engine.remote and (precision != "int8" or fmt != "onnx"):
+                continue  # a server holds one model: the INT8 ONNX, as `export-repository` places it
+            if engine.name in backends and precision in precisions:
+                rows.append((engine.name, precision, path))
+    return rows, unreadable
+
+
+def _cold_figures(path: Path, backend: str, threads: int) -> dict:
+    """Load time, first inference and peak RSS of one row, in a fresh process."""
+    command = [sys.executable, "-m", "cxr_edge.runtime.evaluation.cold_start", str(path), backend, str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        raise CxrEdgeError(f"cold start failed: {last[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def end_to_end_files(data_dirs: Path | Sequence[Path], limit: int = END_TO_END_FILES) -> list[Path]:
+    """Up to `limit` labelled files of data folders, spread over their classes, for end-to-end timing."""
+    samples = scan_dataset(data_dirs).samples
+    step = max(1, len(samples) // limit)
+    return [s.path for s in samples[::step][:limit]]
+
+
+def _labelled_inputs(data_dir: Path | Sequence[Path],
+                     contract: Contract) -> tuple[np.ndarray, np.ndarray, list[str], list[Sample]]:
+    """Preprocessed inputs and labels (indices into the model's classes) of a class-folder dataset.
+
+    Folders are read as training reads them (aliases such as ``COVID-19``, a ``train`` subfolder); classes the
+    model does not have are refused rather than silently dropped, since accuracy over a subset misleads.
+    """
+    dataset = scan_dataset(data_dir)
+    present = sorted({CLASS_NAMES[s.label] for s in dataset.samples}, key=CLASS_NAMES.index)
+    foreign = [name for name in present if name not in contract.class_names]
+    if foreign:
+        raise CxrEdgeError(f"{data_dir}: the model has no class {', '.join(foreign)} "
+                           f"(its classes: {', '.join(contract.class_names)})")
+    images, kept, errors = load_many([s.path for s in dataset.samples], contract)
+    if not kept:
+        raise CxrEdgeError(f"{data_dir}: none of the {len(dataset.samples)} labelled images could be read")
+    labels = [contract.class_names.index(CLASS_NAMES[dataset.samples[i].label]) for i in kept]
+    return to_input(images, contract), np.asarray(labels), [str(e) for e in errors], [dataset.samples[i] for i in kept]
+
+
+def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None,
+              data_dir: Path | Sequence[Path] | None = None,
+              backends: Sequence[str] = (*local_engines(), "torch"), precisions: Sequence[str] = ("fp32", "int8"),
+              batches: Sequence[int] = (1, 8, 32), threads: int | None = None, runs: int = 100, warmup: int = 10,
+              end_to_end: Sequence[Path] = (), on_progress: Callable[[str], None] | None = None,
+              server: str | None = None, model_name: str | None = None) -> dict:
+    """Benchmark models on every requested engine and precision; returns the JSON-ready result.
+
+    Args:
+        models: model files (default: the shipped FP32 ONNX, INT8 ONNX and INT8 OpenVINO IR).
+        reference: a row to measure beside the engines (the PyTorch checkpoint), if its name is in `backends`.
+        data_dir: labelled class-folder images (one root or several) for accuracy, macro-F1, accuracy per
+            class-source-age cell and agreement with FP32.
+        backends, precisions: which rows to run.
+        batches: batch sizes for throughput.
+        threads: inference threads (default: every core), the same for every row.
+        runs, warmup: timed and untimed batch-1 runs per row.
+        end_to_end: image files to time through decode, preprocess, inference and post-processing.
+        on_progress: called with a short description as work advances.
+        server, model_name: an inference server for the remote engine's rows (``kserve`` in `backends`): the
+            INT8 models run there too, and each such row reports its network and serialisation cost per image
+            over the same model run here.
+    """
+    progress = on_progress or (lambda _: None)
+    load_before = os.getloadavg()[0]  # before this benchmark loads the machine itself
+    threads = threads or os.cpu_count() or 1
+    models = [Path(m) for m in models] or shipped_models()
+    if not models:
+        raise CxrEdgeError("no model to benchmark: pass --model FILE (this installation ships none)")
+    opened: dict[tuple[Path, str], Classifier] = {}
+
+    def open_model(path: Path, backend: str) -> Classifier:  # each model opens once per engine
+        if (path, backend) not in opened:
+            opened[path, backend] = Classifier.open(path, backend=backend, threads=threads, server=server,
+                                                    model_name=model_name)
+        return opened[path, backend]
+
+    def precision_of(path: Path) -> str:
+        metadata = open_model(path, reader_engine(model_format(path)).name).metadata
+        return "int8" if QUANTIZATION_KEY in metadata else "fp32"
+
+    specs, unreadable_models = default_rows(models, backends, precisions, precision_of)
+    rows = [BenchRow("-", "-", str(path), error=reason) for path, reason in unreadable_models]
+    contract = None
+    for backend, precision, path in specs:
+        progress(f"opening {path.name} on {backend}")
+        row = BenchRow(backend, precision, str(path))
+        rows.append(row)
+        try:
+            classifier = open_model(path, backend)
+        except CxrEdgeError as exc:
+            row.error = str(exc)
+            continue
+        if contract is None:
+            contract = classifier.contract
+        elif classifier.contract != contract:
+            raise CxrEdgeError(f"{path} carries a different preprocessing contract from {specs[0][2]}; "
+                               "bench compares one model in its variants, not different models")
+        try:
+            row.figures["size_mb"] = model_size_mb(path)
+            if not ENGINES[backend].remote:  # a server's start-up is not this machine's cold start
+                row.figures |= _cold_figures(path, backend, threads)
+        except (CxrEdgeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            row.error = first_line(exc)
+            continue
+        row.run = lambda b, c=classifier: c.run(b)[PROBABILITIES]  # every output a prediction asks for
+    if contract is None:
+        reasons = "; ".join(f"{Path(r.model).name} on {r.backend}: {r.error}" for r in rows)
+        raise CxrEdgeError(f"no model could run: {reasons or 'no (backend, precision) pair; check --backends'}")
+    if reference is not None and reference.backend in backends:
+        row = BenchRow(reference.backend, "fp32", str(reference.model))
+        rows.append(row)
+        try:
+            row.figures["size_mb"] = reference.model.stat().st_size / 2**20
+            row.run = reference.make_runner(contract, threads)
+        except Exception as exc:  # a reference that cannot run here is a row with its reason
+            row.error = first_line(exc)
+
+    one = np.zeros((1, contract.channels, *contract.input_size), np.float32)
+    one[:] = np.random.default_rng(0).normal(size=one.shape)
+    for row in rows:
+        if row.run is None:
+            continue
+        try:
+            for _ in range(max(1, warmup)):
+                row.run(one)
+        except Exception as exc:
+            row.error, row.run = f"inference failed: {first_line(exc)}", None
+    live = [row for row in rows if row.run is not None]
+    progress(f"timing {runs} batch-1 runs per row, interleaved")
+    samples = time_interleaved([row.run for row in live], one, runs, block=BLOCK)
+    for row, times in zip(live, samples, strict=True):
+        times = np.asarray(times)
+        row.figures["latency_ms"] = {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90)),
+                                     "p99": float(np.percentile(times, 99)), "min": float(times.min()),
+                                     "max": float(times.max())}
+        row.figures["raw_latency_ms"] = times.round(4).tolist()
+
+    for batch_size in batches:
+        progress(f"throughput at batch {batch_size}")
+        batch = np.repeat(one, batch_size, axis=0)
+        repeats = max(3, 64 // batch_size)
+        best: dict[int, float] = {}
+        for _ in range(2):  # two interleaved passes; the better one counts (the other absorbs warm-up)
+            for i, row in enumerate(live):
+                row.run(batch)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    row.run(batch)
+                best[i] = max(best.get(i, 0.0), batch_size * repeats / (time.perf_counter() - start))
+        for i, row in enumerate(live):
+            row.figures.setdefault("throughput_ips", {})[str(batch_size)] = best[i]
+
+    _ratios(live, reference.backend if reference is not None else None)
+    unreadable: list[str] = []
+    if data_dir is not None:
+        progress("accuracy on the labelled folder")
+        unreadable = _accuracy(live, data_dir, contract)
+    warnings = _warnings(rows, load_before)
+    if unreadable:
+        warnings.append(f"{len(unreadable)} labelled images could not be read and are not in the accuracy figures "
+                        f"(listed under 'unreadable'); the first: {unreadable[0]}")
+    labels = {row.backend: row_label(row.backend) for row in rows}
+    if reference is not None:
+        labels[reference.backend] = reference.label
+    result = {"machine": machine_info() | {"load_average_1m_before": load_before}, "versions": versions(),
+              "threads": threads, "runs": runs, "warmup": warmup, "batches": list(batches), "budget_s": BUDGET_S,
+              "contract": contract.to_dict(), "labels": labels, "rows": [row.as_dict() for row in rows],
+              "warnings": warnings, "unreadable": unreadable}
+    if end_to_end:
+        progress("end to end on real files")
+        engine_rows = [(r.backend, r.precision, Path(r.model)) for r in live if r.backend in ENGINES]
+        result["end_to_end"] = _end_to_end(engine_rows, end_to_end, open_model)
+    return result
+
+
+def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:
+    fp32 = {r.backend: r.figures["latency_ms"]["p50"] for r in rows if r.precision == "fp32"}
+    reference = next((r for r in rows if r.backend == reference_backend), None)
+    for row in rows:
+        p50 = row.figures["latency_ms"]["p50"]
+        row.figures["speedup_vs_fp32"] = fp32[row.backend] / p50 if row.backend in fp32 else None
+        row.figures["speedup_vs_reference"] = (reference.figures["latency_ms"]["p50"] / p50) if reference else None
+        row.figures["budget_headroom"] = budget_verdict(p50)
+        row.figures["budget_ratio"] = BUDGET_S * 1000 / p50
+        if ENGINES.get(row.backend) is not None and ENGINES[row.backend].remote:
+            here = [r for r in rows if r.model == row.model and r.backend in ENGINES and not ENGINES[r.backend].remote]
+            if here:  # what the network and (de)serialisation add, against the fastest local run of the model
+                local = min(r.figures["latency_ms"]["p50"] for r in here)
+                row.figures["remote_overhead_ms"] = p50 - local
+
+
+def _accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: Contract) -> list[str]:
+    """Accuracy, macro-F1, accuracy per class-source-age cell and agreement with FP32 for every row; returns the
+    files that could not be read."""
+    inputs, labels, unreadable, samples = _labelled_inputs(data_dir, contract)
+    cells = [f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in samples]
+    predicted = {}
+    for i, row in enumerate(rows):
+        probabilities = np.concatenate([row.run(inputs[j:j + 16]) for j in range(0, len(inputs), 16)])
+        predicted[i] = probabilities.argmax(axis=1)
+        report = classification_report(labels, predicted[i], contract.class_names)
+        row.figures |= {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": len(labels),
+                        "by_cell": group_report(labels, predicted[i], cells, contract.class_names,
+                                                [s.group for s in samples])}
+    fp32_rows = {r.backend: i for i, r in enumerate(rows) if r.precision == "fp32"}
+    for i, row in enumerate(rows):
+        reference = fp32_rows.get(row.backend)
+        row.figures["agreement_fp32"] = (float(np.mean(predicted[i] == predicted[reference]))
+                                         if reference is not None else None)
+    return unreadable
+
+
+def _warnings(rows: list[BenchRow], load: float) -> list[str]:
+    found = []
+    if load > 0.5 * (os.cpu_count() or 1):
+        found.append(f"the machine was loaded (1-minute load average {load:.1f} on {os.cpu_count()} cores): "
+                     "figures may be pessimistic")
+    for row in rows:
+        if row.error is not None:
+            found.append(f"{row.backend} {row.precision} ({Path(row.model).name}) did not run: {row.error}")
+            continue
+        latency = row.figures["latency_ms"]
+        if latency["max"] > 3 * latency["min"]:
+            found.append(f"{row.backend} {row.precision}: wide spread (min {latency['min']:.2f} ms, max "
+                         f"{latency['max']:.2f} ms)")
+    return found
+
+
+def _end_to_end(specs: list[tuple], files: Sequence[Path],
+                open_model: Callable[[Path, str], Classifier]) -> list[dict]:
+    """Real files through the whole path, per row: where the time goes."""
+    results = []
+    for backend, precision, path in specs:
+        classifier = open_model(path, backend)
+        classifier.predict(list(files[:3]))
+        stages = {"decode": [], "preprocess": [], "inference": [], "postprocess": []}
+        for file in files:
+            start = time.perf_counter()
+            prediction = classifier.predict([file])[0]
+            total = (time.perf_counter() - start) * 1000
+            if prediction.error is not None:
+                continue
+            for key in ("decode", "preprocess", "inference"):
+                stages[key].append(prediction.latency_ms[key])
+            stages["postprocess"].append(max(0.0, total - sum(prediction.latency_ms[k] for k in
+                                                              ("decode", "preprocess", "inference"))))
+        medians = {k: statistics.median(v) if v else 0.0 for k, v in stages.items()}
+        total = sum(medians.values())
+        results.append({"backend": backend, "precision": precision, "model": str(path), "files": len(stages["decode"]),
+                        "stage_ms_p50": medians, "total_ms": total,
+                        "share": {k: (v / total if total else 0.0) for k, v in medians.items()}})
+    return results

@@ -1,0 +1,303 @@
+"""Classify chest X-rays with a contract-carrying model on ONNX Runtime or OpenVINO.
+
+    classifier = Classifier.open("model.onnx")           # backend chosen and reported
+    for p in classifier.predict(["a.png", "b.dcm"]):
+        print(p.path, p.label, p.probabilities, p.error)
+
+Preprocessing comes only from the model's own contract. A file that cannot be read becomes a `Prediction` with
+`error` set; the others are still classified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import ContractError, ImageError, InferenceError, ModelError
+from ..reading.header import HeaderFacts
+from .backends import Backend, check_io, open_backend, resolve_backend
+from .contract import Contract
+from .gate import GATE_MODES, GatePolicy, judge
+from .model_file import CAM, GATE_SCORE, ORIENTATION, PROBABILITIES, resolve_model
+from .preprocess import load_for_contract, preprocess, stack
+
+__all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE"]
+
+DISPLAY_MAX_SIDE = 1024
+"""Images kept for heatmap overlays are shrunk to this, so that memory does not grow with detector size."""
+WARM_AFTER_IDLE_S = 0.5
+"""An engine idle this long gets a throw-away inference when an image arrives (`Classifier.warm`)."""
+PROBABILITY_SUM_TOLERANCE = 0.02
+"""How far from 1 the probabilities of one image may sum before the output counts as broken."""
+
+
+@dataclass
+class Prepared:
+    """One input after decoding and preprocessing (or the reason it failed), waiting for inference."""
+
+    path: str
+    input: np.ndarray | None = None
+    error: str | None = None
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    warnings: tuple[str, ...] = ()
+    patient: dict[str, str] | None = None
+    display: np.ndarray | None = None
+    header: HeaderFacts | None = None
+
+
+@dataclass
+class Prediction:
+    """The result for one input.
+
+    Attributes:
+        path: the input as given.
+        label: predicted class name; None when the input failed or was rejected.
+        probabilities: class name -> probability (after the model's temperature), or None when the input failed.
+        latency_ms: decode, preprocess, inference (this image's share of its batch) and total, in milliseconds.
+        error: why the input could not be classified, or None.
+        status: ``classified``, ``uncertain``, ``rejected`` or ``failed`` (see `cxr_edge.runtime.model.gate`).
+        gate: the gate's score and threshold, or None for a model without a gate (or with ``--gate off``).
+        warnings: doubts that did not stop classification (wrong modality, raw detector data, near the gate), and
+            for a rejected input, why.
+        cam: the top class's activation map (h x w, model resolution), when asked for.
+        patient: DICOM patient name and ID; printed only when a user asks.
+        display: the grayscale image (shrunk) for drawing the activation map, when asked for.
+    """
+
+    path: str
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    status: str = "failed"
+    gate: dict[str, float] | None = None
+    warnings: tuple[str, ...] = ()
+    cam: np.ndarray | None = field(default=None, repr=False)
+    patient: dict[str, str] | None = None
+    display: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def top(self) -> str | None:
+        """The most probable class, whatever the status (a rejected input has no label but still a top class)."""
+        return None if self.probabilities is None else max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else self.probabilities[self.top]
+
+    def to_record(self) -> dict:
+        """The JSON record of one prediction, exactly the documented keys."""
+        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
+                "latency_ms": self.latency_ms, "error": self.error, "status": self.status, "gate": self.gate,
+                "warnings": list(self.warnings)}
+
+
+class Classifier:
+    """A model, its contract and the engine running it.
+
+    Use `Classifier.open`; the constructor takes already-opened parts.
+    """
+
+    def __init__(self, backend: Backend, contract: Contract, backend_reason: str, policy: GatePolicy | None = None,
+                 gate: str = "reject") -> None:
+        self.backend = backend
+        self.contract = contract
+        self.backend_reason = backend_reason
+        self.policy = policy
+        self.gate = gate
+        present = set(backend.io.outputs)
+        self.outputs = tuple(name for name in (PROBABILITIES, GATE_SCORE, ORIENTATION) if name in present
+                             and (name == PROBABILITIES or gate != "off"))
+        """What every inference asks the engine for (the activation maps only when wanted)."""
+        self._engine_lock = threading.Lock()  # an engine's request object is not safe to share between threads
+        self._last_run = time.monotonic()
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, backend: str = "auto", threads: int | None = None,
+             mode: str = "latency", gate: str = "reject", server: str | None = None,
+             model_name: str | None = None) -> Classifier:
+        """Open a model and check its contract.
+
+        Args:
+            path: ``.onnx`` or OpenVINO ``.xml``; None for the shipped INT8 model.
+            backend: ``auto`` or a name in ``ENGINES``; see `resolve_backend` for what ``auto`` decides.
+            threads: inference threads (default: every core).
+            mode: ``latency`` for single images, ``throughput`` for folders.
+            gate: ``reject`` (default), ``warn`` or ``off``; see `cxr_edge.runtime.model.gate`.
+            server: with ``backend="kserve"``, the inference server's URL; the model file then supplies the
+                contract the server's model is checked against.
+            model_name: the server's name for the model (default: as `cxr-edge export-repository` names it).
+
+        Raises:
+            ModelError: the file is missing, not a model, or disagrees with its contract.
+            ContractError: the model carries no contract this runtime understands.
+        """
+        model_path = resolve_model(path)
+        name, reason = resolve_backend(model_path, backend, threads=threads)
+        engine = open_backend(model_path, name, threads=threads, mode=mode, server=server, model_name=model_name)
+        try:
+            contract = Contract.from_metadata(engine.io.metadata)
+        except ContractError as exc:
+            raise ContractError(f"{model_path}: {exc}") from exc
+        check_io(model_path, engine.io, contract)
+        if gate not in GATE_MODES:
+            raise ModelError(f"unknown gate mode {gate!r}; choose one of {', '.join(GATE_MODES)}")
+        try:
+            policy = GatePolicy.from_metadata(engine.io.metadata)
+        except ContractError as exc:
+            raise ContractError(f"{model_path}: {exc}") from exc
+        return cls(engine, contract, reason, policy, gate)
+
+    @property
+    def path(self) -> Path:
+        return self.backend.path
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.backend.io.metadata
+
+    @property
+    def has_cam(self) -> bool:
+        return CAM in self.backend.io.outputs
+
+    def prepare(self, item: str | Path | np.ndarray, *, keep_display: bool = False,
+                name: str | None = None) -> Prepared:
+        """Decode and preprocess one input; never raises for a bad file (the error is recorded instead).
+
+        Args:
+            item: a file path, or a canonical grayscale image (2-D float32 in [0, 1]).
+            keep_display: keep a shrunk copy of the image for heatmap overlays.
+            name: how to call the input in results (default: the path, or ``array[i]``).
+        """
+        label = name or (str(item) if not isinstance(item, np.ndarray) else "array")
+        start = time.perf_counter()
+        if isinstance(item, np.ndarray):
+            pixels, warnings, patient, header = np.asarray(item, np.float32), (), None, None
+        else:
+            try:
+                loaded = load_for_contract(item, self.contract)
+            except ImageError as exc:
+                return Prepared(label, error=exc.reason, decode_ms=_ms(start))
+            pixels, warnings, patient, header = loaded.pixels, loaded.warnings, loaded.patient, loaded.header
+        decoded = time.perf_counter()
+        tensor = preprocess(pixels, self.contract)
+        display = _shrink(pixels) if keep_display else None
+        return Prepared(label, tensor, None, (decoded - start) * 1000, _ms(decoded), warnings, patient, display,
+                        header)
+
+    def run(self, batch: np.ndarray, *, cam: bool = False) -> dict[str, np.ndarray]:
+        """The model's outputs for a preprocessed batch: probabilities, the gate's outputs, and maps if asked.
+
+        Safe to call from several threads: they take turns on the engine.
+        """
+        names = self.outputs + ((CAM,) if cam and self.has_cam else ())
+        with self._engine_lock:
+            outputs = self.backend.run(batch, names)
+            self._last_run = time.monotonic()
+        return outputs
+
+    def warm(self, idle_s: float = WARM_AFTER_IDLE_S) -> threading.Thread | None:
+        """Wake the engine for an image that is on its way, if it has been idle for `idle_s` or longer.
+
+        After a second or two without work the engine's threads sleep and its weights leave the CPU caches, and
+        the next inference is markedly slower (`benchmarks/live/warm.md`). The live modes call this when an image
+        arrives: one throw-away inference runs on a zero image in the background while the image itself is
+        hashed, stored and decoded, so that the real inference finds the engine awake. Under a steady stream the
+        engine is never idle and nothing extra runs.
+
+        Returns:
+            The thread running the throw-away inference, or None when the engine was busy recently.
+        """
+        if time.monotonic() - self._last_run < idle_s or getattr(self.backend, "remote", False):
+            return None  # a server keeps its own engine warm
+        zeros = np.zeros((1, self.contract.channels, *self.contract.input_size), np.float32)
+        thread = threading.Thread(target=self.run, args=(zeros,), name="cxr-warm", daemon=True)
+        thread.start()
+        return thread
+
+    def infer(self, prepared: Sequence[Prepared], *, cam: bool = False) -> list[Prediction]:
+        """Run one batch of prepared inputs (failed ones pass through as errors), keeping their order."""
+        ready = [p for p in prepared if p.input is not None]
+        outputs: dict[str, np.ndarray] = {}
+        per_image_ms = 0.0
+        if ready:
+            start = time.perf_counter()
+            try:
+                outputs = self.run(stack([p.input for p in ready]), cam=cam)
+            except InferenceError as exc:  # a server gone: these images fail, the run goes on
+                failed = [replace(p, input=None, error=f"inference failed: {exc}") for p in ready]
+                prepared = [failed.pop(0) if p.input is not None else p for p in prepared]
+                ready = []
+            per_image_ms = _ms(start) / len(ready) if ready else 0.0
+        results, index = [], 0
+        for item in prepared:
+            latency = {"decode": round(item.decode_ms, 3), "preprocess": round(item.preprocess_ms, 3)}
+            if item.input is None:
+                latency |= {"inference": 0.0, "total": round(item.decode_ms + item.preprocess_ms, 3)}
+                results.append(Prediction(item.path, latency_ms=latency, error=item.error, warnings=item.warnings))
+                continue
+            latency |= {"inference": round(per_image_ms, 3),
+                        "total": round(item.decode_ms + item.preprocess_ms + per_image_ms, 3)}
+            results.append(self._verdict(item, outputs, index, latency))
+            index += 1
+        return results
+
+    def _verdict(self, item: Prepared, outputs: dict[str, np.ndarray], index: int,
+                 latency: dict[str, float]) -> Prediction:
+        row = outputs[PROBABILITIES][index]
+        # A model whose softmax output is itself quantised (uint8 steps of 1/255) sums to 1 within a few steps.
+        if not (np.isfinite(row).all() and abs(float(row.sum()) - 1.0) < PROBABILITY_SUM_TOLERANCE and row.min() >= 0):
+            return Prediction(item.path, latency_ms=latency, warnings=item.warnings,
+                              error=f"the model produced no valid probabilities ({np.array2string(row, precision=3)});"
+                                    " the model file may be damaged")
+        probabilities = {name: float(p) for name, p in zip(self.contract.class_names, row, strict=True)}
+        verdict = judge(probabilities, policy=self.policy, mode=self.gate,
+                        gate_score=float(outputs[GATE_SCORE][index]) if GATE_SCORE in outputs else None,
+                        orientation=outputs[ORIENTATION][index] if ORIENTATION in outputs else None,
+                        header=item.header, warnings=item.warnings)
+        maps = outputs.get(CAM)
+        return Prediction(item.path, verdict.label, probabilities, latency, None, verdict.status, verdict.gate,
+                          verdict.warnings, maps[index, int(np.argmax(row))] if maps is not None else None,
+                          item.patient, item.display)
+
+    def predict(self, items: Iterable[str | Path | np.ndarray], *, cam: bool = False,
+                batch_size: int = 1) -> list[Prediction]:
+        """Classify files or arrays in order, sequentially (see `cxr_edge.runtime.model.stream` for folders)."""
+        return list(self.predict_iter(items, cam=cam, batch_size=batch_size))
+
+    def predict_iter(self, items: Iterable[str | Path | np.ndarray], *, cam: bool = False,
+                     batch_size: int = 1) -> Iterator[Prediction]:
+        batch: list[Prepared] = []
+        for i, item in enumerate(items):
+            batch.append(self.prepare(item, keep_display=cam, name=f"array[{i}]" if isinstance(item, np.ndarray)
+                                      else None))
+            if sum(p.input is not None for p in batch) >= batch_size:
+                yield from self.infer(batch, cam=cam)
+                batch = []
+        if batch:
+            yield from self.infer(batch, cam=cam)
+
+    def describe(self) -> dict:
+        """What is running, for reports: model, backend and why, engine settings, contract."""
+        return {"model": str(self.path), "backend": self.backend.name, "backend_reason": self.backend_reason,
+                "settings": self.backend.settings, "contract": self.contract.to_dict(), "gate": self.gate,
+                "policy": None if self.policy is None else asdict(self.policy)}
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
+
+
+def _shrink(pixels: np.ndarray) -> np.ndarray:
+    scale = DISPLAY_MAX_SIDE / max(pixels.shape)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,144 @@
+"""The preprocessing contract: the one definition of how an image becomes a model input.
+
+Training stores it in the checkpoint, export writes it into the ONNX metadata, quantisation keeps it and the
+runtime reads it back. Nothing else in cxr-edge defines input size, resampling, normalisation, channels or
+class names, so the edge can never preprocess differently from training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ContractError
+from .model_file import CONTRACT_KEY, VERSION_KEY
+
+__all__ = ["Contract", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES"]
+
+FORMAT_VERSION = 2
+"""Version of the contract's layout; a runtime refuses a model whose contract is newer than it understands.
+Version 2 added `Contract.intensity`; version 1 contracts read as ``intensity="none"``."""
+
+RESAMPLING = ("area", "linear", "cubic", "lanczos", "nearest")
+"""Names of OpenCV interpolation modes a contract may ask for."""
+
+FITS = ("stretch", "pad")
+"""How an image of another aspect ratio reaches the input size: stretched, or scaled and centred on black."""
+
+INTENSITIES = ("none", "equalize")
+"""Per-image intensity standardisation after resizing: ``none``, or ``equalize``: histogram equalisation of the
+resized image (256 levels), which gives every image the same grey-level distribution, so that a detector's
+contrast, exposure and post-processing curve (and any monotonic brightness, contrast or gamma change) cannot tell
+the model where an image came from."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """How pixels become a model input and what the outputs mean.
+
+    Args:
+        input_size: (height, width) of the network input.
+        class_names: output classes, in the order of the model's outputs.
+        channels: input channels; the grayscale image is repeated into each (1 or 3).
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel standard deviation divided after subtracting the mean.
+        resampling: OpenCV interpolation used to reach the input size (see ``RESAMPLING``).
+        fit: ``stretch`` or ``pad`` (see ``FITS``).
+        intensity: per-image intensity standardisation after resizing (see ``INTENSITIES``).
+        format_version: layout version of this contract.
+    """
+
+    input_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    resampling: str = "area"
+    fit: str = "stretch"
+    intensity: str = "none"
+    format_version: int = field(default=FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        # Normalise lists (from JSON) to tuples so that equal contracts compare and hash equal.
+        for name in ("input_size", "class_names", "mean", "std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self._validate()
+
+    def _validate(self) -> None:
+        problems = []
+        if self.format_version not in range(1, FORMAT_VERSION + 1):
+            problems.append(
+                f"format version {self.format_version} is not understood by this cxr-edge "
+                f"(it reads version {FORMAT_VERSION}); upgrade cxr-edge or re-export the model"
+            )
+        if len(self.input_size) != 2 or not all(isinstance(v, int) and 8 <= v <= 4096 for v in self.input_size):
+            problems.append(f"input_size must be two integers between 8 and 4096, got {self.input_size!r}")
+        if self.channels not in (1, 3):
+            problems.append(f"channels must be 1 or 3, got {self.channels!r}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            problems.append(f"mean and std need {self.channels} values each, got {self.mean!r} and {self.std!r}")
+        if any(not isinstance(s, (int, float)) or s <= 0 for s in self.std):
+            problems.append(f"std values must be positive, got {self.std!r}")
+        if self.resampling not in RESAMPLING:
+            problems.append(f"resampling must be one of {', '.join(RESAMPLING)}, got {self.resampling!r}")
+        if self.fit not in FITS:
+            problems.append(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.intensity not in INTENSITIES:
+            problems.append(f"intensity must be one of {', '.join(INTENSITIES)}, got {self.intensity!r}")
+        elif self.format_version < 2 and self.intensity != "none":
+            problems.append("intensity needs contract format version 2")
+        names = self.class_names
+        if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            problems.append(f"class_names must be distinct non-empty strings, got {names!r}")
+        if problems:
+            raise ContractError("invalid preprocessing contract: " + "; ".join(problems))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (for checkpoints and reports)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Contract:
+        """Inverse of `to_dict`; unknown or missing keys are a `ContractError`, not a silent default."""
+        if not isinstance(data, Mapping):
+            raise ContractError(f"a contract must be a mapping, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ContractError(f"contract has unknown fields: {', '.join(unknown)}")
+        missing = [k for k in ("input_size", "class_names") if k not in data]
+        if missing:
+            raise ContractError(f"contract lacks required fields: {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ContractError(f"contract fields have wrong types: {exc}") from exc
+
+    def to_metadata(self) -> dict[str, str]:
+        """Key/value strings for ONNX ``metadata_props`` (and OpenVINO rt_info)."""
+        return {VERSION_KEY: str(self.format_version), CONTRACT_KEY: json.dumps(self.to_dict(), sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> Contract:
+        """Read a contract back from model metadata; a model without one is refused with the reason."""
+        if CONTRACT_KEY not in metadata:
+            raise ContractError(
+                f"the model carries no cxr-edge preprocessing contract (metadata key {CONTRACT_KEY!r}); "
+                "export it with `cxr-edge export` so the runtime knows how to preprocess images"
+            )
+        version = metadata.get(VERSION_KEY)
+        if version is not None and version not in {str(v) for v in range(1, FORMAT_VERSION + 1)}:
+            raise ContractError(
+                f"the model's contract has format version {version}; this cxr-edge reads version {FORMAT_VERSION}"
+            )
+        try:
+            data = json.loads(metadata[CONTRACT_KEY])
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"the model's contract is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)

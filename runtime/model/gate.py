@@ -1,0 +1,142 @@
+"""What a result means: classified, uncertain or rejected, and why; decided from the model's own policy.
+
+A model file carries its `GatePolicy` (written at export from validation images, never recomputed here) and
+computes two gate outputs in its graph: how unlike its training images an input is (``gate_score``) and whether
+it is upright and positive (``orientation``). `judge` turns those, the top probability and what a DICOM header
+says into one status:
+
+- ``rejected``: not a frontal chest radiograph like the training images (a gate score above the threshold, a
+  rotated or inverted film, a DICOM header naming a lateral view, another body part or a modality that is not a
+  radiograph). The label is withheld; the probabilities stay in the record for those who want them.
+- ``uncertain``: the top probability is below the model's abstention threshold; the label is kept and flagged.
+- ``classified``: neither.
+Warnings say what else a reader should know: the header's doubts, a gate score near its threshold, or a patient
+whose age group the predicted class never had in training (adults called bacterial pneumonia were only ever
+shown children's pneumonias).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import ContractError
+from ..reading.header import HeaderFacts
+from .model_file import GATE_KEY
+
+__all__ = ["GatePolicy", "Verdict", "judge", "GATE_MODES", "STATUSES", "NEAR_THRESHOLD",
+           "ADULT_AGE_YEARS"]
+
+GATE_MODES = ("reject", "warn", "off")
+"""``reject``: a rejected input gets no label; ``warn``: it keeps its label with a warning; ``off``: no gate."""
+STATUSES = ("classified", "uncertain", "rejected", "failed")
+NEAR_THRESHOLD = 0.8
+"""A gate score above this share of the threshold passes with a warning."""
+ADULT_AGE_YEARS = 18
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """A model's reliability settings, fitted on its validation images at export.
+
+    Args:
+        gate_threshold: gate scores above this are rejected (None: the model computes no gate score).
+        upright_min: below this probability of upright, an input is rejected as rotated or inverted.
+        orientations: the names of the orientation output's columns.
+        abstain_below: below this top probability a result is uncertain.
+        temperature: what the logits were divided by before the softmax (already inside the graph; recorded).
+        populations: class -> age groups it had in training (``child``, ``adult``, ``unknown``).
+        fitted_on: what the thresholds were fitted on.
+        validation_images: how many.
+    """
+
+    gate_threshold: float | None = None
+    upright_min: float | None = None
+    orientations: tuple[str, ...] = ()
+    abstain_below: float | None = None
+    temperature: float = 1.0
+    populations: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    fitted_on: str = ""
+    validation_images: int = 0
+
+    def to_metadata(self) -> dict[str, str]:
+        return {GATE_KEY: json.dumps(asdict(self), sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> GatePolicy | None:
+        """The policy a model carries, None for a model made without one, `ContractError` if it is damaged."""
+        if GATE_KEY not in metadata:
+            return None
+        try:
+            data = json.loads(metadata[GATE_KEY])
+            return cls(**{k: tuple(v) if k == "orientations" else v for k, v in data.items()})
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ContractError(f"the model's gate policy ({GATE_KEY}) is unreadable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one classified input."""
+
+    status: str
+    label: str | None
+    gate: dict[str, float] | None
+    warnings: tuple[str, ...]
+
+
+def judge(probabilities: Mapping[str, float], *, policy: GatePolicy | None, mode: str = "reject",
+          gate_score: float | None = None, orientation: np.ndarray | None = None,
+          header: HeaderFacts | None = None, warnings: Sequence[str] = ()) -> Verdict:
+    """Decide the status of one input whose probabilities are known.
+
+    Args:
+        probabilities: class -> probability.
+        policy: the model's policy (None: no gate and no abstention).
+        mode: one of `GATE_MODES`.
+        gate_score: the model's gate output for this input.
+        orientation: the model's orientation output for this input.
+        header: DICOM header facts, for DICOM inputs.
+        warnings: the loader's own doubts, kept first.
+    """
+    label = max(probabilities, key=probabilities.get)
+    said = list(warnings)
+    refusals: list[str] = []
+    gate = None
+    if mode == "reject" and header is not None and (reason := header.refusal()):
+        refusals.append(reason)  # in the other modes the loader's own warnings already say it
+    if mode != "off":
+        if gate_score is not None and not math.isfinite(gate_score):
+            refusals.append("the model's gate score is not a number: the image cannot be judged")
+        elif policy is not None and policy.gate_threshold is not None and gate_score is not None:
+            gate = {"score": round(float(gate_score), 4), "threshold": round(policy.gate_threshold, 4)}
+            if gate_score > policy.gate_threshold:
+                refusals.append(f"unlike the chest radiographs the model was trained on (gate score "
+                                f"{gate_score:.2f} over its threshold {policy.gate_threshold:.2f})")
+            elif gate_score > NEAR_THRESHOLD * policy.gate_threshold:
+                said.append(f"gate score {gate_score:.2f} is near its threshold {policy.gate_threshold:.2f}: the "
+                            "image is less like the training images than most")
+        if policy is not None and policy.upright_min is not None and orientation is not None:
+            upright = float(orientation[0])
+            if not np.isfinite(orientation).all():
+                refusals.append("the model's orientation output is not a number: the image cannot be judged")
+            elif upright < policy.upright_min:
+                seen = policy.orientations[int(np.argmax(orientation))].replace("_", " ")
+                refusals.append(f"the film looks {seen} (probability of upright {upright:.2f})")
+    if refusals and mode == "reject":
+        return Verdict("rejected", None, gate, tuple([f"rejected: {r}" for r in refusals] + said))
+    said += [f"gate: {r}" for r in refusals]
+    if header is not None and header.age_years is not None and policy is not None and policy.populations:
+        group = "adult" if header.age_years >= ADULT_AGE_YEARS else "child"
+        seen_in = [g for g in policy.populations.get(label, ()) if g != "unknown"]
+        if seen_in and group not in seen_in:
+            said.append(f"the patient is {'an adult' if group == 'adult' else 'a child'} (PatientAge), but the model "
+                        f"saw {label} only in {' and '.join(seen_in)} images")
+    if policy is not None and policy.abstain_below is not None and probabilities[label] < policy.abstain_below:
+        said.append(f"uncertain: top probability {probabilities[label]:.2f} is below the model's abstention "
+                    f"threshold {policy.abstain_below:.2f}")
+        return Verdict("uncertain", label, gate, tuple(said))
+    return Verdict("classified", label, gate, tuple(said))

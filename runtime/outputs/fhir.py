@@ -1,0 +1,100 @@
+"""The result of an image as FHIR (R5): a Bundle with one DiagnosticReport and one Observation, for systems that
+take results as FHIR rather than DICOM.
+
+Built and validated with ``fhir.resources`` (pydantic models of the FHIR specification): a resource that does
+not match the specification raises before anything is written. The Observation's value is the finding coded as
+in the DICOM SR (SNOMED CT, `cxr_edge.runtime.outputs.coded_sr.CLASS_CODES`), with each class probability as a
+component; a rejected image gets an Observation without a value, with data-absent reason ``not-performed`` and
+the reasons as text. Both are ``preliminary``: a machine wrote them and nobody has signed them. The image is named
+by its SOP Instance UID (``urn:dicom:uid``). No patient identifier is written unless the user asks
+(``--keep-phi``): the subject is then the patient's ID and name from the DICOM header.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .coded_sr import CLASS_CODES
+from .sr import NOT_FOR_DIAGNOSTIC_USE
+
+__all__ = ["build_fhir_bundle", "SNOMED", "OBSERVATION_SYSTEM"]
+
+SNOMED = "http://snomed.info/sct"
+OBSERVATION_SYSTEM = "urn:cxr-edge:concept"
+"""cxr-edge's own concepts (the classification, the per-class probability): no standard code exists for them."""
+
+
+def _uuid(*parts: str) -> str:
+    """A UUID derived from the parts: the same image and model give the same resource ids."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "cxr-edge:" + ":".join(parts)))
+
+
+def build_fhir_bundle(record: Mapping[str, Any], *, model_sha256: str, software_version: str,
+                      patient: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A validated FHIR Bundle (type collection) as a JSON-ready dict.
+
+    Args:
+        record: the live result record (status, label, probabilities, warnings, finished, sop_instance_uid).
+        model_sha256: the model's hash (the device's identity; with the image UID, the resource ids).
+        software_version: cxr-edge's version.
+        patient: ``{"id": ..., "name": ...}`` to name the subject; None writes no patient identifier.
+    """
+    from fhir.resources.bundle import Bundle
+
+    image_uid = str(record.get("sop_instance_uid") or record.get("sha256"))
+    observation_id, report_id = _uuid(image_uid, model_sha256, "obs"), _uuid(image_uid, model_sha256, "report")
+    rejected = record.get("status") == "rejected" or record.get("label") is None
+    device = {"display": f"cxr-edge {software_version}, model {record.get('model')} (sha256 {model_sha256[:16]})"}
+    identifier = [{"system": "urn:dicom:uid", "value": f"urn:oid:{image_uid}"}] \
+        if record.get("sop_instance_uid") else [{"system": "urn:cxr-edge:sha256", "value": record.get("sha256")}]
+    subject = {"identifier": {"value": patient["id"]}, "display": patient.get("name") or None} if patient else None
+    observation: dict[str, Any] = {
+        "resourceType": "Observation", "id": observation_id, "status": "preliminary",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "imaging", "display": "Imaging"}]}],
+        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "chest-xray-classification",
+                             "display": "Chest X-ray classification"}]},
+        "issued": record["finished"], "device": device, "identifier": identifier,
+        "note": [{"text": NOT_FOR_DIAGNOSTIC_USE}, *({"text": f"Input warning: {w}"} for w in record["warnings"])],
+    }
+    if rejected:
+        observation["dataAbsentReason"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                        "code": "not-performed", "display": "Not Performed"}],
+            "text": "; ".join(record["warnings"]) or "rejected: not like the images the model was trained on"}
+        conclusion = "Not classified: the input was rejected. No finding is reported."
+    else:
+        code = CLASS_CODES[record["label"]]
+        observation["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": code.value,
+                                                           "display": code.meaning}]}
+        observation["component"] = [
+            {"code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": f"probability-{name}",
+                                  "display": f"Probability of {CLASS_CODES[name].meaning}"}]},
+             "valueQuantity": {"value": round(float(p), 6), "unit": "1", "system": "http://unitsofmeasure.org",
+                               "code": "1"}}
+            for name, p in record["probabilities"].items() if name in CLASS_CODES]
+        if record.get("status") == "uncertain":
+            observation["interpretation"] = [{"text": "Uncertain: below the model's abstention threshold"}]
+        conclusion = f"Classified as {record['label']} (probability {record['probabilities'][record['label']]:.3f})."
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
+                                  "display": "Radiology"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4",
+                             "display": "Diagnostic imaging study"}]},
+        "issued": record["finished"], "identifier": identifier,
+        "result": [{"reference": f"urn:uuid:{observation_id}"}],
+        "conclusion": f"{conclusion} {NOT_FOR_DIAGNOSTIC_USE}",
+    }
+    if not rejected:
+        report["conclusionCode"] = [observation["valueCodeableConcept"]]
+    if subject is not None:
+        observation["subject"] = report["subject"] = subject
+    bundle = Bundle.model_validate({
+        "resourceType": "Bundle", "id": _uuid(image_uid, model_sha256, "bundle"), "type": "collection",
+        "timestamp": record["finished"],
+        "entry": [{"fullUrl": f"urn:uuid:{report_id}", "resource": report},
+                  {"fullUrl": f"urn:uuid:{observation_id}", "resource": observation}]})
+    return bundle.model_dump(mode="json", exclude_none=True)
