@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import CxrEdgeError
-from ..runtime.evaluation.dataset import CLASS_NAMES, Dataset, Sample, scan_dataset
+from ..runtime.evaluation.dataset import Dataset, Sample, scan_dataset
+from ..runtime.model.classes import DEFAULT_CLASSES, resolve_label
 from ..runtime.reading.images import IMAGE_SUFFIXES
 from .data import file_sha256, manifest_hash
 
@@ -43,7 +44,7 @@ def write_manifest(dataset: Dataset, out: str | Path, *, per_class: int, seed: i
         raise CalibrationError(f"{out} already exists; choose another file")
     rng = np.random.default_rng(seed)
     chosen: list[Sample] = []
-    for label in range(len(CLASS_NAMES)):
+    for label in dataset.counts():
         members = sorted((s for s in dataset.samples if s.label == label), key=lambda s: s.key)
         by_source: dict[str, list[Sample]] = {}
         for sample in members:
@@ -57,7 +58,7 @@ def write_manifest(dataset: Dataset, out: str | Path, *, per_class: int, seed: i
         chosen += sorted(picked, key=lambda s: s.key)
     lines = [MANIFEST_HEADER, f"# data manifest hash of the source dataset: {manifest_hash(dataset.samples)}",
              f"# {per_class} per class, shared among sources, seed {seed}", _COLUMNS]
-    lines += [f"{CLASS_NAMES[s.label]}\t{s.key}\t{file_sha256(s.path)}" for s in chosen]
+    lines += [f"{s.label}\t{s.key}\t{file_sha256(s.path)}" for s in chosen]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return chosen
@@ -83,7 +84,7 @@ def read_manifest(manifest: str | Path, data_dirs: str | Path | Sequence[str | P
     samples, problems = [], []
     for number, row in enumerate(rows[1:], start=2):
         fields = row.split("\t")
-        if len(fields) != 3 or fields[0] not in CLASS_NAMES:
+        if len(fields) != 3 or resolve_label(fields[0], DEFAULT_CLASSES) is None:
             raise CalibrationError(f"{manifest}: malformed row {number}: {row!r}")
         name, relative, digest = fields
         if version_two:
@@ -100,7 +101,7 @@ def read_manifest(manifest: str | Path, data_dirs: str | Path | Sequence[str | P
         elif file_sha256(path) != digest:
             problems.append(f"{relative} differs from the manifest (SHA-256 mismatch)")
         else:
-            samples.append(Sample(path, CLASS_NAMES.index(name), root=root))
+            samples.append(Sample(path, *resolve_label(name, DEFAULT_CLASSES), root=root))
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise CalibrationError(f"{manifest} does not match {', '.join(map(str, roots))}: {shown}")

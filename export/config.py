@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["ARCH_NAMES", "TrainConfig"]
+from ..runtime.model.classes import DEFAULT_CLASSES
+
+__all__ = ["ARCH_NAMES", "AUGMENTATION_NAMES", "TrainConfig"]
 
 ARCH_NAMES = ("efficientnet_lite0", "resnet18", "resnet50", "simple_cnn")
 """Names of `cxr_edge.export.zoo.ARCHITECTURES`, listed here for the CLI (a test keeps both equal)."""
+AUGMENTATION_NAMES = ("standard", "strong")
+"""Names of `cxr_edge.export.train.AUGMENTATIONS`, listed here for the CLI (a test keeps both equal)."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,12 @@ class TrainConfig:
         ema_decay: per-step decay of the exponential moving average of the weights that is validated and kept
             (0 keeps the raw weights). Averaging over a few epochs removes most epoch-to-epoch swing.
         freeze_early: keep the architecture's generic early layers frozen.
+        thaw_epoch: from this epoch on, train the frozen early layers too, at a tenth of the rate (0: never).
+        augmentation: ``standard`` or ``strong`` (`cxr_edge.export.train.AUGMENTATIONS`).
         intensity: per-image intensity standardisation written into the contract (``none`` or ``equalize``).
-        balanced: draw batches so that every class, and within a class every source, weighs the same.
+        balanced: draw batches so that every label, and within a label every source, weighs the same.
+        label_weights: labels (a class or a coarse label) that weigh more or less than 1 in balanced sampling.
+        classes: the classes the model outputs, in order; folders may name them, their aliases or coarse labels.
         exclude_sources: sources left out entirely (leave-one-source-out studies: how would an unseen hospital
             of that kind fare?).
         weights: optional user-supplied starting weights.
@@ -54,8 +62,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.97
     freeze_early: bool = True
+    thaw_epoch: int = 0
+    augmentation: str = "standard"
     intensity: str = "equalize"
     balanced: bool = True
+    label_weights: dict[str, float] = field(default_factory=dict)
+    classes: tuple[str, ...] = DEFAULT_CLASSES
     exclude_sources: tuple[str, ...] = ()
     weights: str | None = None
     pretrained: bool = True

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.evaluation.dataset import CLASS_NAMES, DatasetError, Sample
+from ..runtime.evaluation.dataset import DatasetError, Sample
 from ..runtime.model.contract import Contract
 from ..runtime.model.model_file import file_sha256
 from ..runtime.model.preprocess import load_many
@@ -69,7 +69,7 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
 
 def manifest_hash(samples: Sequence[Sample]) -> str:
     """One hash naming exactly which files, with which labels and contents, a model was trained on."""
-    lines = sorted(f"{CLASS_NAMES[s.label]}\t{s.key}\t{file_sha256(s.path)}" for s in samples)
+    lines = sorted(f"{s.label}\t{s.key}\t{file_sha256(s.path)}" for s in samples)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -303,9 +303,10 @@ def quantize(model: str | Path, out: str | Path, *, calibration: Sequence[Path],
         raise CxrEdgeError(f"{model} is already quantised; quantise the FP32 model")
     inputs, _, skipped = _inputs(calibration, contract, on_progress)
     labelled_arrays = None
+    labelled = [s for s in labelled or () if not s.coarse]  # accuracy needs one class per image
     if labelled:
         val_inputs, kept, failed = _inputs([s.path for s in labelled], contract, on_progress)
-        by_path = {s.path: s.label for s in labelled}
+        by_path = {s.path: contract.class_names.index(s.label) for s in labelled}
         labelled_arrays = (val_inputs, np.asarray([by_path[p] for p in kept]))
         skipped += failed
     out.parent.mkdir(parents=True, exist_ok=True)

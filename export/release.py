@@ -25,8 +25,9 @@ from pathlib import Path
 from rich.console import Console
 
 from ..runtime.evaluation.audit import run_audit
-from ..runtime.evaluation.dataset import CLASS_NAMES, Dataset, Sample, resolve_data_dirs, scan_dataset
-from ..runtime.evaluation.metrics import group_report
+from ..runtime.evaluation.dataset import Dataset, Sample, resolve_data_dirs, scan_dataset
+from ..runtime.model.classes import DEFAULT_CLASSES as CLASS_NAMES
+from ..runtime.evaluation.metrics import group_hits
 from ..runtime.model.classifier import Classifier
 from ..runtime.model.model_file import SHIPPED_FP32, SHIPPED_INT8, SHIPPED_OPENVINO
 from ..runtime.reading.images import load_image
@@ -51,16 +52,16 @@ def evaluate_model(path: Path, engine: str, val: Sequence[Sample], sets: dict) -
     classifier = Classifier.open(path, backend=engine, mode="throughput")
     results = classifier.predict([s.path for s in val], batch_size=16)
     names = classifier.contract.class_names
-    top = [names.index(r.top) for r in results]
-    truth = [s.label for s in val]
+    called = [r.top for r in results]
+    hits = [c in s.classes for c, s in zip(called, val, strict=True)]
     patients = [s.group for s in val]
-    groups = {"cell": [f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in val], "age": [s.age for s in val]}
-    figures = {kind: group_report(truth, top, keys, names, patients) for kind, keys in groups.items()}
+    groups = {"cell": [s.cell for s in val], "age": [s.age for s in val]}
+    figures = {kind: group_hits(hits, called, keys, names, patients) for kind, keys in groups.items()}
     statuses = [r.status for r in results]
     figures["validation_status"] = {status: statuses.count(status) for status in ("classified", "uncertain",
                                                                                   "rejected", "failed")}
     figures["gate_sets"] = ood.rejection_rates(classifier, sets)
-    figures["top_labels"] = [names[i] for i in top]
+    figures["top_labels"] = called
     return figures
 
 

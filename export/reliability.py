@@ -3,9 +3,10 @@
 - **Temperature** (Guo et al. 2017): one scalar that divides the logits so that a probability of 0.8 is right
   about 80 % of the time on validation images; fitted by minimising their negative log-likelihood. The expected
   calibration error (15 equal-width bins) is reported before and after.
-- **Abstention**: below this top probability (after the temperature) a result is ``uncertain``: the label is kept
-  and flagged. It is the smallest threshold at which the validation images that pass it are right at least
-  `ABSTAIN_TARGET` of the time.
+- **Abstention**: below this probability of the top finding (after the temperature; a finding such as pneumonia
+  sums its classes) a result is ``uncertain``: the label is kept and flagged. The threshold is the `ABSTAIN_SHARE`
+  quantile of the validation images' top-finding probability, so that it flags that share of them, the least
+  sure, where errors concentrate; the error rates above and below it are reported.
 - **Gate, part 1: how unlike the training images an input is**, as Mahalanobis distances to the nearest class
   (Lee et al. 2018, one covariance shared by the classes, shrunk towards its mean variance) in two places of the
   network (`zoo.ArchSpec.split`):
@@ -35,14 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime.evaluation.dataset import CLASS_NAMES, Sample
+from ..runtime.evaluation.dataset import Sample
 from ..runtime.model.contract import Contract
 from ..runtime.model.preprocess import to_input
+from .labels import allowed_mask, partial_nll
 from .zoo import CamClassifier, arch_spec
 
 __all__ = ["fit_reliability", "GateHead", "ORIENTATIONS", "expected_calibration_error", "describe",
            "mid_statistics", "orient", "GATE_RANK", "GATE_QUANTILE", "GATE_MARGIN", "FINAL_MARGIN", "SHRINKAGE",
-           "UPRIGHT_MIN", "ABSTAIN_TARGET"]
+           "UPRIGHT_MIN", "ABSTAIN_SHARE"]
 
 ORIENTATIONS = ("upright", "rotated_90", "rotated_180", "rotated_270", "inverted")
 """What the orientation head tells apart; everything but ``upright`` is refused."""
@@ -57,8 +59,8 @@ FINAL_MARGIN = 2.5
 """The same for the distance of the pooled features."""
 UPRIGHT_MIN = 0.5
 """Below this probability of ``upright``, an input is refused as rotated or inverted."""
-ABSTAIN_TARGET = 0.9
-"""Validation accuracy wanted of the results that are not flagged uncertain."""
+ABSTAIN_SHARE = 0.1
+"""Share of the validation images, the least sure, that the abstention threshold flags as uncertain."""
 _PARTS = ("mid", "final")
 
 
@@ -163,15 +165,16 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of the labels (searched on log T)."""
-    logits_t, labels_t = torch.from_numpy(logits).double(), torch.from_numpy(labels)
+def _fit_temperature(logits: np.ndarray, allowed: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of the labels (searched on log T); a coarse
+    label's likelihood is the summed probability of the classes it allows."""
+    logits_t, allowed_t = torch.from_numpy(logits).double(), torch.from_numpy(allowed)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
+        loss = partial_nll(logits_t / log_t.exp(), allowed_t).mean()
         loss.backward()
         return loss
 
@@ -179,23 +182,33 @@ def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(min(10.0, max(0.1, math.exp(float(log_t.detach())))))
 
 
-def _abstention_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The smallest top-probability threshold whose passing validation images reach `ABSTAIN_TARGET` accuracy."""
-    confidence = probabilities.max(axis=1)
-    hits = probabilities.argmax(axis=1) == labels
-    for threshold in np.round(np.arange(0.25, 0.96, 0.01), 2):
-        passing = confidence >= threshold
-        if passing.sum() >= max(5, 0.5 * len(labels)) and hits[passing].mean() >= ABSTAIN_TARGET:
-            return float(threshold)
-    return 0.5
+def finding_confidence(probabilities: np.ndarray, contract: Contract) -> np.ndarray:
+    """Per image, the probability of its most probable finding (a finding sums its classes)."""
+    return np.asarray([contract.finding(dict(zip(contract.class_names, row, strict=True)))[1]
+                       for row in probabilities])
+
+
+def _abstention(confidence: np.ndarray, hits: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """The threshold that flags the `ABSTAIN_SHARE` least sure validation images, and the error rates on both
+    sides of it (a threshold that flags nothing, or flags where errors are no likelier, says nothing)."""
+    threshold = float(np.quantile(confidence, ABSTAIN_SHARE))
+    flagged = confidence < threshold
+    figures = {"abstain_below": threshold, "uncertain_share": float(flagged.mean()),
+               "error_when_uncertain": float(1 - hits[flagged].mean()) if flagged.any() else None,
+               "error_when_not_uncertain": float(1 - hits[~flagged].mean()) if (~flagged).any() else None,
+               "accuracy_when_not_uncertain": float(hits[~flagged].mean()) if (~flagged).any() else None}
+    return threshold, figures
 
 
 def _part_statistics(values: np.ndarray, labels: np.ndarray, rank: int | None) -> dict[str, np.ndarray]:
-    """Class means and the shrunk shared covariance of one part, as whitened main directions plus a residual."""
-    means = np.full((len(CLASS_NAMES), values.shape[1]), 1e6)  # a class without images is never the nearest
+    """Label means and the shrunk shared covariance of one part, as whitened main directions plus a residual.
+
+    `labels` index the labels of the training images (classes and coarse labels alike): each is a cluster."""
     present = sorted(set(labels.tolist()))
-    for label in present:
-        means[label] = values[labels == label].mean(axis=0)
+    means = np.zeros((len(present), values.shape[1]))
+    for row, label in enumerate(present):
+        means[row] = values[labels == label].mean(axis=0)
+    labels = np.searchsorted(present, labels)
     centred = values - means[labels]
     covariance = centred.T @ centred / max(1, len(centred) - len(present))
     floor = SHRINKAGE * np.trace(covariance) / covariance.shape[0]
@@ -259,17 +272,19 @@ def fit_reliability(model: CamClassifier, arch: str, contract: Contract, train_x
         ``parameters`` (what the exported graph and metadata carry), ``figures`` (for the metrics and the model
         card) and ``val_pred`` (validation predictions after the temperature).
     """
-    train_y = np.asarray([s.label for s in train])
+    label_space = sorted({s.label for s in train})
+    train_y = np.asarray([label_space.index(s.label) for s in train])
     fitted_on = "validation images" if val_x is not None and len(val_x) else "training images (no validation)"
     if val_x is None or not len(val_x):
         val_x, val = train_x, train
-    val_y = np.asarray([s.label for s in val])
+    allowed = allowed_mask(val, contract.class_names)
     described_train = describe(model, arch, contract, train_x)
     described_val = describe(model, arch, contract, val_x)
 
-    temperature = _fit_temperature(described_val["logits"], val_y)
+    temperature = _fit_temperature(described_val["logits"], allowed)
     before, after = _softmax(described_val["logits"]), _softmax(described_val["logits"] / temperature)
-    abstain = _abstention_threshold(after, val_y)
+    hits = allowed[np.arange(len(after)), after.argmax(axis=1)]
+    abstain, abstention = _abstention(finding_confidence(after, contract), hits)
 
     parameters: dict[str, Any] = {}
     for part, rank in (("mid", None), ("final", GATE_RANK)):
@@ -288,14 +303,12 @@ def fit_reliability(model: CamClassifier, arch: str, contract: Contract, train_x
     for kind in ORIENTATIONS[1:]:
         score, orientation = _gate(parameters, describe(model, arch, contract, orient(val_x, kind)))
         altered[kind] = float(np.mean((score > GATE_MARGIN) | (orientation[:, 0] < UPRIGHT_MIN)))
-    passing = after.max(axis=1) >= abstain
-    right = after.argmax(axis=1) == val_y
+    exact = np.asarray([not s.coarse for s in val])
+    val_y = np.asarray([contract.class_names.index(s.classes[0]) for s in val])
     figures = {
-        "fitted_on": fitted_on, "images": len(val_y),
-        "temperature": temperature,
-        "ece_before": expected_calibration_error(before, val_y), "ece_after": expected_calibration_error(after, val_y),
-        "abstain_below": abstain, "uncertain_share": float(1 - passing.mean()),
-        "accuracy_when_not_uncertain": float(right[passing].mean()) if passing.any() else None,
+        "fitted_on": fitted_on, "images": len(val), "temperature": temperature,
+        "ece_before": expected_calibration_error(before[exact], val_y[exact]),
+        "ece_after": expected_calibration_error(after[exact], val_y[exact]), **abstention,
         "gate_threshold": GATE_MARGIN, "gate_quantiles": quantiles,
         "gate_refused_share": float(refused.mean()),
         "orientation_upright_share": float(np.mean(val_orientation.argmax(axis=1) == 0)),
@@ -303,7 +316,7 @@ def fit_reliability(model: CamClassifier, arch: str, contract: Contract, train_x
     }
     policy = {"temperature": temperature, "abstain_below": abstain, "gate_threshold": GATE_MARGIN,
               "upright_min": UPRIGHT_MIN, "orientations": list(ORIENTATIONS), "fitted_on": fitted_on,
-              "validation_images": len(val_y)}
+              "validation_images": len(val), "abstain_on": "finding"}
     gate = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in parameters.items()}  # torch.load-safe
     return {"parameters": {"gate": gate, "policy": policy}, "figures": figures, "val_pred": after.argmax(axis=1),
-            "val_scores": val_score}
+            "val_probabilities": after, "val_scores": val_score}

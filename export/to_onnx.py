@@ -95,7 +95,7 @@ def parity_images(data_dir: Path | Sequence[Path], seed: int = 0) -> list[Path]:
     from ..runtime.evaluation.dataset import scan_dataset
     from .data import stratified_split
 
-    _, val = stratified_split(scan_dataset(data_dir).samples, 0.2, seed)
+    _, val = stratified_split(scan_dataset(data_dir).samples, 0.2, seed)  # every label, coarse ones too
     return [next(s.path for s in val if s.label == label) for label in sorted({s.label for s in val})]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cxr_edge.export.config import ARCH_NAMES, TrainConfig
+from cxr_edge.export.config import ARCH_NAMES, AUGMENTATION_NAMES, TrainConfig
 from cxr_edge.runtime.model.contract import INTENSITIES
 from cxr_edge.runtime.model.model_file import quantizing_engines
 
@@ -63,14 +63,26 @@ def _require_build(command: str, *modules: str) -> None:
 @click.option("--intensity", type=click.Choice(INTENSITIES), default=_DEFAULTS.intensity, show_default=True,
               help="Per-image intensity standardisation, written into the contract (equalize: histogram "
                    "equalisation, so that contrast and exposure cannot tell hospitals apart).")
-@click.option("--unbalanced", is_flag=True, help="Draw batches uniformly instead of balancing classes and sources.")
+@click.option("--unbalanced", is_flag=True, help="Draw batches uniformly instead of balancing labels and sources.")
+@click.option("--label-weight", "label_weights", multiple=True, metavar="LABEL=W",
+              help="Weigh a label (a class or a coarse label such as pneumonia) W times in balanced batches. "
+                   "Repeatable.")
+@click.option("--augmentation", type=click.Choice(AUGMENTATION_NAMES), default=_DEFAULTS.augmentation,
+              show_default=True, help="How strongly images are changed in training (strong: wider acquisition "
+                                      "changes, CLAHE and blur).")
+@click.option("--thaw-epoch", type=click.IntRange(0), default=_DEFAULTS.thaw_epoch, show_default=True,
+              help="From this epoch on also train the frozen early layers, at a tenth of the rate (0: never).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | None, epochs: int, batch_size: int,
           lr: float, image_size: int, seed: int, split_seed: int, val_fraction: float, patience: int,
-          no_pretrained: bool, no_freeze: bool, intensity: str, unbalanced: bool, threads: int | None) -> int:
-    """Train a 4-class classifier by transfer learning and write a checkpoint with its preprocessing contract.
+          no_pretrained: bool, no_freeze: bool, intensity: str, unbalanced: bool, label_weights: tuple[str, ...],
+          augmentation: str, thaw_epoch: int, threads: int | None) -> int:
+    """Train a classifier by transfer learning and write a checkpoint with its contract.
 
-    Prints a progress bar per epoch and, at the end, per-class precision, recall and F1 on the validation split.
+    Class folders name the classes (normal, covid19, bacterial_pneumonia, viral_pneumonia or their aliases); a
+    folder named for a coarse label (pneumonia: bacterial or viral, not known which) supervises only the sum of
+    the classes it allows. Prints a progress bar per epoch and, at the end, per-class precision, recall and F1 on
+    the validation split.
     """
     _require_build("train")
     from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs
@@ -84,7 +96,8 @@ def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | No
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
                          split_seed=split_seed, val_fraction=val_fraction, patience=patience,
                          freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads,
-                         intensity=intensity, balanced=not unbalanced)
+                         intensity=intensity, balanced=not unbalanced, label_weights=_weights(label_weights),
+                         augmentation=augmentation, thaw_epoch=thaw_epoch)
     result = run_training(config, data, out_dir, console=Console(stderr=True))
     if result.report is not None:
         render_report(result.report, Console(), title=f"Validation, epoch {result.best_epoch} of "
@@ -92,6 +105,18 @@ def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | No
     written = sorted(p.name for p in result.out_dir.iterdir())
     click.echo(f"wrote {', '.join(written)} in {result.out_dir} ({result.seconds / 60:.1f} min)")
     return EXIT_OK
+
+
+def _weights(pairs: tuple[str, ...]) -> dict[str, float]:
+    """``LABEL=W`` options as a mapping; a malformed one is a usage error."""
+    weights = {}
+    for pair in pairs:
+        label, _, value = pair.partition("=")
+        try:
+            weights[label.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r}: expected LABEL=NUMBER", param_hint="--label-weight") from None
+    return weights
 
 
 @click.command("export")

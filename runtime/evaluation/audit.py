@@ -33,7 +33,7 @@ from ..errors import CxrEdgeError
 from ..model.classifier import Classifier
 from ..model.model_file import CAM, FEATURES, PROBABILITIES
 from ..model.preprocess import load_many, to_input
-from .dataset import CLASS_NAMES, Sample, scan_dataset
+from .dataset import Sample, scan_dataset
 
 __all__ = ["LUNG_BOX", "STRESSES", "run_audit", "auroc", "render_audit"]
 
@@ -90,10 +90,12 @@ def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 300) 
     return lambda other: ((other - mean) / std) @ w + b
 
 
-def _source_probe(features: np.ndarray, samples: Sequence[Sample], folds: int = 5) -> dict[str, dict]:
-    """Per class with two or more sources: cross-validated (by patient) AUROC of telling each source from the rest."""
+def _source_probe(features: np.ndarray, samples: Sequence[Sample], findings: Sequence[str],
+                  folds: int = 5) -> dict[str, dict]:
+    """Per finding with two or more sources: cross-validated (by patient) AUROC of telling each source from the
+    rest (a model that can tell them apart within one finding can use the source as a shortcut)."""
     results = {}
-    labels = np.asarray([s.label for s in samples])
+    labels = np.asarray(findings)
     for label in sorted(set(labels.tolist())):
         members = np.flatnonzero(labels == label)
         sources = sorted({samples[i].source for i in members})
@@ -112,7 +114,7 @@ def _source_probe(features: np.ndarray, samples: Sequence[Sample], folds: int = 
                 if test.any() and len(set(y[~test])) == 2:
                     scores[test] = _logistic(x[~test], y[~test])(x[test])
             per_source[source] = {"images": int(y.sum()), "auroc": auroc(scores, y.astype(bool))}
-        results[CLASS_NAMES[label]] = per_source
+        results[str(label)] = per_source
     return results
 
 
@@ -137,7 +139,7 @@ def run_audit(classifier: Classifier, data_dirs: Sequence[Path], *, batch_size: 
     missing = [name for name in (FEATURES, CAM) if name not in classifier.backend.io.outputs]
     if missing:
         raise CxrEdgeError(f"{classifier.path}: the audit needs the model outputs {', '.join(missing)}; re-export it")
-    dataset = scan_dataset(data_dirs)
+    dataset = scan_dataset(data_dirs, classifier.contract.class_names)
     contract = classifier.contract
     images, kept, errors = load_many([s.path for s in dataset.samples], contract)
     if not kept:
@@ -175,7 +177,8 @@ def run_audit(classifier: Classifier, data_dirs: Sequence[Path], *, batch_size: 
                                                            | stressed).items()}}
     return {"images": len(samples), "unreadable": [str(e) for e in errors], "lung_box": list(LUNG_BOX),
             "label_survives_masking": float(survives.mean()), "heatmap_in_lung_box": float(in_box.mean()),
-            "by_source": by_source, "source_probe_auroc": _source_probe(plain[FEATURES], samples),
+            "by_source": by_source, "source_probe_auroc": _source_probe(
+                plain[FEATURES], samples, [classifier.contract.finding_of(s.classes[0]) for s in samples]),
             "model": str(classifier.path)}
 
 

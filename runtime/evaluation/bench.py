@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +49,8 @@ from ..model.model_file import (
 from ..model.preprocess import load_many, to_input
 from ..outputs.table import BUDGET_S, budget_verdict
 from ..timing import time_interleaved
-from .dataset import CLASS_NAMES, Sample, scan_dataset
-from .metrics import classification_report, group_report
+from .dataset import Sample, scan_dataset
+from .metrics import classification_report, finding_report, group_hits
 
 __all__ = ["BenchRow", "Reference", "default_rows", "run_bench", "machine_info", "versions", "end_to_end_files",
            "row_label", "END_TO_END_FILES"]
@@ -170,23 +171,35 @@ def end_to_end_files(data_dirs: Path | Sequence[Path], limit: int = END_TO_END_F
 
 
 def _labelled_inputs(data_dir: Path | Sequence[Path],
-                     contract: Contract) -> tuple[np.ndarray, np.ndarray, list[str], list[Sample]]:
-    """Preprocessed inputs and labels (indices into the model's classes) of a class-folder dataset.
+                     contract: Contract) -> tuple[np.ndarray, list[str], list[Sample]]:
+    """Preprocessed inputs of a class-folder dataset, the files that could not be read, and the samples read.
 
-    Folders are read as training reads them (aliases such as ``COVID-19``, a ``train`` subfolder); classes the
-    model does not have are refused rather than silently dropped, since accuracy over a subset misleads.
+    Folders are read as training reads them (the model's class names, aliases such as ``COVID-19``, coarse labels
+    such as ``pneumonia``, a ``train`` subfolder); a folder naming no class of the model is refused rather than
+    silently dropped, since accuracy over a subset misleads.
     """
-    dataset = scan_dataset(data_dir)
-    present = sorted({CLASS_NAMES[s.label] for s in dataset.samples}, key=CLASS_NAMES.index)
-    foreign = [name for name in present if name not in contract.class_names]
-    if foreign:
-        raise CxrEdgeError(f"{data_dir}: the model has no class {', '.join(foreign)} "
-                           f"(its classes: {', '.join(contract.class_names)})")
+    dataset = scan_dataset(data_dir, contract.class_names)
     images, kept, errors = load_many([s.path for s in dataset.samples], contract)
     if not kept:
         raise CxrEdgeError(f"{data_dir}: none of the {len(dataset.samples)} labelled images could be read")
-    labels = [contract.class_names.index(CLASS_NAMES[dataset.samples[i].label]) for i in kept]
-    return to_input(images, contract), np.asarray(labels), [str(e) for e in errors], [dataset.samples[i] for i in kept]
+    return to_input(images, contract), [str(e) for e in errors], [dataset.samples[i] for i in kept]
+
+
+def label_figures(samples: Sequence[Sample], probabilities: np.ndarray, contract: Contract) -> dict[str, Any]:
+    """Accuracy (a coarse label is right when the top class is one it allows), macro-F1 over the images with one
+    class, accuracy per label-source-age cell and the findings, each with intervals over patients."""
+    names = contract.class_names
+    top = probabilities.argmax(axis=1)
+    called = [names[i] for i in top]
+    hits = [c in s.classes for c, s in zip(called, samples, strict=True)]
+    patients = [s.group for s in samples]
+    exact = [i for i, s in enumerate(samples) if not s.coarse]
+    report = classification_report([names.index(samples[i].label) for i in exact], top[exact], names)
+    found = [contract.finding(dict(zip(names, row, strict=True)))[0] for row in probabilities]
+    return {"accuracy": float(np.mean(hits)), "macro_f1": report["macro_f1"], "images": len(samples),
+            "by_cell": group_hits(hits, called, [s.cell for s in samples], names, patients),
+            "findings": finding_report([contract.finding_of(s.classes[0]) for s in samples], found,
+                                       contract.finding_names, patients)}
 
 
 def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None,
@@ -344,16 +357,12 @@ def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:
 def _accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: Contract) -> list[str]:
     """Accuracy, macro-F1, accuracy per class-source-age cell and agreement with FP32 for every row; returns the
     files that could not be read."""
-    inputs, labels, unreadable, samples = _labelled_inputs(data_dir, contract)
-    cells = [f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in samples]
+    inputs, unreadable, samples = _labelled_inputs(data_dir, contract)
     predicted = {}
     for i, row in enumerate(rows):
         probabilities = np.concatenate([row.run(inputs[j:j + 16]) for j in range(0, len(inputs), 16)])
         predicted[i] = probabilities.argmax(axis=1)
-        report = classification_report(labels, predicted[i], contract.class_names)
-        row.figures |= {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "images": len(labels),
-                        "by_cell": group_report(labels, predicted[i], cells, contract.class_names,
-                                                [s.group for s in samples])}
+        row.figures |= label_figures(samples, probabilities, contract)
     fp32_rows = {r.backend: i for i, r in enumerate(rows) if r.precision == "fp32"}
     for i, row in enumerate(rows):
         reference = fp32_rows.get(row.backend)

@@ -3,9 +3,13 @@
 Shared by training (the build side) and by the runtime's accuracy benchmark, so that folders that train a model
 are also folders that can measure it. Reading them needs nothing beyond the standard library.
 
-A dataset has one or more roots (``--data A --data B``, or ``CXR_DATA=A:B``). Every image keeps where it came
-from: its *source* (a hospital or collection), its *patient* where known (so that splits never put one patient
-on both sides) and its *age group* (child, adult or unknown), read in this order:
+A dataset has one or more roots (``--data A --data B``, or ``CXR_DATA=A:B``). Class folders are named for the
+model's classes or their aliases (`cxr_edge.runtime.model.classes.resolve_label`); a folder named for a coarse
+label such as ``pneumonia`` holds images that are one of several classes, not known which: each image keeps its
+*label* and the *classes* that label allows. Every image keeps where it came from: its *source* (a hospital or
+collection), its *patient* where known (so that splits never put one patient on both sides), its *age group*
+(child, adult or unknown; a manifest's age may be a number of years, 18 and over being adult) and its *view*
+(PA, AP or unknown), read in this order:
 1. the root's ``MANIFEST.tsv``, when it has ``source``/``patient``/``age``/``view`` columns;
 2. a ``<source>__`` prefix of the file name;
 3. `NAME_RULES`: the naming conventions of the public collections cxr-edge was trained on.
@@ -23,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CxrEdgeError
+from ..model.classes import DEFAULT_CLASSES, resolve_label
+from ..model.gate import ADULT_AGE_YEARS
 from ..reading.images import IMAGE_SUFFIXES
 
 __all__ = [
-    "CLASS_NAMES",
     "AGE_GROUPS",
     "DATA_ENV",
     "DatasetError",
@@ -35,27 +40,10 @@ __all__ = [
     "NameRule",
     "NAME_RULES",
     "resolve_data_dirs",
-    "resolve_class",
     "scan_dataset",
 ]
 
-CLASS_NAMES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
-"""The canonical classes, in the order of every model's outputs."""
-
 AGE_GROUPS = ("child", "adult", "unknown")
-
-# Folder names seen in public chest X-ray collections, after lower-casing and folding '-', ' ' and '.' to '_'.
-_ALIASES = {
-    "normal": ("normal", "healthy", "no_finding", "nofinding", "negative"),
-    "covid19": ("covid19", "covid", "covid_19", "sars_cov_2", "coronavirus"),
-    "bacterial_pneumonia": ("bacterial_pneumonia", "pneumonia_bac", "pneumonia_bacterial", "bacterial", "bacteria",
-                            "bacterial_pneumonias"),
-    "viral_pneumonia": ("viral_pneumonia", "pneumonia_vir", "pneumonia_viral", "viral", "virus",
-                        "viral_pneumonias"),
-}
-# The seed project's numbered folders: 0 Covid-19, 1 Normal, 2 Viral Pneumonia, 3 Bacterial Pneumonia.
-_NUMBERED = {"0": "covid19", "1": "normal", "2": "viral_pneumonia", "3": "bacterial_pneumonia"}
-_ALIAS_TO_CLASS = {alias: name for name, aliases in _ALIASES.items() for alias in aliases} | _NUMBERED
 
 DATA_ENV = "CXR_DATA"
 """The setting that names the labelled data: one folder, or several separated by ``os.pathsep`` (``:``)."""
@@ -101,19 +89,37 @@ class Sample:
 
     Args:
         path: the file.
-        label: index into `CLASS_NAMES`.
+        label: what its folder says: a class name, or a coarse label (``pneumonia``).
+        classes: the model classes the label allows (one for a class, several for a coarse label).
         source: collection or hospital (``unknown`` where nothing says).
         patient: patient key where known; images of one patient never straddle a split.
         age: ``child``, ``adult`` or ``unknown``.
         root: the data root the file was found under (its name prefixes `key`).
+        view: ``PA``, ``AP`` or ``unknown`` (a manifest's view column).
     """
 
     path: Path
-    label: int
+    label: str
+    classes: tuple[str, ...] = ()
     source: str = "unknown"
     patient: str | None = None
     age: str = "unknown"
     root: Path | None = None
+    view: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            object.__setattr__(self, "classes", (self.label,))
+
+    @property
+    def coarse(self) -> bool:
+        """Whether the label allows several classes (its image is one of them, not known which)."""
+        return len(self.classes) > 1
+
+    @property
+    def cell(self) -> str:
+        """``label/source/age``: the cell of the data this image stands for."""
+        return f"{self.label}/{self.source}/{self.age}"
 
     @property
     def key(self) -> str:
@@ -135,6 +141,7 @@ class Dataset:
     roots: list[Path]
     samples: list[Sample]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    class_names: tuple[str, ...] = DEFAULT_CLASSES
 
     @property
     def root(self) -> Path:
@@ -142,14 +149,13 @@ class Dataset:
         return self.roots[0]
 
     def counts(self) -> dict[str, int]:
-        """Images per class, in canonical order."""
-        labels = [s.label for s in self.samples]
-        return {name: labels.count(i) for i, name in enumerate(CLASS_NAMES)}
+        """Images per label: the classes in the model's order, then coarse labels."""
+        labels = Counter(s.label for s in self.samples)
+        return {name: labels[name] for name in (*self.class_names, *sorted(set(labels) - set(self.class_names)))}
 
     def cells(self) -> dict[str, int]:
-        """Images per ``class/source/age`` cell: what a model can learn from, and where it is blind."""
-        cells = Counter(f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in self.samples)
-        return dict(sorted(cells.items()))
+        """Images per ``label/source/age`` cell: what a model can learn from, and where it is blind."""
+        return dict(sorted(Counter(s.cell for s in self.samples).items()))
 
 
 def resolve_data_dirs(options: Sequence[str | Path] | str | Path | None) -> list[Path]:
@@ -175,16 +181,10 @@ def resolve_data_dirs(options: Sequence[str | Path] | str | Path | None) -> list
     return paths
 
 
-def resolve_class(folder_name: str) -> str | None:
-    """The canonical class for a folder name (``COVID-19`` -> ``covid19``, ``3`` -> ``bacterial_pneumonia``)."""
-    key = re.sub(r"[\s\-.]+", "_", folder_name.strip().lower())
-    return _ALIAS_TO_CLASS.get(key)
-
-
-def _class_root(root: Path) -> Path:
+def _class_root(root: Path, class_names: Sequence[str]) -> Path:
     """The folder holding the class folders: `root` itself, or its ``train`` folder (the shared layout)."""
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if any(resolve_class(p.name) for p in subdirs):
+    if any(resolve_label(p.name, class_names) for p in subdirs):
         return root
     if (root / "train").is_dir():
         return root / "train"
@@ -207,8 +207,17 @@ def _manifest(root: Path) -> dict[str, dict[str, str]]:
 
 
 def _age(text: str | None) -> str:
-    text = (text or "").lower()
-    return next((group for group in ("child", "adult") if group in text), "unknown")
+    """``child``/``adult`` from a manifest's age: a group's name, or a number of years (18 and over: adult)."""
+    text = (text or "").strip().lower()
+    try:
+        return "adult" if float(text) >= ADULT_AGE_YEARS else "child"
+    except ValueError:
+        return next((group for group in ("child", "adult") if group in text), "unknown")
+
+
+def _view(text: str | None) -> str:
+    text = (text or "").strip().upper()
+    return text if text in ("PA", "AP") else "unknown"
 
 
 def _document_key(stem: str) -> str:
@@ -222,67 +231,78 @@ def _document_key(stem: str) -> str:
         key = shorter
 
 
-def _describe(path: Path, root: Path, label: int, manifest: dict[str, dict[str, str]]) -> tuple[Sample, str | None]:
-    """The sample for one file, and why it is skipped (a lateral view), or None."""
-    relative = path.relative_to(root).as_posix()
-    row = manifest.get(relative) or manifest.get(path.relative_to(_class_root(root)).as_posix()) or {}
+def _describe(path: Path, root: Path, label: tuple[str, tuple[str, ...]], row: dict[str, str]
+              ) -> tuple[Sample, str | None]:
+    """The sample for one file (its manifest row, if any), and why it is skipped (a lateral view), or None."""
+    name, classes = label
     stem = path.stem
     view = row.get("view", "")
     if _LATERAL_VIEWS.match(view.strip()) or (not view and _LATERAL_NAME.search(stem)):
-        return Sample(path, label, root=root), \
+        return Sample(path, name, classes, root=root), \
             f"lateral view ({view or 'named ' + stem}); the model is for frontal films"
     if row.get("source"):
-        return Sample(path, label, row["source"], row.get("patient") or None, _age(row.get("age")), root), None
+        return Sample(path, name, classes, row["source"], row.get("patient") or None, _age(row.get("age")), root,
+                      _view(view)), None
     if "__" in stem:
         prefix, _, rest = stem.partition("__")
-        return Sample(path, label, prefix, None, "unknown", root), None
+        return Sample(path, name, classes, prefix, None, "unknown", root), None
     for rule in NAME_RULES:
         match = rule.pattern.match(stem)
         if match:
             patient = match.group(1) if match.groups() else None
-            return Sample(path, label, rule.source, patient, rule.age, root), None
-    source, age = DEFAULT_SOURCE.get(CLASS_NAMES[label], ("unknown", "unknown"))
-    return Sample(path, label, source, _document_key(stem), age, root), None
+            return Sample(path, name, classes, rule.source, patient, rule.age, root), None
+    source, age = DEFAULT_SOURCE.get(name, ("unknown", "unknown"))
+    return Sample(path, name, classes, source, _document_key(stem), age, root), None
 
 
-def scan_dataset(roots: str | Path | Sequence[str | Path]) -> Dataset:
+def scan_dataset(roots: str | Path | Sequence[str | Path], class_names: Sequence[str] = DEFAULT_CLASSES) -> Dataset:
     """List the labelled images under one or more class-folder roots.
 
     Args:
         roots: folders of class folders, or folders whose ``train`` subfolder holds them.
+        class_names: the model's classes, which the folders' names (or aliases, or coarse labels) must mean.
 
     Raises:
         DatasetError: unknown class folders (all listed), no class folders, or no images.
     """
     roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    class_names = tuple(class_names)
     samples, skipped = [], []
     for root in roots:
         if not root.is_dir():
             raise DatasetError(f"data folder {root} does not exist")
-        class_root = _class_root(root)
-        folders = sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        unknown = [p.name for p in folders if resolve_class(p.name) is None]
-        if unknown:
-            raise DatasetError(
-                f"{class_root}: unknown class folders: {', '.join(unknown)} (expected folders named for "
-                f"{', '.join(CLASS_NAMES)} or a common alias such as COVID-19, Normal, pneumonia_bac, or 0-3)"
-            )
-        if not folders:
-            raise DatasetError(f"{class_root}: no class folders (expected {', '.join(CLASS_NAMES)})")
-        manifest = _manifest(root)
-        found = 0
-        for folder in folders:
-            label = CLASS_NAMES.index(resolve_class(folder.name))
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append((path, f"not an image file type ({path.suffix or 'no extension'})"))
-                    continue
-                sample, reason = _describe(path, root, label, manifest)
-                if reason:
-                    skipped.append((path, reason))
-                else:
-                    samples.append(sample)
-                    found += 1
-        if not found:
-            raise DatasetError(f"{class_root}: no images found in {', '.join(p.name for p in folders)}")
-    return Dataset(roots, samples, skipped)
+        found, lost = _scan_root(root, class_names)
+        samples += found
+        skipped += lost
+    return Dataset(roots, samples, skipped, class_names)
+
+
+def _scan_root(root: Path, class_names: tuple[str, ...]) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    class_root = _class_root(root, class_names)
+    folders = sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [p.name for p in folders if resolve_label(p.name, class_names) is None]
+    if unknown:
+        raise DatasetError(
+            f"{class_root}: unknown class folders: {', '.join(unknown)} (expected folders named for "
+            f"{', '.join(class_names)}, a common alias such as COVID-19, Normal, pneumonia_bac or 0-3, or a coarse "
+            "label such as pneumonia)")
+    if not folders:
+        raise DatasetError(f"{class_root}: no class folders (expected {', '.join(class_names)})")
+    manifest = _manifest(root)
+    samples, skipped = [], []
+    for folder in folders:
+        label = resolve_label(folder.name, class_names)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((path, f"not an image file type ({path.suffix or 'no extension'})"))
+                continue
+            row = manifest.get(path.relative_to(root).as_posix()) or \
+                manifest.get(path.relative_to(class_root).as_posix()) or {}
+            sample, reason = _describe(path, root, label, row)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                samples.append(sample)
+    if not samples:
+        raise DatasetError(f"{class_root}: no images found in {', '.join(p.name for p in folders)}")
+    return samples, skipped

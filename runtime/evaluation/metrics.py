@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "classification_report", "render_report"]
+__all__ = ["confusion_matrix", "classification_report", "render_report", "bootstrap_interval", "group_report",
+           "group_hits", "finding_report"]
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
@@ -84,24 +85,49 @@ def bootstrap_interval(hits: Sequence[bool] | np.ndarray, clusters: Sequence[str
 
 def group_report(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str], class_names: Sequence[str],
                  clusters: Sequence[str] | None = None) -> dict[str, dict]:
-    """Per group (a class/source/age cell, say): images, accuracy with its bootstrap interval, and what the
-    images were called.
+    """`group_hits` for exact labels given as class indices."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return group_hits(y_true == y_pred, [class_names[i] for i in y_pred], groups, class_names, clusters)
+
+
+def group_hits(hits: Sequence[bool], called: Sequence[str], groups: Sequence[str], names: Sequence[str],
+               clusters: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per group (a label/source/age cell, say): images, the share right with its bootstrap interval over
+    patients, and what the images were called.
 
     Args:
-        y_true, y_pred: class indices.
+        hits: whether each image was right (for a coarse label: called one of the classes it allows).
+        called: what each image was called (a class, or a finding).
         groups: the group of each image.
-        class_names: names of the indices.
+        names: every name `called` can hold, in the order to report them.
         clusters: the patient of each image (for the interval), if known.
     """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    groups = np.asarray(groups)
+    hits, called, groups = np.asarray(hits, bool), np.asarray(called), np.asarray(groups)
     clusters = np.asarray(clusters) if clusters is not None else None
     report = {}
     for name in sorted(set(groups.tolist())):
         mask = groups == name
-        hits = y_true[mask] == y_pred[mask]
-        low, high = bootstrap_interval(hits, clusters[mask] if clusters is not None else None)
-        called = np.bincount(y_pred[mask], minlength=len(class_names))
-        report[name] = {"images": int(mask.sum()), "accuracy": float(hits.mean()), "ci95": [low, high],
-                        "called": {c: int(n) for c, n in zip(class_names, called, strict=True)}}
+        low, high = bootstrap_interval(hits[mask], clusters[mask] if clusters is not None else None)
+        report[name] = {"images": int(mask.sum()), "accuracy": float(hits[mask].mean()), "ci95": [low, high],
+                        "called": {c: int(np.sum(called[mask] == c)) for c in names}}
     return report
+
+
+def finding_report(truth: Sequence[str], called: Sequence[str], names: Sequence[str],
+                   clusters: Sequence[str] | None = None) -> dict:
+    """Findings (normal, COVID-19, pneumonia, ...) against the truth: per finding, recall with its interval over
+    patients and precision, the share right overall, and the confusion matrix (truth in rows)."""
+    truth, called = np.asarray(truth), np.asarray(called)
+    clusters = np.asarray(clusters) if clusters is not None else None
+    index = {name: i for i, name in enumerate(names)}
+    matrix = confusion_matrix([index[t] for t in truth], [index[c] for c in called], len(names))
+    per = {}
+    for name in names:
+        mask = truth == name
+        hits = called[mask] == name
+        low, high = bootstrap_interval(hits, clusters[mask] if clusters is not None else None)
+        predicted = int(np.sum(called == name))
+        per[name] = {"images": int(mask.sum()), "recall": float(hits.mean()) if mask.any() else float("nan"),
+                     "ci95": [low, high], "precision": float(np.sum(hits) / predicted) if predicted else 0.0}
+    return {"accuracy": float(np.mean(truth == called)) if truth.size else 0.0, "per_finding": per,
+            "confusion_matrix": matrix.tolist(), "names": list(names)}

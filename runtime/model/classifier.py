@@ -63,12 +63,15 @@ class Prediction:
         latency_ms: decode, preprocess, inference (this image's share of its batch) and total, in milliseconds.
         error: why the input could not be classified, or None.
         status: ``classified``, ``uncertain``, ``rejected`` or ``failed`` (see `cxr_edge.runtime.model.gate`).
+        finding: the most probable finding (a class, or a group such as pneumonia that sums its classes), None
+            when the input failed or was rejected; `finding_probability` its probability.
         gate: the gate's score and threshold, or None for a model without a gate (or with ``--gate off``).
         warnings: doubts that did not stop classification (wrong modality, raw detector data, near the gate), and
             for a rejected input, why.
         cam: the top class's activation map (h x w, model resolution), when asked for.
         patient: DICOM patient name and ID; printed only when a user asks.
         display: the grayscale image (shrunk) for drawing the activation map, when asked for.
+        flagged: the gate objected to the input (rejected, or with ``--gate warn`` kept with a warning).
     """
 
     path: str
@@ -82,6 +85,9 @@ class Prediction:
     cam: np.ndarray | None = field(default=None, repr=False)
     patient: dict[str, str] | None = None
     display: np.ndarray | None = field(default=None, repr=False)
+    finding: str | None = None
+    finding_probability: float | None = None
+    flagged: bool = False
 
     @property
     def top(self) -> str | None:
@@ -94,7 +100,8 @@ class Prediction:
 
     def to_record(self) -> dict:
         """The JSON record of one prediction, exactly the documented keys."""
-        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
+        return {"path": self.path, "label": self.label, "finding": self.finding,
+                "finding_probability": self.finding_probability, "probabilities": self.probabilities,
                 "latency_ms": self.latency_ms, "error": self.error, "status": self.status, "gate": self.gate,
                 "warnings": list(self.warnings)}
 
@@ -258,14 +265,18 @@ class Classifier:
                               error=f"the model produced no valid probabilities ({np.array2string(row, precision=3)});"
                                     " the model file may be damaged")
         probabilities = {name: float(p) for name, p in zip(self.contract.class_names, row, strict=True)}
+        finding = self.contract.finding(probabilities)
         verdict = judge(probabilities, policy=self.policy, mode=self.gate,
                         gate_score=float(outputs[GATE_SCORE][index]) if GATE_SCORE in outputs else None,
                         orientation=outputs[ORIENTATION][index] if ORIENTATION in outputs else None,
-                        header=item.header, warnings=item.warnings)
+                        header=item.header, warnings=item.warnings, finding=finding,
+                        finding_of={name: self.contract.finding_of(name) for name in probabilities})
         maps = outputs.get(CAM)
+        shown = finding if verdict.label is not None else (None, None)
         return Prediction(item.path, verdict.label, probabilities, latency, None, verdict.status, verdict.gate,
                           verdict.warnings, maps[index, int(np.argmax(row))] if maps is not None else None,
-                          item.patient, item.display)
+                          item.patient, item.display, shown[0], None if shown[1] is None else round(shown[1], 6),
+                          verdict.flagged)
 
     def predict(self, items: Iterable[str | Path | np.ndarray], *, cam: bool = False,
                 batch_size: int = 1) -> list[Prediction]:

@@ -1,8 +1,9 @@
-"""The preprocessing contract: the one definition of how an image becomes a model input.
+"""The contract: the one definition of how an image becomes a model input and what the outputs mean.
 
 Training stores it in the checkpoint, export writes it into the ONNX metadata, quantisation keeps it and the
-runtime reads it back. Nothing else in cxr-edge defines input size, resampling, normalisation, channels or
-class names, so the edge can never preprocess differently from training.
+runtime reads it back. Nothing else in cxr-edge defines input size, resampling, normalisation, channels, class
+names, their display names and codes, or the findings reported above the classes, so the edge can never
+preprocess differently from training and every report names the classes the model itself names.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ContractError
+from .classes import FINDING_GROUPS, KNOWN_CLASSES, Code, private_code
 from .model_file import CONTRACT_KEY, VERSION_KEY
 
-__all__ = ["Contract", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES"]
+__all__ = ["Contract", "Finding", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES", "OUTPUT_KINDS"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the contract's layout; a runtime refuses a model whose contract is newer than it understands.
-Version 2 added `Contract.intensity`; version 1 contracts read as ``intensity="none"``."""
+Version 2 added `Contract.intensity`; version 3 the classes' display names and codes and the findings. Older
+contracts read as ``intensity="none"``, and their classes (cxr-edge's four, the only ones those versions made) get
+the vocabulary's names and codes (`cxr_edge.runtime.model.classes`)."""
+
+OUTPUT_KINDS = ("softmax",)
+"""What the probabilities output holds: one distribution over the classes."""
 
 RESAMPLING = ("area", "linear", "cubic", "lanczos", "nearest")
 """Names of OpenCV interpolation modes a contract may ask for."""
@@ -35,6 +42,20 @@ the model where an image came from."""
 
 
 @dataclass(frozen=True)
+class Finding:
+    """A finding reported above the classes: its name, its name for people, the classes it sums, and its code."""
+
+    name: str
+    display: str
+    classes: tuple[str, ...]
+    code: Code
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "code", tuple(self.code))
+
+
+@dataclass(frozen=True)
 class Contract:
     """How pixels become a model input and what the outputs mean.
 
@@ -47,6 +68,11 @@ class Contract:
         resampling: OpenCV interpolation used to reach the input size (see ``RESAMPLING``).
         fit: ``stretch`` or ``pad`` (see ``FITS``).
         intensity: per-image intensity standardisation after resizing (see ``INTENSITIES``).
+        display_names: each class's name for people (default: from the vocabulary, else from the name).
+        codes: each class's code as (value, scheme, meaning) (default: the vocabulary's, else a private code).
+        findings: findings that sum several classes (default: the vocabulary's groups whose classes are all here);
+            every class outside them is its own finding.
+        outputs: what the probabilities are (see ``OUTPUT_KINDS``).
         format_version: layout version of this contract.
     """
 
@@ -58,13 +84,36 @@ class Contract:
     resampling: str = "area"
     fit: str = "stretch"
     intensity: str = "none"
+    display_names: tuple[str, ...] = ()
+    codes: tuple[Code, ...] = ()
+    findings: tuple[Finding, ...] | None = None
+    outputs: str = "softmax"
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so that equal contracts compare and hash equal.
-        for name in ("input_size", "class_names", "mean", "std"):
+        for name in ("input_size", "class_names", "mean", "std", "display_names"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "codes", tuple(tuple(code) for code in self.codes))
+        self._fill_from_vocabulary()
         self._validate()
+
+    def _fill_from_vocabulary(self) -> None:
+        """Display names, codes and findings not given are the vocabulary's (`cxr_edge.runtime.model.classes`)."""
+        names = [n for n in self.class_names if isinstance(n, str)]
+        if not self.display_names:
+            object.__setattr__(self, "display_names", tuple(
+                KNOWN_CLASSES[n].display if n in KNOWN_CLASSES else n.replace("_", " ").capitalize() for n in names))
+        if not self.codes:
+            object.__setattr__(self, "codes", tuple(
+                KNOWN_CLASSES[n].code if n in KNOWN_CLASSES else private_code(n, display)
+                for n, display in zip(names, self.display_names, strict=False)))
+        if self.findings is None:
+            found = [Finding(g.name, g.display, g.classes, g.code) for g in FINDING_GROUPS
+                     if all(member in names for member in g.classes)]
+        else:
+            found = [f if isinstance(f, Finding) else Finding(**f) for f in self.findings]
+        object.__setattr__(self, "findings", tuple(found))
 
     def _validate(self) -> None:
         problems = []
@@ -92,12 +141,66 @@ class Contract:
         names = self.class_names
         if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
             problems.append(f"class_names must be distinct non-empty strings, got {names!r}")
+        problems += self._label_problems()
         if problems:
             raise ContractError("invalid preprocessing contract: " + "; ".join(problems))
+
+    def _label_problems(self) -> list[str]:
+        problems = []
+        if len(self.display_names) != len(self.class_names) or len(self.codes) != len(self.class_names):
+            problems.append(f"display_names and codes need one entry per class ({len(self.class_names)})")
+        if any(len(code) != 3 or not all(isinstance(part, str) and part for part in code) for code in self.codes):
+            problems.append("each code must be three non-empty strings: value, scheme, meaning")
+        for finding in self.findings:
+            missing = [c for c in finding.classes if c not in self.class_names]
+            if missing or len(finding.classes) < 2:
+                problems.append(f"finding {finding.name!r} must sum two or more of the classes, got "
+                                f"{list(finding.classes)}")
+        grouped = [c for f in self.findings for c in f.classes]
+        if len(grouped) != len(set(grouped)):
+            problems.append("a class may belong to one finding only")
+        if self.outputs not in OUTPUT_KINDS:
+            problems.append(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
+        return problems
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def display(self, name: str) -> str:
+        """A class's or a finding's name for people."""
+        if name in self.class_names:
+            return self.display_names[self.class_names.index(name)]
+        return next(f.display for f in self.findings if f.name == name)
+
+    def code(self, name: str) -> Code:
+        """A class's or a finding's code: (value, scheme, meaning)."""
+        if name in self.class_names:
+            return self.codes[self.class_names.index(name)]
+        return next(f.code for f in self.findings if f.name == name)
+
+    @property
+    def finding_names(self) -> tuple[str, ...]:
+        """Every finding a result can have, in class order: a group where its first member stands, else a class."""
+        order = []
+        for name in self.class_names:
+            group = self.finding_of(name)
+            if group not in order:
+                order.append(group)
+        return tuple(order)
+
+    def finding_of(self, class_name: str) -> str:
+        """The finding a class is reported under: its group's name, or itself."""
+        return next((f.name for f in self.findings if class_name in f.classes), class_name)
+
+    def finding(self, probabilities: Mapping[str, float]) -> tuple[str, float]:
+        """The most probable finding and its probability (a group's is the sum of its classes')."""
+        sums: dict[str, float] = {}
+        for name, p in probabilities.items():
+            group = self.finding_of(name)
+            sums[group] = sums.get(group, 0.0) + float(p)
+        best = max(sums, key=sums.get)
+        return best, sums[best]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for checkpoints and reports)."""
@@ -117,7 +220,7 @@ class Contract:
             raise ContractError(f"contract lacks required fields: {', '.join(missing)}")
         try:
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, KeyError) as exc:
             raise ContractError(f"contract fields have wrong types: {exc}") from exc
 
     def to_metadata(self) -> dict[str, str]:

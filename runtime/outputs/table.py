@@ -31,6 +31,7 @@ class Summary:
         self.images = 0
         self.statuses: Counter[str] = Counter()
         self.totals_ms: list[float] = []
+        self.flagged = 0
 
     @property
     def failures(self) -> int:
@@ -38,12 +39,14 @@ class Summary:
 
     @property
     def doubtful(self) -> int:
-        """Inputs that were read but not plainly classified: rejected by the gate, or uncertain."""
-        return self.statuses["rejected"] + self.statuses["uncertain"]
+        """Inputs that were read but not plainly classified: rejected or uncertain, or (with ``--gate warn``) kept
+        although the gate objected."""
+        return self.statuses["rejected"] + self.statuses["uncertain"] + self.flagged
 
     def add(self, prediction: Prediction) -> None:
         self.images += 1
         self.statuses[prediction.status] += 1
+        self.flagged += prediction.flagged and prediction.status == "classified"
         if prediction.error is None:
             self.totals_ms.append(prediction.latency_ms["total"])
 

@@ -41,7 +41,8 @@ def test_jsonl_has_exactly_the_documented_keys_in_input_order(setup):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in order]
     for record in records:
-        assert list(record) == ["path", "label", "probabilities", "latency_ms", "error", "status", "gate", "warnings"]
+        assert list(record) == ["path", "label", "finding", "finding_probability", "probabilities", "latency_ms",
+                                "error", "status", "gate", "warnings"]
         assert record["label"] in CLASSES and record["error"] is None
         assert (record["status"], record["gate"], record["warnings"]) == ("classified", None, [])  # no gate here
         assert list(record["probabilities"]) == list(CLASSES)
@@ -204,7 +205,7 @@ def test_strict_exits_3_when_any_image_is_uncertain_or_rejected(setup, tmp_path)
     assert plain.returncode == 0, plain.stderr
     records = [json.loads(line) for line in plain.stdout.splitlines()]
     assert {r["status"] for r in records} == {"uncertain"} and all(r["label"] in CLASSES for r in records)
-    assert all(r["warnings"][0].startswith("uncertain: top probability") for r in records)
+    assert all(r["warnings"][0].startswith("uncertain: the probability of ") for r in records)
     strict = _run("predict", *images, "--model", unsure, "--format", "jsonl", "--strict", cache=cache)
     assert strict.returncode == 3
     assert [(r["path"], r["status"]) for r in map(json.loads, strict.stdout.splitlines())] == [

@@ -3,15 +3,16 @@ from pathlib import Path
 import pytest
 
 from cxr_edge.export.data import load_resized, manifest_hash, stratified_split
-from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, DatasetError, Sample, scan_dataset
+from cxr_edge.runtime.evaluation.dataset import DatasetError, Sample, scan_dataset
+from cxr_edge.runtime.model.classes import DEFAULT_CLASSES as CLASS_NAMES
 from cxr_edge.runtime.model.contract import Contract
 
 
 def test_split_is_stratified_seeded_and_order_independent():
-    samples = [Sample(Path(f"{c}/{i}.png"), c) for c in range(4) for i in range(10 + 5 * c)]
+    samples = [Sample(Path(f"{c}/{i}.png"), CLASS_NAMES[c]) for c in range(4) for i in range(10 + 5 * c)]
     train, val = stratified_split(samples, 0.2, seed=7)
     assert sorted(train + val, key=str) == sorted(samples, key=str)
-    assert [sum(s.label == c for s in val) for c in range(4)] == [2, 3, 4, 5]
+    assert [sum(s.label == c for s in val) for c in CLASS_NAMES] == [2, 3, 4, 5]
     assert (train, val) == stratified_split(list(reversed(samples)), 0.2, seed=7)
     assert val != stratified_split(samples, 0.2, seed=8)[1]
     with pytest.raises(DatasetError):
@@ -35,7 +36,8 @@ def test_manifest_hash_names_files_labels_and_contents(small_dataset):
     dataset = scan_dataset(small_dataset)
     first = manifest_hash(dataset.samples)
     assert first == manifest_hash(list(reversed(dataset.samples)))
-    relabelled = [Sample(s.path, (s.label + 1) % 4, root=s.root) for s in dataset.samples]
+    relabelled = [Sample(s.path, CLASS_NAMES[(CLASS_NAMES.index(s.label) + 1) % 4], root=s.root)
+                  for s in dataset.samples]
     assert manifest_hash(relabelled) != first
     assert manifest_hash(dataset.samples[1:]) != first
 
@@ -55,7 +57,7 @@ def test_split_keeps_every_patient_on_one_side_and_every_cell_in_validation(data
 
 
 def test_a_patient_with_many_films_is_never_split(tmp_path):
-    samples = [Sample(tmp_path / f"p{p}_{i}.png", 0, "site", f"p{p}")
+    samples = [Sample(tmp_path / f"p{p}_{i}.png", "normal", (), "site", f"p{p}")
                for p in range(10) for i in range(1 + 9 * (p == 3))]
     train, val = stratified_split(samples, 0.2, 0)
     assert {s.patient for s in train}.isdisjoint({s.patient for s in val})

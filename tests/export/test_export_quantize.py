@@ -17,7 +17,8 @@ from cxr_edge.export.quantize import compare_models, quantize
 from cxr_edge.export.to_onnx import export_onnx
 from cxr_edge.export.train import load_checkpoint, train
 from cxr_edge.runtime.errors import CxrEdgeError
-from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, scan_dataset
+from cxr_edge.runtime.evaluation.dataset import scan_dataset
+from cxr_edge.runtime.model.classes import DEFAULT_CLASSES as CLASS_NAMES
 from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.model.contract import Contract
 from cxr_edge.runtime.model.gate import GatePolicy
@@ -113,14 +114,14 @@ def test_calibration_manifest_round_trip_and_hash_mismatch(small_dataset, tmp_pa
     dataset = scan_dataset(data)
     manifest = tmp_path / "calib.tsv"
     chosen = write_manifest(dataset, manifest, per_class=2, seed=3)
-    assert len(chosen) == 8 and sorted({s.label for s in chosen}) == [0, 1, 2, 3]
+    assert len(chosen) == 8 and sorted({s.label for s in chosen}) == sorted(CLASS_NAMES)
     text = manifest.read_text()
     assert text.startswith("# cxr-edge calibration manifest v2") and str(data) not in text  # relative paths
     assert [(s.path, s.label) for s in read_manifest(manifest, data)] == [(s.path, s.label) for s in chosen]
     assert resolve_calibration(None, manifest, data) == [s.path for s in chosen]
     v1 = tmp_path / "v1.tsv"  # a single-root manifest of the first release still resolves
     v1.write_text("# cxr-edge calibration manifest v1\nclass\tfile\tsha256\n" + "".join(
-        f"{CLASS_NAMES[s.label]}\t{s.path.relative_to(data).as_posix()}\t{file_sha256(s.path)}\n" for s in chosen))
+        f"{s.label}\t{s.path.relative_to(data).as_posix()}\t{file_sha256(s.path)}\n" for s in chosen))
     assert [s.path for s in read_manifest(v1, data)] == [s.path for s in chosen]
     elsewhere = tmp_path / "other" / "data"
     shutil.copytree(data, elsewhere)
@@ -153,7 +154,7 @@ def test_quantisation_keeps_the_contract_and_reports_both_models(exported, small
     paths = [s.path for s in dataset.samples]
     fp32_labels = [p.top for p in Classifier.open(folder / "model.onnx", backend=backend).predict(paths)]
     int8_labels = [p.top for p in int8.predict(paths)]
-    truth = [int8.contract.class_names[s.label] for s in dataset.samples]
+    truth = [s.label for s in dataset.samples]
     assert comparison["images"] == len(dataset.samples)
     assert comparison["agreement"] == pytest.approx(np.mean(np.equal(fp32_labels, int8_labels)))
     assert comparison["int8"]["accuracy"] == pytest.approx(np.mean(np.equal(int8_labels, truth)))

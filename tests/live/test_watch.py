@@ -21,8 +21,8 @@ from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.model.model_file import file_sha256
 from tests.factories import gradient, truncated, write_dicom
 
-RECORD_KEYS = {"path", "label", "probabilities", "latency_ms", "error", "status", "gate", "sha256", "arrived",
-               "finished", "warnings", "model", "moved_to"}
+RECORD_KEYS = {"path", "label", "finding", "finding_probability", "probabilities", "latency_ms", "error", "status",
+               "gate", "sha256", "arrived", "finished", "warnings", "model", "moved_to"}
 
 
 def png_bytes(seed: int) -> bytes:

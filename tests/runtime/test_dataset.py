@@ -4,13 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cxr_edge.runtime.evaluation.dataset import (
-    CLASS_NAMES,
-    DatasetError,
-    resolve_class,
-    resolve_data_dirs,
-    scan_dataset,
-)
+from cxr_edge.runtime.evaluation.dataset import DatasetError, resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.model.classes import DEFAULT_CLASSES, resolve_label
 
 
 @pytest.mark.parametrize(
@@ -21,11 +16,20 @@ from cxr_edge.runtime.evaluation.dataset import (
         ("pneumonia_bac", "bacterial_pneumonia"), ("Bacterial Pneumonia", "bacterial_pneumonia"),
         ("pneumonia_vir", "viral_pneumonia"), ("Viral-Pneumonia", "viral_pneumonia"),
         ("0", "covid19"), ("1", "normal"), ("2", "viral_pneumonia"), ("3", "bacterial_pneumonia"),
-        ("tuberculosis", None), ("4", None), ("pneumonia", None),
+        ("tuberculosis", None), ("4", None),
     ],
 )
 def test_folder_aliases(folder, expected):
-    assert resolve_class(folder) == expected
+    assert resolve_label(folder, DEFAULT_CLASSES) == (None if expected is None else (expected, (expected,)))
+
+
+def test_a_coarse_label_allows_the_classes_it_stands_for_where_the_model_has_them():
+    both = ("bacterial_pneumonia", "viral_pneumonia")
+    for folder in ("pneumonia", "Pneumonia", "PNEUMONIA type unknown"):
+        assert resolve_label(folder, DEFAULT_CLASSES) == ("pneumonia", both)
+    assert resolve_label("pneumonia", ("normal", "covid19", "bacterial_pneumonia")) is None
+    assert resolve_label("pneumonia", ("normal", "pneumonia")) == ("pneumonia", ("pneumonia",))  # a class of its own
+    assert resolve_label("Effusion", ("normal", "effusion")) == ("effusion", ("effusion",))  # the model's own names
 
 
 def _tree(root: Path, layout: dict[str, list[str]]) -> Path:
@@ -38,7 +42,7 @@ def _tree(root: Path, layout: dict[str, list[str]]) -> Path:
 
 def test_numbered_seed_folders_map_to_canonical_classes(tmp_path):
     dataset = scan_dataset(_tree(tmp_path, {"0": ["a.png"], "1": ["b.png"], "2": ["c.png"], "3": ["d.png"]}))
-    by_name = {s.path.name: CLASS_NAMES[s.label] for s in dataset.samples}
+    by_name = {s.path.name: s.label for s in dataset.samples}
     assert by_name == {"a.png": "covid19", "b.png": "normal", "c.png": "viral_pneumonia",
                        "d.png": "bacterial_pneumonia"}
 

@@ -29,17 +29,20 @@ def test_low_top_probability_is_uncertain_and_keeps_its_label():
     unsure = {"normal": 0.45, "covid19": 0.35, "bacterial_pneumonia": 0.1, "viral_pneumonia": 0.1}
     verdict = judge(unsure, policy=POLICY, gate_score=0.6, orientation=UPRIGHT)
     assert verdict.status == "uncertain" and verdict.label == "normal"
-    assert verdict.warnings == ("uncertain: top probability 0.45 is below the model's abstention threshold 0.60",)
+    assert verdict.warnings == ("uncertain: the probability of normal (0.45) is below the model's abstention "
+                                "threshold 0.60",)
 
 
 @pytest.mark.parametrize("score, orientation, header, reason", [
     (4.2, UPRIGHT, None, "unlike the chest radiographs the model was trained on (gate score 4.20 over its threshold"),
-    (0.6, np.array([0.02, 0.9, 0.04, 0.02, 0.02]), None, "the film looks rotated 90 (probability of upright 0.02)"),
-    (0.6, np.array([0.1, 0.0, 0.0, 0.0, 0.9]), None, "the film looks inverted"),
+    (0.6, np.array([0.02, 0.9, 0.04, 0.02, 0.02]), None, "the image does not look upright (probability 0.02, below "
+                                                         "0.50); most likely it is turned 90 degrees anticlockwise"),
+    (0.6, np.array([0.02, 0.04, 0.02, 0.9, 0.02]), None, "most likely it is turned 90 degrees clockwise"),
+    (0.6, np.array([0.1, 0.0, 0.0, 0.0, 0.9]), None, "most likely it is inverted (a negative)"),
     (0.6, UPRIGHT, HeaderFacts(modality="CT"), "the DICOM modality is CT, not a radiograph"),
     (0.6, UPRIGHT, HeaderFacts(modality="DX", body_part="HAND"), "the DICOM body part is HAND, not the chest"),
     (0.6, UPRIGHT, HeaderFacts(modality="CR", view_position="LL"), "view position is LL: a lateral view"),
-], ids=["far-from-training", "rotated", "inverted", "ct", "hand", "lateral"])
+], ids=["far-from-training", "rotated", "clockwise", "inverted", "ct", "hand", "lateral"])
 def test_rejected_inputs_lose_their_label_and_say_why(score, orientation, header, reason):
     verdict = judge(SURE_NORMAL, policy=POLICY, gate_score=score, orientation=orientation, header=header)
     assert verdict.status == "rejected" and verdict.label is None
@@ -51,7 +54,8 @@ def test_warn_mode_keeps_the_label_and_off_mode_skips_the_gate():
     warned = judge(SURE_NORMAL, policy=POLICY, mode="warn", gate_score=4.2, orientation=rotated)
     assert warned.status == "classified" and warned.label == "normal"
     assert [w.split(" (")[0] for w in warned.warnings] == [
-        "gate: unlike the chest radiographs the model was trained on", "gate: the film looks rotated 90"]
+        "gate: unlike the chest radiographs the model was trained on", "gate: the image does not look upright"]
+    assert warned.flagged  # --strict counts it
     off = judge(SURE_NORMAL, policy=POLICY, mode="off", gate_score=4.2, orientation=rotated,
                 header=HeaderFacts(modality="CT"), warnings=("modality is CT",))
     assert (off.status, off.label, off.gate, off.warnings) == ("classified", "normal", None, ("modality is CT",))

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 
-from cxr_edge.runtime.reading import jpeg2000
 from cxr_edge.runtime.model.classifier import Classifier
+from cxr_edge.runtime.reading import jpeg2000
 from cxr_edge.runtime.reading.images import load_image, read_image
 from tests.factories import gradient, write_compressed_dicom
 
