@@ -26,8 +26,8 @@ from rich.console import Console
 
 from ..runtime.evaluation.audit import run_audit
 from ..runtime.evaluation.dataset import Dataset, Sample, resolve_data_dirs, scan_dataset
-from ..runtime.model.classes import DEFAULT_CLASSES as CLASS_NAMES
 from ..runtime.evaluation.metrics import group_hits
+from ..runtime.model.classes import DEFAULT_CLASSES as CLASS_NAMES
 from ..runtime.model.classifier import Classifier
 from ..runtime.model.model_file import SHIPPED_FP32, SHIPPED_INT8, SHIPPED_OPENVINO
 from ..runtime.reading.images import load_image
