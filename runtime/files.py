@@ -16,7 +16,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "move_to", "free_name", "fit_name",
+__all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "json_bytes", "move_to", "free_name", "fit_name",
            "remove_stale_temps", "replace_json", "same_file", "utc_now", "fsync_dir"]
 
 TEMP_PREFIX = ".cxr-edge-"
@@ -71,17 +71,21 @@ def replace_json(path: Path, record: dict) -> None:
         temp.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, record: dict) -> bool:
-    """`write_atomic` of a JSON object (UTF-8, indented, ending in a newline).
+def json_bytes(record: dict) -> bytes:
+    """A JSON object as a file's bytes (UTF-8, indented, ending in a newline).
 
     File names that are not valid UTF-8 reach here as lone surrogates; those records are written with
     ``\\u`` escapes instead, which every JSON reader accepts.
     """
     try:
-        data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
+        return (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
     except UnicodeEncodeError:
-        data = (json.dumps(record, indent=2) + "\n").encode()
-    return write_atomic(path, data)
+        return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def write_json_atomic(path: Path, record: dict) -> bool:
+    """`write_atomic` of a JSON object (`json_bytes`)."""
+    return write_atomic(path, json_bytes(record))
 
 
 def same_file(a: Path, b: Path) -> bool:

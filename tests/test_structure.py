@@ -233,8 +233,14 @@ def test_a_new_engine_is_one_table_entry_and_one_module(tmp_path):
     assert refused.returncode == 1 and "'echo' is not one of" in refused.stderr  # it makes no INT8 models
 
 
-def test_cli_lists_repeated_for_a_light_help_agree_with_their_sources():
-    from cxr_edge.cli.edge import OUTPUT_FORMATS
-    from cxr_edge.runtime.outputs.table import FORMATS
+def test_the_cli_offers_the_runtime_s_own_choice_lists_not_copies():
+    """The choices the CLI offers are the very objects the runtime checks against (defined once, in a module light
+    enough for ``--help``); ARCH_NAMES has its twin in tests/export/test_zoo.py."""
+    from cxr_edge.cli import common, edge
+    from cxr_edge.runtime import choices
+    from cxr_edge.runtime.model import gate
+    from cxr_edge.runtime.outputs import reports, table
 
-    assert OUTPUT_FORMATS == FORMATS  # ARCH_NAMES has its twin in tests/export/test_zoo.py
+    assert edge.OUTPUT_FORMATS is choices.OUTPUT_FORMATS is table.FORMATS
+    assert common.SR_KINDS is choices.SR_KINDS is reports.SR_KINDS
+    assert common.GATE_MODES is choices.GATE_MODES is gate.GATE_MODES

@@ -6,18 +6,17 @@ from typing import Any
 
 import click
 
+from cxr_edge.runtime.choices import GATE_MODES, SR_KINDS
 from cxr_edge.runtime.model.model_file import ENGINES
 
-__all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "model_option", "backend_option",
-           "server_options", "remote_if_server", "threads_option", "gate_option", "progress", "csv_list",
-           "engine_choices"]
+__all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "SR_KINDS", "model_option",
+           "backend_option", "server_options", "remote_if_server", "threads_option", "gate_option", "progress",
+           "csv_list", "engine_choices", "live_output_options", "forward_option", "output_options"]
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
 """0 success, 1 usage or model error, 2 some inputs failed while the rest were processed, 3 (with ``--strict``)
 every input was read but some were rejected by the gate or uncertain."""
 
-GATE_MODES = ("reject", "warn", "off")
-"""`cxr_edge.runtime.model.gate.GATE_MODES`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
 
 gate_option = click.option(
     "--gate", type=click.Choice(GATE_MODES), default="reject", show_default=True,
@@ -100,3 +99,53 @@ def remote_if_server(backend: str, server: str | None) -> str:
     if backend not in remote:
         raise click.UsageError(f"--server sends images to a server; --backend {backend} runs them here")
     return backend
+
+
+def live_output_options(sr_default: str | None, sr_note: str) -> Any:
+    """``--cam``, ``--sc``, ``--sr``, ``--fhir`` and ``--keep-phi``: what a live mode writes per image beside its
+    record, the same options in both live modes (`predict` takes folders for them instead)."""
+
+    def decorate(command: Any) -> Any:
+        for option in reversed((
+            click.option("--cam", is_flag=True,
+                         help="Also write the heatmap picture per image to OUT/cam/ (the finding, the class and a "
+                              "colour scale burned in; the status page shows it)."),
+            click.option("--sc", is_flag=True,
+                         help="For DICOM inputs, also write the heatmap as a DICOM Secondary Capture in the study "
+                              "(OUT/sc/), labelled NOT FOR DIAGNOSTIC USE, forwarded with the report."),
+            click.option("--sr", "sr_kind", type=click.Choice(SR_KINDS), default=sr_default,
+                         show_default=sr_default is not None,
+                         help="For DICOM inputs, a report in the image's study (OUT/sr/): tid1500, a coded "
+                              "Comprehensive 3D SR (TID 1500: the coded finding, probabilities, status, algorithm); "
+                              f"basic, a Basic Text SR for a PACS that cannot show TID 1500. {sr_note}"),
+            click.option("--fhir", "fhir_dir", type=click.Path(file_okay=False), default=None,
+                         help="Also write a FHIR R5 Bundle (DiagnosticReport + Observation) per image into this "
+                              "folder; no patient identifiers unless --keep-phi. Needs pip install "
+                              "'cxr-edge[fhir]'."),
+            click.option("--keep-phi", is_flag=True,
+                         help="Also write patient name and ID into the JSON results and the FHIR subject."),
+        )):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+forward_option = click.option(
+    "--forward", multiple=True, metavar="AE@HOST:PORT",
+    help="Send every report (and Secondary Capture) to this PACS by C-STORE, from a durable outbox (OUT/outbox/): "
+         "retried with backoff while the PACS is down, kept across restarts. Repeatable.")
+
+
+def output_options(cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None, keep_phi: bool,
+                   command: str) -> Any:
+    """The live output options as the runtime's `OutputOptions`, after checking the extras they need."""
+    from pathlib import Path
+
+    from cxr_edge.runtime.extras import require
+    from cxr_edge.runtime.outputs.steps import OutputOptions
+
+    if fhir_dir is not None:
+        require("fhir", purpose=f"{command} --fhir")
+    return OutputOptions(cam=cam, sc=sc, sr=sr_kind, fhir=Path(fhir_dir) if fhir_dir is not None else None,
+                         keep_phi=keep_phi)

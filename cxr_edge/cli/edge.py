@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 
+from cxr_edge.runtime.choices import OUTPUT_FORMATS, SR_KINDS
 from cxr_edge.runtime.errors import CxrEdgeError, printable
 from cxr_edge.runtime.model.model_file import ENGINES, local_engines
 
@@ -28,8 +28,6 @@ from .common import (
 
 __all__ = ["COMMANDS", "predict", "info", "bench"]
 
-OUTPUT_FORMATS = ("table", "jsonl", "csv")
-"""`cxr_edge.runtime.outputs.table.FORMATS`, repeated so that ``--help`` needs no numpy (a test keeps both equal)."""
 REFERENCE = "torch"
 """The bench's reference row: a training checkpoint in PyTorch eager mode, from the build side."""
 
@@ -42,7 +40,16 @@ REFERENCE = "torch"
 @click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
               help="Output: table (default on a terminal), jsonl (default otherwise) or csv.")
 @click.option("--cam-dir", type=click.Path(file_okay=False), default=None,
-              help="Write a heatmap overlay PNG per image here (<input name>.cam.png); never overwrites.")
+              help="Write the heatmap picture per image here (<input name>.cam.png: the finding, the class and a "
+                   "colour scale burned in); never replaces a file.")
+@click.option("--sr", "sr_dir", type=click.Path(file_okay=False), default=None,
+              help="For DICOM inputs, write a report in the image's study here (<input name>.sr.dcm), the kind of "
+                   "--sr-kind; never replaces a file.")
+@click.option("--sr-kind", type=click.Choice(SR_KINDS), default="tid1500", show_default=True,
+              help="tid1500: a coded Comprehensive 3D SR; basic: a Basic Text SR.")
+@click.option("--fhir", "fhir_dir", type=click.Path(file_okay=False), default=None,
+              help="Write a FHIR R5 Bundle per image here (<input name>.fhir.json); needs pip install "
+                   "'cxr-edge[fhir]'.")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into subfolders of folder arguments.")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Images per inference call (default: 1 for a single file, 8 for many).")
@@ -51,8 +58,9 @@ REFERENCE = "torch"
 @click.option("--strict", is_flag=True, help="Exit with 3 when any image is rejected or uncertain.")
 @server_options
 def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
-            cam_dir: str | None, recursive: bool, batch_size: int | None, show_phi: bool, gate: str,
-            strict: bool, server: str | None, model_name: str | None) -> int:
+            cam_dir: str | None, sr_dir: str | None, sr_kind: str, fhir_dir: str | None, recursive: bool,
+            batch_size: int | None, show_phi: bool, gate: str, strict: bool, server: str | None,
+            model_name: str | None) -> int:
     """Classify X-rays: files, folders and glob patterns of PNG, JPEG, BMP, TIFF or DICOM.
 
     Every input gets a result in input order, with a status: classified; uncertain (top probability below the
@@ -63,51 +71,69 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
     """
     from rich.console import Console
 
+    from cxr_edge.runtime.extras import require
     from cxr_edge.runtime.model.classifier import Classifier
     from cxr_edge.runtime.model.stream import predict_stream
-    from cxr_edge.runtime.outputs.heatmaps import overlay, write_overlay
+    from cxr_edge.runtime.outputs.steps import file_steps
     from cxr_edge.runtime.outputs.table import Summary, make_writer
     from cxr_edge.runtime.reading.paths import expand_inputs
 
+    if fhir_dir is not None:
+        require("fhir", purpose="predict --fhir")
     items = expand_inputs(paths, recursive=recursive)
     many = len(items) > 1
     err = Console(stderr=True, highlight=False)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads,
                                  mode="throughput" if many else "latency", gate=gate, server=server,
                                  model_name=model_name)
-    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
-    title = f"{classifier.path.name} on {classifier.backend.name} ({classifier.backend_reason})"
-    writer = make_writer(fmt, sys.stdout, Console(highlight=False), classifier.contract.class_names,
-                         show_phi=show_phi, title=title)
-    if fmt != "table":
-        click.echo(f"cxr-edge: model {classifier.path} on {classifier.backend.name} ({classifier.backend_reason})",
-                   err=True)
-    want_cam = cam_dir is not None
-    if want_cam and not classifier.has_cam:
+    if cam_dir is not None and not classifier.has_cam:
         raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so --cam-dir cannot draw heatmaps")
-    inputs = {p.resolve() for p in items if isinstance(p, Path)}
+    outputs = file_steps(classifier, cam_dir=_path(cam_dir), sr_dir=_path(sr_dir), sr_kind=sr_kind,
+                         fhir_dir=_path(fhir_dir), keep_phi=show_phi)
+    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    writer = make_writer(fmt, sys.stdout, Console(highlight=False), classifier.contract, show_phi=show_phi,
+                         title=f"{classifier.path.name} on {classifier.backend.name}")
+    click.echo(f"cxr-edge: model {classifier.path} on {classifier.backend.name} ({classifier.backend_reason})",
+               err=True)
     summary = Summary()
     bar = progress(err, len(items))
     with bar:
         task = bar.add_task("classifying", total=len(items))
         for prediction in predict_stream(classifier, items, batch_size=batch_size or (8 if many else 1),
-                                         cam=want_cam):
-            for warning in prediction.warnings:
-                click.echo(f"cxr-edge: warning: {printable(prediction.path)}: {printable(warning)}", err=True)
-            if prediction.error is not None:
-                click.echo(f"cxr-edge: error: {printable(prediction.path)}: {printable(prediction.error)}", err=True)
-            elif want_cam and prediction.cam is not None and prediction.display is not None:
-                written = write_overlay(Path(cam_dir), prediction.path, overlay(prediction.display, prediction.cam),
-                                        protected=inputs)
-                prediction.display = prediction.cam = None  # free the image as soon as it is drawn
-                logging.getLogger(__name__).debug("heatmap %s", written)
+                                         cam=cam_dir is not None):
+            record = _deliver(prediction, classifier, outputs)
+            if fmt != "table":  # the table lists warnings and errors under itself, once
+                _say_problems(prediction)
             summary.add(prediction)
-            writer.write(prediction)
+            writer.write(prediction, record)
             bar.advance(task)
     writer.close(summary)
     if summary.failures:
         return EXIT_PARTIAL
     return EXIT_DOUBTFUL if strict and summary.doubtful else EXIT_OK
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text is not None else None
+
+
+def _deliver(prediction: object, classifier: object, outputs: object) -> dict:
+    """The prediction's record, completed by the output steps the user asked for (heatmap, report, FHIR)."""
+    from cxr_edge.runtime.outputs.steps import Outcome
+
+    record = prediction.to_record()
+    if outputs:
+        source = Path(prediction.path) if prediction.error is None else None
+        outputs.deliver(Outcome(prediction, record, Path(prediction.path).name, source, classifier.contract))
+    prediction.display = prediction.cam = None  # free the image as soon as it is drawn
+    return record
+
+
+def _say_problems(prediction: object) -> None:
+    for warning in prediction.warnings:
+        click.echo(f"cxr-edge: warning: {printable(prediction.path)}: {printable(warning)}", err=True)
+    if prediction.error is not None:
+        click.echo(f"cxr-edge: error: {printable(prediction.path)}: {printable(prediction.error)}", err=True)
 
 
 @click.command()

@@ -13,19 +13,17 @@ import click
 from .common import (
     EXIT_OK,
     backend_option,
+    forward_option,
     gate_option,
+    live_output_options,
     model_option,
+    output_options,
     remote_if_server,
     server_options,
     threads_option,
 )
 
 __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
-
-SR_KINDS = ("tid1500", "basic")
-"""`cxr_edge.runtime.live.dicom_listener.SR_KINDS`, repeated so that ``--help`` needs no pydicom (a test keeps the
-two equal)."""
-
 
 @click.command()
 @click.argument("in_dir", type=click.Path(file_okay=False))
@@ -35,24 +33,19 @@ two equal)."""
 @model_option
 @backend_option()
 @threads_option
-@click.option("--cam", is_flag=True, help="Also write a heatmap overlay per image to OUT/cam/.")
 @click.option("--settle", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds a file's size must stay unchanged before it counts as complete when its writer's "
                    "close cannot be seen (polling, files present at start).")
 @click.option("--poll", type=click.FloatRange(0.05), default=None,
               help="List the folder every POLL seconds instead of using inotify (network shares).")
 @click.option("--once", is_flag=True, help="Process what is in the folder (and unfinished work), then exit.")
-@click.option("--sr", "sr_kind", type=click.Choice(SR_KINDS), default=None,
-              help="For DICOM inputs, also write a report in the image's study to OUT/sr/: tid1500 (coded) or "
-                   "basic (text). Default: none, or tid1500 with --forward.")
-@click.option("--forward", multiple=True, metavar="AE@HOST:PORT",
-              help="Send the reports of DICOM inputs to this PACS by C-STORE from a durable outbox (OUT/outbox/), "
-                   "retried while the PACS is down and kept across restarts. Repeatable.")
+@live_output_options(None, "Default: none, or tid1500 with --forward.")
+@forward_option
 @gate_option
 @server_options
-def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, cam: bool,
-          settle: float, poll: float | None, once: bool, sr_kind: str | None, forward: tuple[str, ...], gate: str,
-          server: str | None, model_name: str | None) -> int:
+def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, settle: float,
+          poll: float | None, once: bool, cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None,
+          keep_phi: bool, forward: tuple[str, ...], gate: str, server: str | None, model_name: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
     A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
@@ -70,6 +63,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.outputs.records import live_line
 
     destinations = [parse_destination(text) for text in forward]
+    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch")
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
 
@@ -77,9 +71,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
         click.echo(live_line(record, Path(record["path"]).name,
                              note="already classified: kept the earlier result" if repeated else None))
 
-    watcher = FolderWatcher(in_dir, out_dir, classifier, cam=cam, settle_s=settle, poll_s=poll, on_record=show,
-                            on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True),
-                            sr=sr_kind, forward=destinations)
+    watcher = FolderWatcher(in_dir, out_dir, classifier, outputs=outputs, settle_s=settle, poll_s=poll,
+                            on_record=show, forward=destinations,
+                            on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True))
     click.echo(f"cxr-edge: watching {in_dir} ({'once' if once else watcher.mode}) with {classifier.path.name} on "
                f"{classifier.backend.name}; results in {out_dir}", err=True)
     with StopOnSignals(watcher.stop):
@@ -103,27 +97,13 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                    "Titles match exactly and case-sensitively; leading and trailing spaces do not count (DICOM "
                    "PS3.5 6.2); a title with a backslash or control character is refused.")
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
-@click.option("--keep-phi", is_flag=True,
-              help="Also write patient name and ID into the JSON results and the FHIR subject.")
-@click.option("--sr", "sr_kind", type=click.Choice(SR_KINDS), default="tid1500", show_default=True,
-              help="Report per instance: tid1500, a coded Comprehensive 3D SR (TID 1500 measurement report: SNOMED "
-                   "CT finding, probabilities, status, algorithm); basic, a Basic Text SR for a PACS that cannot "
-                   "show TID 1500.")
-@click.option("--sc", is_flag=True,
-              help="Also write the heatmap as a DICOM Secondary Capture in the study (OUT/sc/), labelled NOT FOR "
-                   "DIAGNOSTIC USE, and forward it with the report.")
-@click.option("--cam", is_flag=True, help="Also write the heatmap as a PNG (OUT/cam/), which the status page shows.")
-@click.option("--forward", multiple=True, metavar="AE@HOST:PORT",
-              help="Send every report (and heatmap) to this PACS by C-STORE, from a durable outbox "
-                   "(OUT/outbox/): retried with backoff while the PACS is down, kept across restarts. Repeatable.")
-@click.option("--fhir", "fhir_dir", type=click.Path(file_okay=False), default=None,
-              help="Also write a FHIR R5 Bundle (DiagnosticReport + Observation) per image into this folder; no "
-                   "patient identifiers unless --keep-phi. Needs pip install 'cxr-edge[fhir]'.")
+@live_output_options("tid1500", "")
+@forward_option
 @gate_option
 @server_options
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
-                 allow: tuple[str, ...], host: str, keep_phi: bool, sr_kind: str, sc: bool, cam: bool,
-                 forward: tuple[str, ...], fhir_dir: str | None, gate: str, server: str | None,
+                 allow: tuple[str, ...], host: str, cam: bool, sc: bool, sr_kind: str, fhir_dir: str | None,
+                 keep_phi: bool, forward: tuple[str, ...], gate: str, server: str | None,
                  model_name: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
@@ -141,16 +121,13 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     """
     import threading
 
-    from cxr_edge.runtime.extras import require
     from cxr_edge.runtime.live.dicom_listener import DicomListener
     from cxr_edge.runtime.model.classifier import Classifier
     from cxr_edge.runtime.outputs.outbox import parse_destination
     from cxr_edge.runtime.outputs.records import live_line
 
     destinations = [parse_destination(text) for text in forward]
-    if fhir_dir is not None:
-        require("fhir", purpose="dicom-listen --fhir")
-
+    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen")
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
 
@@ -158,8 +135,7 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
         click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))
 
     listener = DicomListener(out_dir, classifier, port=port, ae_title=ae_title, host=host, allow=allow or None,
-                             keep_phi=keep_phi, on_record=show, sr=sr_kind, sc=sc, cam=cam, forward=destinations,
-                             fhir_dir=fhir_dir)
+                             outputs=outputs, on_record=show, forward=destinations)
     listener.start()
     click.echo(f"cxr-edge: listening as {listener.ae_title} on port {listener.port} with {classifier.path.name} on "
                f"{classifier.backend.name}; results in {out_dir}"

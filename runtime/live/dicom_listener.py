@@ -39,18 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cxr_edge
-
 from ..errors import CxrEdgeError, first_line
-from ..files import move_to, remove_stale_temps, utc_now, write_atomic, write_json_atomic
+from ..files import move_to, remove_stale_temps, utc_now, write_atomic
 from ..model.classifier import Classifier, Prepared
 from ..model.model_file import file_sha256
 from ..outputs.ae_title import valid_ae_title
 from ..outputs.health import Heartbeat
 from ..outputs.outbox import Destination, Outbox
 from ..outputs.records import LiveSummary, live_record
-from ..outputs.reports import SR_KINDS, write_report
-from ..outputs.secondary_capture import build_heatmap_sc, heatmap_picture
+from ..outputs.reports import SR_KINDS
+from ..outputs.steps import Outcome, OutputOptions, live_steps, study_header_of
 from ..reading.dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 
 __all__ = ["DicomListener", "SR_KINDS", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
@@ -140,42 +138,38 @@ class DicomListener:
         ae_title: this node's application entity title.
         host: address to bind (default every interface).
         allow: calling AE titles allowed to associate; None allows any.
-        keep_phi: also write patient name and ID into the JSON results (and the FHIR subject).
+        outputs: what to write per instance besides its record, as every mode takes it: the report's kind (one of
+            `SR_KINDS`), the heatmap as PNG and as Secondary Capture, FHIR, patient identifiers in the records.
         on_record: called from the worker with each result record as it is written.
-        sr: the report's kind, one of `SR_KINDS`.
-        sc: also write the heatmap as a Secondary Capture in the study (and forward it).
-        cam: also write the heatmap as a PNG (``cam/``; the status page shows it).
         forward: send every report (and heatmap) to these Storage SCPs from a durable outbox.
-        fhir_dir: also write a FHIR Bundle (DiagnosticReport + Observation) per image into this folder.
     """
 
     def __init__(self, out_dir: str | Path, classifier: Classifier, *, port: int = 11112, ae_title: str = "CXREDGE",
-                 host: str = "", allow: Sequence[str] | None = None, keep_phi: bool = False,
-                 on_record: Callable[[dict[str, Any]], None] | None = None, sr: str = "tid1500",
-                 sc: bool = False, cam: bool = False, forward: Sequence[Destination] = (),
-                 fhir_dir: str | Path | None = None) -> None:
-        if sr not in SR_KINDS:
-            raise CxrEdgeError(f"SR kind {sr!r}: expected one of {', '.join(SR_KINDS)}")
-        if (sc or cam) and not classifier.has_cam:
+                 host: str = "", allow: Sequence[str] | None = None,
+                 outputs: OutputOptions = OutputOptions(sr="tid1500"),
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 forward: Sequence[Destination] = ()) -> None:
+        if outputs.sr not in SR_KINDS:
+            raise CxrEdgeError(f"SR kind {outputs.sr!r}: expected one of {', '.join(SR_KINDS)}")
+        if (outputs.sc or outputs.cam) and not classifier.has_cam:
             raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so it cannot draw heatmaps")
-        self.out = Path(out_dir)
-        self.incoming, self.done, self.failed = self.out / "incoming", self.out / "done", self.out / "failed"
-        self.results, self.reports, self.quarantine = self.out / "results", self.out / "sr", self.out / "quarantine"
-        self.captures, self.heatmaps = self.out / "sc", self.out / "cam"
-        self.fhir = Path(fhir_dir) if fhir_dir is not None else None
-        self.sr_kind, self.sc, self.cam = sr, sc, cam
-        self.outbox = Outbox(self.out, list(forward), calling_ae=ae_title.strip(" ")) if forward else None
-        self.heartbeat = Heartbeat(self.out, "dicom-listen", self._snapshot)
-        self._last_arrival: str | None = None
-        self._last_result: str | None = None
         for title in (ae_title, *(allow or ())):
             if (problem := valid_ae_title(title)) is not None:
                 raise CxrEdgeError(f"AE title {title!r} is not valid: {problem}")
+        self.out = Path(out_dir)
+        self.incoming, self.done, self.failed = self.out / "incoming", self.out / "done", self.out / "failed"
+        self.results, self.quarantine = self.out / "results", self.out / "quarantine"
+        self.options = outputs
+        self.outbox = Outbox(self.out, list(forward), calling_ae=ae_title.strip(" ")) if forward else None
+        self.heartbeat = Heartbeat(self.out, "dicom-listen", self._snapshot)
+        self.outputs = live_steps(self.out, outputs, classifier, outbox=self.outbox, heartbeat=self.heartbeat,
+                                  record_path=lambda outcome: self.results / f"{outcome.name}.json")
+        self._last_arrival: str | None = None
+        self._last_result: str | None = None
         self.classifier = classifier
         self.ae_title = ae_title.strip(" ")
         self.host, self.requested_port = host, port
         self.allow = frozenset(a.strip(" ") for a in allow) if allow else None
-        self.keep_phi = keep_phi
         self.on_record = on_record
         self.summary = LiveSummary()
         self.quarantined = 0
@@ -183,8 +177,6 @@ class DicomListener:
         self._stopping = threading.Event()
         self._server: Any = None
         self._workers: list[threading.Thread] = []
-        self._model_sha256 = file_sha256(classifier.path)
-        self._version = cxr_edge.__version__  # looked up once: a metadata scan costs milliseconds
         self._counter = itertools.count(1)
         self._inflight: dict[str, str] = {}  # stored name -> SHA-256 of the instances not yet finished
         self._lock = threading.Lock()
@@ -202,9 +194,9 @@ class DicomListener:
 
         quiet_pydicom()  # datasets are decoded on receipt, before cxr-edge's loader sees them
 
-        folders = [self.incoming, self.done, self.failed, self.results, self.reports, self.quarantine]
-        folders += [self.captures] * self.sc + [self.heatmaps] * (self.sc or self.cam)
-        folders += [self.fhir] if self.fhir is not None else []
+        folders = [self.incoming, self.done, self.failed, self.results, self.quarantine, self.out / "sr"]
+        folders += [self.out / "sc"] * self.options.sc + [self.out / "cam"] * (self.options.sc or self.options.cam)
+        folders += [self.options.fhir] if self.options.fhir is not None else []
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(folder)
@@ -393,10 +385,10 @@ class DicomListener:
                     self._inflight.pop(item.uid, None)
 
     def _prepare(self, item: _Received) -> tuple[Prepared, Any]:
-        """Decode and preprocess one stored instance, and read its header for the report."""
+        """Decode and preprocess one stored instance, and read its header for the record and the reports."""
         import pydicom
 
-        prepared = self.classifier.prepare(item.path, keep_display=self.sc or self.cam)
+        prepared = self.classifier.prepare(item.path, keep_display=self.options.sc or self.options.cam)
         try:
             header = pydicom.dcmread(item.path, stop_before_pixels=True)
         except Exception:  # the prepared input carries the reason
@@ -405,44 +397,17 @@ class DicomListener:
 
     def _classify(self, item: _Received, prepared: Prepared, header: Any) -> None:
         result_path = self.results / f"{item.uid}.json"
-        if result_path.exists():
+        usable = study_header_of(header) if "PixelData" in header or "SOPInstanceUID" in header else None
+        if result_path.exists():  # an earlier run's result: only its outputs that a crash cut short are written
             record = json.loads(result_path.read_text())
+            outcome = Outcome(None, record, item.uid, item.path, self.classifier.contract, usable)
+            self.outputs.deliver(outcome, recorded=True)
         else:
-            prediction = self.classifier.infer([prepared], cam=self.sc or self.cam)[0]
-            warnings = list(prediction.warnings)
-            if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
-                warnings.append(RAW_DETECTOR_WARNING)
-            uid = str(header.get("SOPInstanceUID", "") or item.uid)
-            if item.uid != uid:
-                warnings.append(f"its SOP Instance UID was already used for a different dataset; stored as "
-                                f"{item.uid}")
-            prediction.warnings = tuple(warnings)
-            sr_name = f"{item.uid}.sr.dcm" if prediction.error is None else None
-            folder = self.failed if prediction.error else self.done
-            extra: dict[str, Any] = {
-                "sop_instance_uid": uid, "stored_as": item.uid,
-                "sop_class": STORAGE_CLASSES.get(str(header.get("SOPClassUID", ""))),
-                "study_instance_uid": str(header.get("StudyInstanceUID", "")),
-                "series_instance_uid": str(header.get("SeriesInstanceUID", "")),
-                "calling_ae": item.calling_ae, "moved_to": f"{folder.name}/{item.uid}.dcm",
-                "sr": f"sr/{sr_name}" if sr_name else None,
-                "arrival_to_result_ms": round((time.monotonic() - item.arrived_s) * 1000, 3)}
-            if self.keep_phi and prediction.patient:
-                extra["patient"] = prediction.patient
-            extra |= self._write_heatmaps(header, prediction, item.uid)
-            extra["fhir"] = f"fhir/{item.uid}.json" if self.fhir is not None and prediction.error is None else None
-            record = live_record(prediction, path=f"incoming/{item.uid}.dcm", sha256=file_sha256(item.path),
-                                 arrived=item.arrived, finished=utc_now(), model=self.classifier.path.name, **extra)
-            write_json_atomic(result_path, record)
+            prediction = self.classifier.infer([prepared], cam=self.options.sc or self.options.cam)[0]
+            record = self._record(item, prediction, header)
+            self._last_result = record["finished"]
+            self.outputs.deliver(Outcome(prediction, record, item.uid, item.path, self.classifier.contract, usable))
             self.summary.add(record, record["arrival_to_result_ms"])
-        if record["sr"] and not (self.out / record["sr"]).exists():  # also repairs a crash after the result
-            self._write_sr(header, record, self.out / record["sr"])
-        if record.get("fhir") and self.fhir is not None and not (self.fhir / f"{item.uid}.json").exists():
-            self._write_fhir(record, self.fhir / f"{item.uid}.json")
-        if self.outbox is not None:
-            for key in ("sr", "sc"):
-                if record.get(key):
-                    self.outbox.put(self.out / record[key])
         target = self.out / record["moved_to"]
         if record["error"] is not None:
             write_atomic(target.with_name(f"{item.uid}.reason.txt"),
@@ -453,44 +418,28 @@ class DicomListener:
         if self.on_record is not None:
             self.on_record(record)
 
-    def _write_heatmaps(self, header: Any, prediction: Any, name: str) -> dict[str, str]:
-        """The heatmap as PNG and as Secondary Capture, for a classified image when asked for; written before the
-        result, so that a result never names a heatmap that is not there."""
-        if prediction.cam is None or prediction.display is None or prediction.status == "rejected" \
-                or prediction.error is not None:
-            return {}
-        import io
+    def _record(self, item: _Received, prediction: Any, header: Any) -> dict[str, Any]:
+        """The live record of an instance: the prediction, the DICOM identity and how it arrived."""
+        warnings = list(prediction.warnings)
+        if str(header.get("SOPClassUID", "")) == FOR_PROCESSING and RAW_DETECTOR_WARNING not in warnings:
+            warnings.append(RAW_DETECTOR_WARNING)
+        uid = str(header.get("SOPInstanceUID", "") or item.uid)
+        if item.uid != uid:
+            warnings.append(f"its SOP Instance UID was already used for a different dataset; stored as {item.uid}")
+        prediction.warnings = tuple(warnings)
+        folder = self.failed if prediction.error else self.done
+        extra: dict[str, Any] = {
+            "sop_instance_uid": uid, "stored_as": item.uid,
+            "sop_class": STORAGE_CLASSES.get(str(header.get("SOPClassUID", ""))),
+            "study_instance_uid": str(header.get("StudyInstanceUID", "")),
+            "series_instance_uid": str(header.get("SeriesInstanceUID", "")),
+            "calling_ae": item.calling_ae, "moved_to": f"{folder.name}/{item.uid}.dcm",
+            "arrival_to_result_ms": round((time.monotonic() - item.arrived_s) * 1000, 3)}
+        if self.options.keep_phi and prediction.patient:
+            extra["patient"] = prediction.patient
+        return live_record(prediction, path=f"incoming/{item.uid}.dcm", sha256=file_sha256(item.path),
+                           arrived=item.arrived, finished=utc_now(), model=self.classifier.path.name, **extra)
 
-        import cv2
-        import pydicom
-
-        caption = f"{prediction.label} {prediction.probabilities[prediction.label]:.2f} ({prediction.status})"
-        picture = heatmap_picture(prediction.display, prediction.cam, caption)
-        written = {}
-        ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        if ok:
-            write_atomic(self.heatmaps / f"{name}.cam.png", png.tobytes())
-            written["cam"] = f"cam/{name}.cam.png"
-        if self.sc:
-            capture = build_heatmap_sc(header, picture, model_sha256=self._model_sha256, caption=caption)
-            buffer = io.BytesIO()
-            pydicom.dcmwrite(buffer, capture, enforce_file_format=True)
-            write_atomic(self.captures / f"{name}.sc.dcm", buffer.getvalue())
-            written["sc"] = f"sc/{name}.sc.dcm"
-        return written
-
-    def _write_fhir(self, record: dict[str, Any], path: Path) -> None:
-        from ..outputs.fhir import build_fhir_bundle
-
-        patient = None
-        if self.keep_phi and record.get("patient"):
-            patient = {"id": str(record["patient"].get("id", "")), "name": str(record["patient"].get("name", ""))}
-        write_json_atomic(path, build_fhir_bundle(record, model_sha256=self._model_sha256,
-                                                  software_version=self._version, patient=patient))
-
-    def _write_sr(self, header: Any, record: dict[str, Any], path: Path) -> None:
-        write_report(header, record, path, kind=self.sr_kind, model_name=self.classifier.path.name,
-                     model_sha256=self._model_sha256, software_version=self._version)
 
 def _dataset_problem(ds: Any, uid: str, sop_class: str) -> str | None:
     """Why a received dataset cannot be stored as a radiograph, or None."""

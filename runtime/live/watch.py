@@ -28,13 +28,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import cv2
-
-import cxr_edge
 
 from ..errors import CxrEdgeError, os_reason, printable
 from ..files import (
@@ -45,15 +41,14 @@ from ..files import (
     same_file,
     utc_now,
     write_atomic,
-    write_json_atomic,
 )
 from ..model.classifier import Classifier
 from ..model.model_file import file_sha256
 from ..outputs.health import Heartbeat
-from ..outputs.heatmaps import overlay
 from ..outputs.outbox import Destination, Outbox
 from ..outputs.records import LiveSummary, live_record
-from ..outputs.reports import SR_KINDS, write_report
+from ..outputs.reports import SR_KINDS
+from ..outputs.steps import Outcome, OutputOptions, live_steps
 
 __all__ = ["FolderWatcher", "WatchLayout", "is_ignored", "result_name", "IGNORED_SUFFIXES"]
 
@@ -96,9 +91,15 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(IGNORED_SUFFIXES)
 
 
+def output_name(name: str, sha256: str) -> str:
+    """``<input name>.<first 16 hex of its SHA-256>``: what every output of one input (name and content) is named
+    after."""
+    return f"{fit_name(name, 40)}.{sha256[:16]}"
+
+
 def result_name(name: str, sha256: str) -> str:
     """``<input name>.<first 16 hex of its SHA-256>.json``: one result per name and content."""
-    return f"{fit_name(name, 40)}.{sha256[:16]}.json"
+    return output_name(name, sha256) + ".json"
 
 
 class WatchLayout:
@@ -113,8 +114,8 @@ class WatchLayout:
         self.cam = out_dir / "cam"
         self.sr = out_dir / "sr"
 
-    def create(self, cam: bool) -> None:
-        for folder in (self.processing, self.done, self.failed, self.results) + ((self.cam,) if cam else ()):
+    def create(self, *extra: Path) -> None:
+        for folder in (self.processing, self.done, self.failed, self.results, *extra):
             folder.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(folder)
 
@@ -126,20 +127,21 @@ class FolderWatcher:
         in_dir: the folder the X-ray console writes to (only its top level is watched).
         out_dir: where results, processed inputs and failures go (created if missing; may not be `in_dir`).
         classifier: an opened classifier.
-        cam: also write a heatmap overlay per image to ``OUT_DIR/cam/``.
+        outputs: what else to write per input (heatmap, Secondary Capture, report, FHIR), as every mode takes it;
+            reports (`OutputOptions.sr`) are written for DICOM inputs only, tid1500 by default with `forward`.
         settle_s: a file whose size and time stamp have not changed for this long is complete.
         poll_s: list the folder this often instead of using inotify (network filesystems); None uses inotify and
             falls back to polling every second if inotify is unavailable.
         on_record: called with each result record (and whether it was already there) as it is written.
         on_idle: called when the folder has no more complete files after some were processed.
-        sr: for DICOM inputs, also write a report (one of `SR_KINDS`) into ``OUT_DIR/sr/``; None writes none.
-        forward: send those reports to these Storage SCPs from a durable outbox (`cxr_edge.runtime.outputs.outbox`).
+        forward: send the reports and captures of DICOM inputs to these Storage SCPs from a durable outbox
+            (`cxr_edge.runtime.outputs.outbox`).
     """
 
-    def __init__(self, in_dir: str | Path, out_dir: str | Path, classifier: Classifier, *, cam: bool = False,
-                 settle_s: float = 1.0, poll_s: float | None = None,
+    def __init__(self, in_dir: str | Path, out_dir: str | Path, classifier: Classifier, *,
+                 outputs: OutputOptions = OutputOptions(), settle_s: float = 1.0, poll_s: float | None = None,
                  on_record: Callable[[dict[str, Any], bool], None] | None = None,
-                 on_idle: Callable[[LiveSummary], None] | None = None, sr: str | None = None,
+                 on_idle: Callable[[LiveSummary], None] | None = None,
                  forward: Sequence[Destination] = ()) -> None:
         self.in_dir = Path(in_dir).absolute()
         self.layout = WatchLayout(Path(out_dir))
@@ -147,16 +149,18 @@ class FolderWatcher:
             raise CxrEdgeError(f"{self.in_dir}: not a folder")
         if self.layout.out.exists() and same_file(self.in_dir, self.layout.out):
             raise CxrEdgeError(f"{self.in_dir}: the output folder must not be the watched folder")
-        if cam and not classifier.has_cam:
-            raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so --cam cannot draw heatmaps")
-        if sr is not None and sr not in SR_KINDS:
-            raise CxrEdgeError(f"SR kind {sr!r}: expected one of {', '.join(SR_KINDS)}")
+        if (outputs.cam or outputs.sc) and not classifier.has_cam:
+            raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so it cannot draw heatmaps")
+        if outputs.sr is not None and outputs.sr not in SR_KINDS:
+            raise CxrEdgeError(f"SR kind {outputs.sr!r}: expected one of {', '.join(SR_KINDS)}")
+        if forward and outputs.sr is None:
+            outputs = replace(outputs, sr="tid1500")  # forwarding sends reports: make them
         self.classifier = classifier
-        self.cam = cam
-        self.sr = sr or ("tid1500" if forward else None)
+        self.options = outputs
         self.outbox = Outbox(self.layout.out, list(forward)) if forward else None
         self.heartbeat = Heartbeat(self.layout.out, "watch", self._snapshot)
-        self._model_sha256 = file_sha256(classifier.path) if self.sr else ""
+        self.outputs = live_steps(self.layout.out, outputs, classifier, outbox=self.outbox, heartbeat=self.heartbeat,
+                                  record_path=lambda outcome: self.layout.results / f"{outcome.name}.json")
         self._waiting = 0
         self._last_arrival: str | None = None
         self._last_result: str | None = None
@@ -271,7 +275,9 @@ class FolderWatcher:
                 "outbox_backlog": self.outbox.backlog() if self.outbox is not None else None}
 
     def _start(self) -> bool:
-        self.layout.create(self.cam)
+        extra = [self.layout.cam] * (self.options.cam or self.options.sc) + [self.layout.out / "sc"] * self.options.sc
+        extra += [self.layout.sr] * bool(self.options.sr) + [self.options.fhir] * (self.options.fhir is not None)
+        self.layout.create(*extra)
         self._recover()
         return True
 
@@ -405,21 +411,27 @@ class FolderWatcher:
 
     def _process(self, claimed: Path, arrived: str, replaces: str | None = None) -> None:
         sha256 = file_sha256(claimed)
-        result = self.layout.results / result_name(claimed.name, sha256)
+        name = output_name(claimed.name, sha256)
+        result = self.layout.results / f"{name}.json"
         repeated = result.exists()
-        if repeated:
+        if repeated:  # an earlier run's result: only its outputs that a crash cut short are written
             record = json.loads(result.read_text())
             self.summary.repeated += 1
+            self.outputs.deliver(Outcome(None, record, name, claimed, self.classifier.contract), recorded=True)
         else:
-            record = self._classify(claimed, sha256, arrived)
-            if replaces is not None:
-                record["replaces"] = replaces
-            write_json_atomic(result, record)
+            prediction = self.classifier.predict([claimed], cam=self.options.cam or self.options.sc)[0]
+            failed = prediction.error is not None
+            folder = self.layout.failed if failed else self.layout.done
+            moved = free_name(folder, claimed.name, companions=(".reason.txt",) if failed else ())
+            extra = {"replaces": replaces} if replaces is not None else {}
+            if self.options.keep_phi and prediction.patient:
+                extra["patient"] = prediction.patient
+            record = live_record(prediction, path=str(self.in_dir / claimed.name), sha256=sha256, arrived=arrived,
+                                 finished=utc_now(), model=self.classifier.path.name,
+                                 moved_to=f"{folder.name}/{moved}", **extra)
+            self._last_result = record["finished"]
+            self.outputs.deliver(Outcome(prediction, record, name, claimed, self.classifier.contract))
             self.summary.add(record)
-        if record.get("sr") and not (self.layout.out / record["sr"]).exists():  # repairs a crash after the result
-            self._write_report(claimed, record)
-        if self.outbox is not None and record.get("sr"):
-            self.outbox.put(self.layout.out / record["sr"])
         moved = self._finish(claimed, record)
         self._finished[moved] = _Finished(_signature(moved), time.monotonic(), claimed.name, result.name)
         self._last_result = record.get("finished")
@@ -457,42 +469,6 @@ class FolderWatcher:
         move_to(path, target)
         path.with_name(path.name + ".reason.txt").unlink(missing_ok=True)  # it spoke of the half-written file
         self._process(target, utc_now(), replaces=seen.result)
-
-    def _classify(self, claimed: Path, sha256: str, arrived: str) -> dict[str, Any]:
-        prediction = self.classifier.predict([claimed], cam=self.cam)[0]
-        failed = prediction.error is not None
-        folder = self.layout.failed if failed else self.layout.done
-        name = free_name(folder, claimed.name, companions=(".reason.txt",) if failed else ())
-        extra: dict[str, Any] = {"moved_to": f"{folder.name}/{name}"}
-        if prediction.cam is not None and prediction.display is not None:
-            ok, png = cv2.imencode(".png", overlay(prediction.display, prediction.cam))
-            cam_path = self.layout.cam / f"{fit_name(claimed.name, 40)}.{sha256[:16]}.cam.png"
-            if ok:
-                write_atomic(cam_path, png.tobytes())
-                extra["cam"] = f"cam/{cam_path.name}"
-        if self.sr and prediction.patient is not None and not failed:  # a DICOM input
-            extra["sr"] = f"sr/{fit_name(claimed.name, 40)}.{sha256[:16]}.sr.dcm"
-        return live_record(prediction, path=str(self.in_dir / claimed.name), sha256=sha256, arrived=arrived,
-                           finished=utc_now(), model=self.classifier.path.name, **extra)
-
-    def _write_report(self, claimed: Path, record: dict[str, Any]) -> None:
-        """The DICOM report of a DICOM input, in the input's study; an input whose header lacks the UIDs a report
-        needs gets a warning in the log and no report."""
-        import pydicom
-
-        try:
-            header = pydicom.dcmread(claimed, stop_before_pixels=True)
-            for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-                if not str(header.get(keyword, "") or ""):
-                    raise ValueError(f"no {keyword}")
-        except Exception as exc:
-            log.warning("%s: no report: the DICOM header cannot name its study (%s)", printable(claimed.name),
-                        type(exc).__name__ if not isinstance(exc, ValueError) else exc)
-            record["sr"] = None
-            return
-        self.layout.sr.mkdir(exist_ok=True)
-        write_report(header, record, self.layout.out / record["sr"], kind=self.sr, model_name=self.classifier.path.name,
-                     model_sha256=self._model_sha256, software_version=cxr_edge.__version__)
 
     def _finish(self, claimed: Path, record: dict[str, Any]) -> Path:
         target = self.layout.out / record["moved_to"]

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..choices import GATE_MODES, STATUSES
 from ..errors import ContractError
 from ..reading.header import HeaderFacts
 from .model_file import GATE_KEY
@@ -31,9 +32,6 @@ from .model_file import GATE_KEY
 __all__ = ["GatePolicy", "Verdict", "judge", "GATE_MODES", "STATUSES", "NEAR_THRESHOLD",
            "ADULT_AGE_YEARS"]
 
-GATE_MODES = ("reject", "warn", "off")
-"""``reject``: a rejected input gets no label; ``warn``: it keeps its label with a warning; ``off``: no gate."""
-STATUSES = ("classified", "uncertain", "rejected", "failed")
 NEAR_THRESHOLD = 0.8
 """A gate score above this share of the threshold passes with a warning."""
 ADULT_AGE_YEARS = 18

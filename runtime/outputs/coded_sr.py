@@ -4,24 +4,18 @@ PACS and AI orchestrators (IHE AI Results) read findings as codes, not text. One
 highdicom, holds one measurement group (TID 1501) that:
 - references the source image (the group's source image, and the report's evidence);
 - names the algorithm (TID 4019: model file name, cxr-edge version, the model's SHA-256 as a parameter);
-- for a classified or uncertain image: the finding (the group's coded Finding, TID 1501), and each class
-  probability as a numeric measurement (unit UCUM ``1``);
+- for a classified or uncertain image: the finding (the group's coded Finding, TID 1501: a class, or a finding
+  that sums several such as pneumonia) with its probability; where the finding sums classes, the most probable
+  of them as its own coded item ("subtype"); and each class probability as a numeric measurement (unit UCUM ``1``);
 - always: the classification status (classified, uncertain, rejected) and the gate's score; the warnings and
   the reasons for a rejection as comments; "not for diagnostic use".
 A rejected image's report says rejected and why, and carries no finding and no probabilities.
 
-Codes (SNOMED CT, international edition, and DICOM PS3.16):
-- normal: SCT 17621005 "Normal" (qualifier value);
-- COVID-19: SCT 840539006 "Disease caused by severe acute respiratory syndrome coronavirus 2" (disorder), with
-  its synonym "COVID-19" as meaning (the full name exceeds Code Meaning's 64 characters). The more specific
-  882784691000119100 "Pneumonia caused by SARS-CoV-2" is in the US extension only, and its 18 digits do not fit
-  Code Value (SH, 16 characters);
-- bacterial pneumonia: SCT 53084003 "Bacterial pneumonia" (disorder);
-- viral pneumonia: SCT 75570004 "Viral pneumonia" (disorder);
-- procedure reported: SCT 399208008 "Plain chest X-ray" (procedure);
-- comments: DCM 121106 "Comment"; unit: UCUM ``1``.
-No standard code exists for a classifier's per-class probability, its abstention status or its input gate, so
-those concept names use the private scheme ``99CXREDGE`` (declared in the Coding Scheme Identification Sequence).
+Every code of a class or a finding comes from the model's contract (`Contract.codes`, `Contract.findings`): the
+shipped model carries SNOMED CT codes (`cxr_edge.runtime.model.classes`), another model its own. Procedure: SCT
+399208008 "Plain chest X-ray"; comments: DCM 121106 "Comment"; unit: UCUM ``1``. No standard code exists for a
+classifier's probabilities, its abstention status, its input gate or "most probable subtype", so those concept
+names use the private scheme ``99CXREDGE`` (declared in the Coding Scheme Identification Sequence).
 
 UIDs are derived from the image's SOP Instance UID and the model's hash, as for the Basic Text SR: rebuilding
 a report after a crash, or sending it twice to a PACS, gives the same object.
@@ -29,33 +23,25 @@ a report after a crash, or sending it twice to a PACS, gives the same object.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from ..model.classes import PRIVATE_SCHEME
+from ..model.contract import Contract
 from .sr import NOT_FOR_DIAGNOSTIC_USE, sr_document
 
-__all__ = ["build_coded_sr", "study_header", "CLASS_CODES", "PRIVATE_SCHEME", "STATUS_CODES", "COMPREHENSIVE_3D_SR",
-           "SR_SERIES_NUMBER"]
+__all__ = ["build_coded_sr", "study_header", "code_of", "probability_code", "STATUS_CODES", "SUBTYPE",
+           "COMPREHENSIVE_3D_SR", "SR_SERIES_NUMBER"]
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SR_SERIES_NUMBER = 9902
 """Series number of the coded reports (the Basic Text SR uses 9901, the heatmap Secondary Capture 9903)."""
-
-PRIVATE_SCHEME = "99CXREDGE"
-"""Private coding scheme for what no standard code names (see the module docstring)."""
-
-CLASS_CODES: dict[str, Code] = {
-    "normal": Code("17621005", "SCT", "Normal"),
-    "covid19": Code("840539006", "SCT", "COVID-19"),
-    "bacterial_pneumonia": Code("53084003", "SCT", "Bacterial pneumonia"),
-    "viral_pneumonia": Code("75570004", "SCT", "Viral pneumonia"),
-}
-"""The model's class names to the coded findings a reader of the study sees."""
 
 STATUS_CODES: dict[str, Code] = {
     "classified": Code("CXR-S1", PRIVATE_SCHEME, "Classified"),
@@ -64,15 +50,27 @@ STATUS_CODES: dict[str, Code] = {
 }
 
 _STATUS = Code("CXR-C1", PRIVATE_SCHEME, "Classification status")
+SUBTYPE = Code("CXR-C3", PRIVATE_SCHEME, "Most probable subtype")
+"""Names the class that a finding of several classes (pneumonia: bacterial or viral) most probably is."""
 _GATE_SCORE = Code("CXR-C2", PRIVATE_SCHEME, "Input gate score")
 _COMMENT = Code("121106", "DCM", "Comment")
 _PLAIN_CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 _UNITLESS = Code("1", "UCUM", "no units")
 
 
-def _probability_code(name: str) -> Code:
-    return Code(f"CXR-P-{list(CLASS_CODES).index(name) + 1}", PRIVATE_SCHEME,
-                f"Probability of {CLASS_CODES[name].meaning}"[:64])
+def code_of(contract: Contract, name: str) -> Code:
+    """The coded concept of a class or a finding, as the model's contract names it."""
+    value, scheme, meaning = contract.code(name)
+    return Code(value, scheme, meaning)
+
+
+def probability_code(contract: Contract, name: str) -> Code:
+    """The private concept "Probability of <class or finding>" (one per class, then one per finding)."""
+    if name in contract.class_names:
+        value = f"CXR-P-{contract.class_names.index(name) + 1}"
+    else:
+        value = f"CXR-PF-{[f.name for f in contract.findings].index(name) + 1}"
+    return Code(value, PRIVATE_SCHEME, f"Probability of {contract.display(name)}"[:64])
 
 
 _KEPT = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence",
@@ -109,26 +107,23 @@ def study_header(image: Dataset) -> Dataset:
     return evidence
 
 
-def build_coded_sr(image: Dataset, *, status: str, label: str | None, probabilities: Mapping[str, float],
-                   gate_score: float | None, model_name: str, model_sha256: str, software_version: str,
-                   warnings: Sequence[str] = (), when: datetime | None = None) -> Dataset:
+def build_coded_sr(image: Dataset, record: Mapping[str, Any], contract: Contract, *, model_name: str,
+                   model_sha256: str, software_version: str, when: datetime | None = None) -> Dataset:
     """A Comprehensive 3D SR (TID 1500) for one image, ready for ``dcmwrite(..., enforce_file_format=True)``.
 
     Args:
         image: the received image's header (pixel data is not needed); its patient and study modules are copied.
-        status: ``classified``, ``uncertain`` or ``rejected`` (`cxr_edge.runtime.model.gate`).
-        label: predicted class name (None for a rejected image).
-        probabilities: class name -> probability (ignored for a rejected image).
-        gate_score: the gate's score, if the model has a gate.
+        record: the result record: status, label, finding and its probability, probabilities, gate, warnings.
+        contract: the model's contract (codes and display names of its classes and findings).
         model_name: the model file's name (algorithm name and device model name).
         model_sha256: the model file's hash: the algorithm's identity, and with the image UID the report's UIDs.
         software_version: cxr-edge's version.
-        warnings: doubts about the input; for a rejected image, the reasons.
         when: content date and time (default: now).
     """
     import highdicom as hd
 
     when = when or datetime.now()
+    status, label, finding = record.get("status", "classified"), record.get("label"), record.get("finding")
     rejected = status == "rejected" or label is None
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"cxr-edge {model_name}"[:64], version=software_version,
@@ -141,18 +136,24 @@ def build_coded_sr(image: Dataset, *, status: str, label: str | None, probabilit
     qualitative = [hd.sr.QualitativeEvaluation(_STATUS, STATUS_CODES["rejected" if rejected else status])]
     measurements = []
     if not rejected:
-        measurements = [hd.sr.Measurement(name=_probability_code(name), value=float(probabilities[name]),
-                                          unit=_UNITLESS)
-                        for name in CLASS_CODES if name in probabilities]
+        finding = finding or label
+        if finding != label:  # a finding of several classes: its probability, and the subtype as its own item
+            measurements.append(hd.sr.Measurement(name=probability_code(contract, finding), unit=_UNITLESS,
+                                                  value=float(record["finding_probability"])))
+            qualitative.append(hd.sr.QualitativeEvaluation(SUBTYPE, code_of(contract, label)))
+        measurements += [hd.sr.Measurement(name=probability_code(contract, name), value=float(p), unit=_UNITLESS)
+                         for name, p in record["probabilities"].items() if name in contract.class_names]
+    gate_score = (record.get("gate") or {}).get("score")
     if gate_score is not None:
         measurements.append(hd.sr.Measurement(name=_GATE_SCORE, value=float(gate_score), unit=_UNITLESS))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[str(image.SOPInstanceUID), model_sha256, "tracking"]),
             identifier="cxr-edge chest X-ray classification"),
-        algorithm_id=algorithm, finding_type=None if rejected else CLASS_CODES[label],
+        algorithm_id=algorithm, finding_type=None if rejected else code_of(contract, finding),
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))],
         measurements=measurements or None, qualitative_evaluations=qualitative)
+    warnings = record.get("warnings") or ()
     comments = ([f"Not classified: {w}" for w in warnings] or ["Not classified."]) if rejected else \
         [f"Input warning: {w}" for w in warnings]
     for text in [*comments, NOT_FOR_DIAGNOSTIC_USE]:

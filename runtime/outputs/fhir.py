@@ -3,7 +3,7 @@ take results as FHIR rather than DICOM.
 
 Built and validated with ``fhir.resources`` (pydantic models of the FHIR specification): a resource that does
 not match the specification raises before anything is written. The Observation's value is the finding coded as
-in the DICOM SR (SNOMED CT, `cxr_edge.runtime.outputs.coded_sr.CLASS_CODES`), with each class probability as a
+in the DICOM SR (the model contract's codes: SNOMED CT for the shipped model), with each class probability as a
 component; a rejected image gets an Observation without a value, with data-absent reason ``not-performed`` and
 the reasons as text. Both are ``preliminary``: a machine wrote them and nobody has signed them. The image is named
 by its SOP Instance UID (``urn:dicom:uid``). No patient identifier is written unless the user asks
@@ -16,12 +16,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .coded_sr import CLASS_CODES
+from ..model.contract import Contract
 from .sr import NOT_FOR_DIAGNOSTIC_USE
 
-__all__ = ["build_fhir_bundle", "SNOMED", "OBSERVATION_SYSTEM"]
+__all__ = ["build_fhir_bundle", "coding", "SNOMED", "OBSERVATION_SYSTEM"]
 
 SNOMED = "http://snomed.info/sct"
+SYSTEMS = {"SCT": SNOMED, "LN": "http://loinc.org", "DCM": "http://dicom.nema.org/resources/ontology/DCM"}
+"""FHIR code systems of the DICOM coding scheme designators a contract may use; any other scheme becomes a URN."""
 OBSERVATION_SYSTEM = "urn:cxr-edge:concept"
 """cxr-edge's own concepts (the classification, the per-class probability): no standard code exists for them."""
 
@@ -31,12 +33,51 @@ def _uuid(*parts: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "cxr-edge:" + ":".join(parts)))
 
 
-def build_fhir_bundle(record: Mapping[str, Any], *, model_sha256: str, software_version: str,
+def coding(contract: Contract, name: str) -> dict[str, str]:
+    """A class's or finding's code as a FHIR Coding."""
+    value, scheme, meaning = contract.code(name)
+    return {"system": SYSTEMS.get(scheme, f"urn:cxr-edge:scheme:{scheme}"), "code": value, "display": meaning}
+
+
+def _quantity(name: str, display: str, value: float) -> dict[str, Any]:
+    return {"code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": f"probability-{name}",
+                                 "display": f"Probability of {display}"}]},
+            "valueQuantity": {"value": round(float(value), 6), "unit": "1", "system": "http://unitsofmeasure.org",
+                              "code": "1"}}
+
+
+def _finding(observation: dict[str, Any], record: Mapping[str, Any], contract: Contract) -> str:
+    """Fill the Observation's value (the finding) and components (its probability, the classes'); the conclusion."""
+    label, finding = record["label"], record.get("finding") or record["label"]
+    observation["valueCodeableConcept"] = {"coding": [coding(contract, finding)]}
+    components = [_quantity(name, contract.display(name), p) for name, p in record["probabilities"].items()
+                  if name in contract.class_names]
+    conclusion = f"Classified as {label} (probability {record['probabilities'][label]:.3f})."
+    if finding != label:
+        components.insert(0, _quantity(finding, contract.display(finding), record["finding_probability"]))
+        conclusion = (f"Finding: {finding} (probability {record['finding_probability']:.3f}); most probable subtype "
+                      f"{label} (probability {record['probabilities'][label]:.3f}).")
+    observation["component"] = components
+    if record.get("status") == "uncertain":
+        observation["interpretation"] = [{"text": "Uncertain: below the model's abstention threshold"}]
+    return conclusion
+
+
+def _rejection(observation: dict[str, Any], record: Mapping[str, Any]) -> str:
+    observation["dataAbsentReason"] = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed",
+                    "display": "Not Performed"}],
+        "text": "; ".join(record["warnings"]) or "rejected: not like the images the model was trained on"}
+    return "Not classified: the input was rejected. No finding is reported."
+
+
+def build_fhir_bundle(record: Mapping[str, Any], contract: Contract, *, model_sha256: str, software_version: str,
                       patient: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A validated FHIR Bundle (type collection) as a JSON-ready dict.
 
     Args:
-        record: the live result record (status, label, probabilities, warnings, finished, sop_instance_uid).
+        record: the result record (status, label, finding, probabilities, warnings, finished, sop_instance_uid).
+        contract: the model's contract (codes and display names of its classes and findings).
         model_sha256: the model's hash (the device's identity; with the image UID, the resource ids).
         software_version: cxr-edge's version.
         patient: ``{"id": ..., "name": ...}`` to name the subject; None writes no patient identifier.
@@ -59,25 +100,7 @@ def build_fhir_bundle(record: Mapping[str, Any], *, model_sha256: str, software_
         "issued": record["finished"], "device": device, "identifier": identifier,
         "note": [{"text": NOT_FOR_DIAGNOSTIC_USE}, *({"text": f"Input warning: {w}"} for w in record["warnings"])],
     }
-    if rejected:
-        observation["dataAbsentReason"] = {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
-                        "code": "not-performed", "display": "Not Performed"}],
-            "text": "; ".join(record["warnings"]) or "rejected: not like the images the model was trained on"}
-        conclusion = "Not classified: the input was rejected. No finding is reported."
-    else:
-        code = CLASS_CODES[record["label"]]
-        observation["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": code.value,
-                                                           "display": code.meaning}]}
-        observation["component"] = [
-            {"code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": f"probability-{name}",
-                                  "display": f"Probability of {CLASS_CODES[name].meaning}"}]},
-             "valueQuantity": {"value": round(float(p), 6), "unit": "1", "system": "http://unitsofmeasure.org",
-                               "code": "1"}}
-            for name, p in record["probabilities"].items() if name in CLASS_CODES]
-        if record.get("status") == "uncertain":
-            observation["interpretation"] = [{"text": "Uncertain: below the model's abstention threshold"}]
-        conclusion = f"Classified as {record['label']} (probability {record['probabilities'][record['label']]:.3f})."
+    conclusion = _rejection(observation, record) if rejected else _finding(observation, record, contract)
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",

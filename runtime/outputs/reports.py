@@ -1,38 +1,34 @@
-"""Writing a result's DICOM report, whichever kind the user chose: shared by the DICOM listener and the watched
-folder (for DICOM inputs)."""
+"""A result's DICOM report, whichever kind the user chose: a coded TID 1500 SR or a Basic Text SR, as bytes of a
+DICOM file (the output steps write them, whole and once)."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from ..files import write_atomic
+from ..choices import SR_KINDS
+from ..model.contract import Contract
 from .coded_sr import build_coded_sr
 from .sr import build_sr
 
-__all__ = ["SR_KINDS", "write_report"]
-
-SR_KINDS = ("tid1500", "basic")
-"""``tid1500``: coded Comprehensive 3D SR (`coded_sr`); ``basic``: Basic Text SR (`sr`) for a PACS that cannot
-show TID 1500."""
+__all__ = ["SR_KINDS", "render_report"]
 
 
-def write_report(header: Any, record: dict[str, Any], path: Path, *, kind: str, model_name: str, model_sha256: str,
-                 software_version: str) -> None:
-    """Build the report of `record` for the image whose header is `header`, and write it (whole, once)."""
+
+def render_report(header: Any, record: Mapping[str, Any], contract: Contract, *, kind: str, model_name: str,
+                  model_sha256: str, software_version: str) -> bytes:
+    """The report of `record` for the image whose header is `header`, as a DICOM file's bytes."""
     import pydicom
 
     if kind == "basic":
         report = build_sr(header, label=record["label"], probabilities=record["probabilities"],
                           model_name=model_name, model_sha256=model_sha256, software_version=software_version,
-                          warnings=record["warnings"], status=record.get("status", "classified"))
+                          warnings=record["warnings"], status=record.get("status", "classified"),
+                          finding=record.get("finding"), finding_probability=record.get("finding_probability"))
     else:
-        report = build_coded_sr(header, status=record.get("status", "classified"), label=record["label"],
-                                probabilities=record["probabilities"],
-                                gate_score=(record.get("gate") or {}).get("score"), model_name=model_name,
-                                model_sha256=model_sha256, software_version=software_version,
-                                warnings=record["warnings"])
+        report = build_coded_sr(header, record, contract, model_name=model_name, model_sha256=model_sha256,
+                                software_version=software_version)
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, report, enforce_file_format=True)
-    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()

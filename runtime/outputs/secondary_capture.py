@@ -1,40 +1,24 @@
 """The heatmap as a DICOM Secondary Capture in the image's study, so that any viewer shows it beside the film.
 
-The picture is the activation-map overlay (`cxr_edge.runtime.outputs.heatmaps.overlay`) at display resolution (at most
-1024 px a side), with "NOT FOR DIAGNOSTIC USE" and the result burned into a band above it: a viewer that shows
-no overlays or annotations still shows both. It is a new series of the study (number 9903), DERIVED, with the
-source image in the Source Image Sequence and Burned In Annotation YES. Its UIDs are derived from the image's SOP
-Instance UID and the model, like the reports': writing it again gives the same object.
+The picture is `cxr_edge.runtime.outputs.heatmaps.heatmap_picture` at display resolution (at most 1024 px a side):
+the activation-map overlay with "NOT FOR DIAGNOSTIC USE", the result and a colour scale burned in, so that a
+viewer that shows no overlays or annotations still shows them. It is a new series of the study (number 9903),
+DERIVED, with the source image in the Source Image Sequence and Burned In Annotation YES. Its UIDs are derived
+from the image's SOP Instance UID and the model, like the reports': writing it again gives the same object.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from .coded_sr import study_header
-from .heatmaps import overlay
 
-__all__ = ["build_heatmap_sc", "heatmap_picture", "SC_SERIES_NUMBER", "BURNED_IN_WARNING"]
+__all__ = ["build_heatmap_sc", "SC_SERIES_NUMBER"]
 
 SC_SERIES_NUMBER = 9903
-BURNED_IN_WARNING = "NOT FOR DIAGNOSTIC USE"
-
-
-def heatmap_picture(display: np.ndarray, cam: np.ndarray, caption: str) -> np.ndarray:
-    """RGB uint8: a black band with the warning and `caption`, above the overlay of `cam` on `display`."""
-    picture = overlay(display, cam)
-    width = picture.shape[1]
-    scale = max(width / 900, 0.35)
-    line = int(34 * scale)
-    band = np.zeros((2 * line + int(12 * scale), width, 3), np.uint8)
-    for row, (text, colour) in enumerate(((BURNED_IN_WARNING, (0, 0, 255)), (caption, (255, 255, 255)))):
-        cv2.putText(band, text, (int(8 * scale), (row + 1) * line), cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, colour,
-                    max(1, int(2 * scale)), cv2.LINE_AA)
-    return cv2.cvtColor(np.vstack([band, picture]), cv2.COLOR_BGR2RGB)
 
 
 def build_heatmap_sc(image: Dataset, picture: np.ndarray, *, model_sha256: str, caption: str) -> Dataset:

@@ -51,6 +51,7 @@ def _text(relationship: str, concept: Dataset, text: str) -> Dataset:
 
 def build_sr(image: Dataset, *, label: str | None, probabilities: Mapping[str, float], model_name: str,
              model_sha256: str, software_version: str, warnings: Sequence[str] = (), status: str = "classified",
+             finding: str | None = None, finding_probability: float | None = None,
              when: datetime | None = None) -> Dataset:
     """A Basic Text SR for one classified (or rejected) image, ready for ``dcmwrite(..., enforce_file_format=True)``.
 
@@ -67,6 +68,8 @@ def build_sr(image: Dataset, *, label: str | None, probabilities: Mapping[str, f
         warnings: doubts about the input (raw detector data, wrong modality), stated in the report; for a
             rejected image, the reasons.
         status: ``classified``, ``uncertain`` or ``rejected`` (`cxr_edge.runtime.model.gate`).
+        finding: the finding where it sums several classes (pneumonia), stated before the class.
+        finding_probability: its probability.
         when: content date and time (default: now).
     """
     ds = sr_document(image, sop_class=BASIC_TEXT_SR, series_number=9901, uid_tag="sr",
@@ -94,8 +97,11 @@ def build_sr(image: Dataset, *, label: str | None, probabilities: Mapping[str, f
     else:
         flag = " Uncertain: the probability is below the model's abstention threshold." \
             if status == "uncertain" else ""
-        finding = _text("CONTAINS", _code("121071", "DCM", "Finding"),
-                        f"Classified as {label} (probability {probabilities[label]:.3f}).{flag}")
+        said = f"Classified as {label} (probability {probabilities[label]:.3f})."
+        if finding is not None and finding != label and finding_probability is not None:
+            said = f"Finding: {finding} (probability {finding_probability:.3f}); most probable subtype {label} " \
+                   f"(probability {probabilities[label]:.3f})."
+        finding = _text("CONTAINS", _code("121071", "DCM", "Finding"), said + flag)
         finding.ContentSequence = DicomSequence([image_ref])
         details = "; ".join(f"{name} {p:.3f}" for name, p in probabilities.items())
         content = [observer_type, observer_uid, observer_name, finding,

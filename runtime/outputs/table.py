@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
+from ..choices import OUTPUT_FORMATS, STATUSES
 from ..errors import printable
 from ..model.classifier import Prediction
-from ..model.gate import STATUSES
 
 __all__ = ["FORMATS", "BUDGET_S", "Summary", "make_writer", "budget_verdict", "shorten_left", "json_line"]
 
-FORMATS = ("table", "jsonl", "csv")
+FORMATS = OUTPUT_FORMATS
 BUDGET_S = 60.0
 """The hospital's budget: one minute per image."""
 
@@ -72,20 +72,21 @@ def budget_verdict(latency_ms: float) -> str:
 
 
 class Writer(Protocol):
-    def write(self, prediction: Prediction) -> None: ...
+    def write(self, prediction: Prediction, record: dict[str, Any] | None = None) -> None: ...
 
     def close(self, summary: Summary) -> None: ...
 
 
 class JsonlWriter:
-    """One JSON object per input, in input order; with ``show_phi`` a ``patient`` key is added for DICOM inputs."""
+    """One JSON object per input, in input order: the record (with the paths of what the output steps wrote); with
+    ``show_phi`` a ``patient`` key is added for DICOM inputs."""
 
     def __init__(self, stream: IO[str], show_phi: bool) -> None:
         self.stream = stream
         self.show_phi = show_phi
 
-    def write(self, prediction: Prediction) -> None:
-        record = prediction.to_record()
+    def write(self, prediction: Prediction, record: dict[str, Any] | None = None) -> None:
+        record = dict(record if record is not None else prediction.to_record())
         if self.show_phi and prediction.patient:
             record["patient"] = prediction.patient
         self.stream.write(json_line(record) + "\n")
@@ -112,23 +113,25 @@ def _finite(value: Any) -> Any:
 
 
 class CsvWriter:
-    """One row per input: path, label, confidence, a probability column per class, latencies, error, status, the
-    gate's score and threshold, and the warnings (joined by '; ')."""
+    """One row per input: path, label, finding and its probability, confidence, a probability column per class,
+    latencies, error, status, the gate's score and threshold, and the warnings (joined by '; ')."""
 
     def __init__(self, stream: IO[str], class_names: Sequence[str], show_phi: bool) -> None:
         self.class_names = list(class_names)
         self.show_phi = show_phi
         self.writer = csv.writer(stream)
         self.stream = stream
-        header = ["path", "label", "confidence", *(f"p_{c}" for c in self.class_names), "decode_ms",
-                  "preprocess_ms", "inference_ms", "total_ms", "error", "status", "gate_score", "gate_threshold",
-                  "warnings"]
+        header = ["path", "label", "finding", "finding_probability", "confidence",
+                  *(f"p_{c}" for c in self.class_names), "decode_ms", "preprocess_ms", "inference_ms", "total_ms",
+                  "error", "status", "gate_score", "gate_threshold", "warnings"]
         self.writer.writerow(header + (["patient_name", "patient_id"] if show_phi else []))
 
-    def write(self, prediction: Prediction) -> None:
+    def write(self, prediction: Prediction, record: dict[str, Any] | None = None) -> None:
         probabilities = prediction.probabilities or {}
         latency = prediction.latency_ms
-        row = [prediction.path, prediction.label or "", _fmt(prediction.confidence),
+        shown = prediction.status != "rejected"  # a rejected input has no result to be confident of
+        row = [prediction.path, prediction.label or "", prediction.finding or "",
+               _fmt(prediction.finding_probability), _fmt(prediction.confidence if shown else None),
                *(_fmt(probabilities.get(c)) for c in self.class_names),
                *(_fmt(latency.get(k)) for k in ("decode", "preprocess", "inference", "total")), prediction.error or "",
                prediction.status, _fmt((prediction.gate or {}).get("score")),
@@ -146,36 +149,67 @@ class CsvWriter:
 class TableWriter:
     """A rich table, one row per image, then the run's summary.
 
-    On a wide terminal every class probability has a column; on a narrow one (80 columns) the table keeps only
-    file, label, confidence and latency (the probabilities are in ``--format jsonl`` and ``csv``), and a path too
-    long for its column is shortened from the left, so that every row still names its file.
+    Columns: the file, the result (the finding; ``?`` when uncertain, ``rejected``, ``failed``), its probability
+    (none for a rejected or failed input), the class where it says more than the finding (the subtype of a
+    pneumonia), the milliseconds; on a terminal wide enough, every class probability too (otherwise they are in
+    ``--format jsonl`` and ``csv``). Every row keeps to one line: a path too long for its column is shortened from
+    the left, a file name too long on its own in its middle. Reasons and warnings follow the table, once each.
     """
 
     MIN_FILE_WIDTH = 28
     """Narrower than this, the file column could no longer show a typical file name: switch to the compact layout."""
+    CLASS_WIDTH = 12
 
-    def __init__(self, console: Any, class_names: Sequence[str], show_phi: bool, title: str) -> None:
+    def __init__(self, console: Any, contract: Any, show_phi: bool, title: str) -> None:
         self.console = console
-        self.class_names = list(class_names)
+        self.contract = contract
+        self.class_names = list(contract.class_names)
         self.show_phi = show_phi
         self.title = title
         self.rows: list[Prediction] = []
 
-    def write(self, prediction: Prediction) -> None:
+    def write(self, prediction: Prediction, record: dict[str, Any] | None = None) -> None:
         self.rows.append(prediction)
 
     def _columns(self, compact: bool) -> list[tuple[str, int]]:
         """(header, width) of every column but the file's."""
-        label = max([9, *(len(n) + 1 for n in self.class_names)])  # "rejected", or a label and "?"
+        result = max([9, *(len(n) + 1 for n in self.contract.finding_names)])  # "rejected", or a finding and "?"
         columns = [("patient", 24)] if self.show_phi else []
-        columns += [("label", label), ("conf.", 5)]
+        columns += [("result", result), ("prob.", 5)]
+        if self.contract.findings:
+            columns.append(("class", min(self.CLASS_WIDTH, max(len(self._short(n)) for n in self.class_names))))
         if not compact:
             columns += [(n.replace("_", "\n"), max(5, *(len(part) for part in n.split("_")))) for n in self.class_names]
         return columns + [("ms", 6)]
 
+    def _short(self, name: str) -> str:
+        """A class as the table names it: the first word of its display name (``bacterial``, ``viral``)."""
+        return self.contract.display(name).split()[0].lower()[:self.CLASS_WIDTH]
+
     def _file_width(self, columns: list[tuple[str, int]]) -> int:
         borders = 3 * (len(columns) + 1) + 1  # a separator and a space either side of every cell
         return self.console.width - borders - sum(width for _, width in columns)
+
+    def _cells(self, p: Prediction, columns: list[tuple[str, int]], compact: bool) -> list[str]:
+        from rich.markup import escape
+
+        cells = []
+        if self.show_phi:
+            patient = p.patient or {}
+            cells.append(escape(printable(f"{patient.get('name', '')} {patient.get('id', '')}".strip())))
+        if p.error is not None:  # the reason is listed under the table, where it has room
+            return cells + ["[red]failed[/]"] + [""] * (len(columns) - len(cells) - 1)
+        if p.status == "rejected":  # no result, so nothing to be sure of
+            cells += ["[red]rejected[/]", "-"]
+        else:
+            mark = "?" if p.status == "uncertain" else ""
+            colour = "yellow" if mark else "bold"
+            cells += [f"[{colour}]{p.finding}{mark}[/]", f"{p.finding_probability:.3f}"]
+        if self.contract.findings:
+            cells.append(self._short(p.label) if p.label is not None and p.label != p.finding else "")
+        if not compact:
+            cells += [f"{(p.probabilities or {})[c]:.3f}" for c in self.class_names]
+        return cells + [f"{p.latency_ms['total']:.1f}"]
 
     def close(self, summary: Summary) -> None:
         from rich.markup import escape
@@ -184,29 +218,16 @@ class TableWriter:
         compact = self._file_width(self._columns(False)) < self.MIN_FILE_WIDTH
         columns = self._columns(compact)
         file_width = max(12, self._file_width(columns))
-        title = escape(self.title) + (" [dim](probabilities: --format jsonl or csv)[/]" if compact else "")
-        table = Table(title=title, title_justify="left")
-        table.add_column("file", overflow="fold", min_width=min(file_width, 12), max_width=file_width)
+        table = Table(title=escape(self.title), title_justify="left")
+        table.add_column("file", no_wrap=True, min_width=min(file_width, 12), max_width=file_width)
         for header, width in columns:
-            left = header in ("patient", "label")
-            table.add_column(header, justify="left" if left else "right", no_wrap=not left or header == "label",
-                             min_width=width if header != "patient" else None)
+            table.add_column(header, justify="left" if header in ("patient", "result", "class") else "right",
+                             no_wrap=True, min_width=width if header != "patient" else None)
         for p in self.rows:
-            cells = [escape(shorten_left(printable(p.path), file_width))]
-            if self.show_phi:
-                patient = p.patient or {}
-                cells.append(escape(printable(f"{patient.get('name', '')} {patient.get('id', '')}".strip())))
-            if p.error is not None:  # the reason is listed under the table, where it has room
-                table.add_row(*cells, "[red]failed[/]", *([""] * (len(columns) - len(cells))))
-                continue
-            probabilities = p.probabilities or {}
-            shown = {"classified": f"[bold]{p.label}[/]", "uncertain": f"[yellow]{p.label}?[/]",
-                     "rejected": "[red]rejected[/]"}[p.status]
-            cells += [shown, f"{p.confidence:.3f}"]
-            if not compact:
-                cells += [f"{probabilities[c]:.3f}" for c in self.class_names]
-            table.add_row(*cells, f"{p.latency_ms['total']:.1f}")
+            table.add_row(escape(shorten_left(printable(p.path), file_width)), *self._cells(p, columns, compact))
         self.console.print(table)
+        if compact:
+            self.console.print("[dim]class probabilities: --format jsonl or csv[/]")
         for p in self.rows:  # what the table has no room for: reasons and warnings, one line each
             if p.error is not None:
                 self.console.print(f"[red]failed[/] {escape(printable(p.path))}: {escape(printable(p.error))}")
@@ -222,12 +243,14 @@ class TableWriter:
 
 
 def shorten_left(path: str, width: int) -> str:
-    """`path` cut from the left to `width` characters, keeping its end (the file name) whole: ``…/b/c.png``."""
+    """`path` cut to `width` characters, keeping its end: ``…/b/c.png``; a file name longer than the width on its
+    own keeps its beginning and its end (``chest-…-0042.png``), so that a row stays on one line."""
     if len(path) <= width:
         return path
     name = path.rsplit("/", 1)[-1]
     if len(name) + 2 > width:
-        return name  # the name alone is too long: the column folds it, but nothing of it is lost
+        head = (width - 1) // 2
+        return name[:head] + "…" + name[len(name) - (width - 1 - head):]
     tail = path[-(width - 1):]
     cut = tail.find("/")
     return "…" + (tail[cut:] if 0 <= cut < len(tail) - len(name) else "/" + name)
@@ -237,13 +260,13 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def make_writer(fmt: str, stream: IO[str], console: Any, class_names: Sequence[str], *, show_phi: bool,
+def make_writer(fmt: str, stream: IO[str], console: Any, contract: Any, *, show_phi: bool,
                 title: str = "") -> Writer:
-    """The writer for ``table``, ``jsonl`` or ``csv``."""
+    """The writer for ``table``, ``jsonl`` or ``csv``; `contract` names the classes and findings."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "jsonl":
         return JsonlWriter(stream, show_phi)
     if fmt == "csv":
-        return CsvWriter(stream, class_names, show_phi)
-    return TableWriter(console, class_names, show_phi, title)
+        return CsvWriter(stream, contract.class_names, show_phi)
+    return TableWriter(console, contract, show_phi, title)

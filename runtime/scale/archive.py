@@ -259,6 +259,7 @@ class _Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from ..model.classifier import Prepared
+        from ..outputs.steps import Outcome, OutputSteps, RowStep
 
         prepared, digests = [], []
         for path, error in zip(batch["path"], batch["input_error"], strict=True):
@@ -274,31 +275,14 @@ class _Scorer:
                 digests.append("")
                 continue
             prepared.append(self.classifier.prepare(path))
-        predictions = self.classifier.infer(prepared)
-        names = self.classifier.contract.class_names
-        rows: dict[str, list[Any]] = {key: [] for key in (
-            "path", "size", "mtime_ns", "sha256", "model", "model_sha256", "status", "label", "confidence",
-            *(f"p_{n}" for n in names), "gate_score", "warnings", "error", "decode_ms", "inference_ms",
-            "total_ms")}
-        for i, prediction in enumerate(predictions):
-            probabilities = prediction.probabilities or {}
-            rows["path"].append(prediction.path)
-            rows["size"].append(int(batch["size"][i]))
-            rows["mtime_ns"].append(int(batch["mtime_ns"][i]))
-            rows["sha256"].append(digests[i])
-            rows["model"].append(self.model_name)
-            rows["model_sha256"].append(self.model_id)
-            rows["status"].append(prediction.status)
-            rows["label"].append(prediction.label)
-            rows["confidence"].append(prediction.confidence)
-            for name in names:
-                rows[f"p_{name}"].append(probabilities.get(name))
-            rows["gate_score"].append((prediction.gate or {}).get("score"))
-            rows["warnings"].append(list(prediction.warnings))
-            rows["error"].append(prediction.error)
-            for key in ("decode", "inference", "total"):
-                rows[f"{key}_ms"].append(prediction.latency_ms.get(key))
-        return rows
+        rows: list[dict[str, Any]] = []
+        outputs = OutputSteps([RowStep(rows, self.classifier.contract.class_names)])
+        for i, prediction in enumerate(self.classifier.infer(prepared)):
+            record = prediction.to_record() | {
+                "size": int(batch["size"][i]), "mtime_ns": int(batch["mtime_ns"][i]), "sha256": digests[i],
+                "model": self.model_name, "model_sha256": self.model_id}
+            outputs.deliver(Outcome(prediction, record, Path(prediction.path).name, None, self.classifier.contract))
+        return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def _scored_batches(todo: Sequence[dict[str, Any]], model: Path, backend: str, workers: int, batch_size: int,

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (
 from cxr_edge.runtime.live.dicom_listener import DicomListener, Status
 from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.outputs.sr import BASIC_TEXT_SR, NOT_FOR_DIAGNOSTIC_USE
+from cxr_edge.runtime.outputs.steps import OutputOptions
 from tests.factories import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -70,7 +71,7 @@ def listener(request: pytest.FixtureRequest, tmp_path: Path, classifier: Classif
     Basic Text SR."""
     records: list[dict] = []
     node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", on_record=records.append,
-                         sr=request.param)
+                         outputs=OutputOptions(sr=request.param))
     node.records = records  # type: ignore[attr-defined]
     node.start()
     yield node
@@ -288,7 +289,8 @@ def test_restart_resumes_stored_instances(tmp_path: Path, classifier: Classifier
 
 def test_keep_phi_and_no_phi_in_logs(tmp_path: Path, classifier: Classifier, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1", keep_phi=True)
+    node = DicomListener(tmp_path / "out", classifier, port=0, host="127.0.0.1",
+                         outputs=OutputOptions(sr="tid1500", keep_phi=True))
     node.start()
     try:
         assoc = associate(node.port)

@@ -24,9 +24,10 @@ import cxr_edge
 from cxr_edge.runtime.live.dicom_listener import DicomListener, Status
 from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.model.model_file import file_sha256
-from cxr_edge.runtime.outputs.coded_sr import CLASS_CODES, COMPREHENSIVE_3D_SR, STATUS_CODES
+from cxr_edge.runtime.outputs.coded_sr import COMPREHENSIVE_3D_SR, STATUS_CODES, code_of
 from cxr_edge.runtime.outputs.outbox import parse_destination
 from cxr_edge.runtime.outputs.sr import NOT_FOR_DIAGNOSTIC_USE
+from cxr_edge.runtime.outputs.steps import OutputOptions
 from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset, gradient, tiny_onnx
 from tests.live.peers import free_port, wait_for_echo
 from tests.live.test_dicom_listener import associate, dcmtk, sr_texts
@@ -80,8 +81,9 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
     out = tmp_path / "out"
     image = dicom_dataset(gradient(256, 256), StudyDescription="Chest PA", AccessionNumber="ACC1",
                           StudyDate="20261130", StudyTime="101500", StudyID="S1")
-    record = classify_one(out, classifier, image, sc=True, fhir_dir=out / "fhir")
+    record = classify_one(out, classifier, image, outputs=OutputOptions(sr="tid1500", sc=True, fhir=out / "fhir"))
     assert record["status"] in ("classified", "uncertain") and record["label"] is not None
+    contract = classifier.contract
 
     # the coded SR: dcmtk and dicom3tools accept it, highdicom reads back what was meant
     path = out / record["sr"]
@@ -93,11 +95,12 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
     assert sr.SOPClassUID == COMPREHENSIVE_3D_SR and sr.StudyInstanceUID == image.StudyInstanceUID
     assert sr.PatientID == PATIENT_ID and sr.AccessionNumber == "ACC1" and sr.VerificationFlag == "UNVERIFIED"
     (group,) = sr.content.get_image_measurement_groups()
-    assert group.finding_type == CLASS_CODES[record["label"]]
+    assert group.finding_type == code_of(contract, record["finding"])  # the finding, coded as the model says
     probabilities = {m.name.meaning: m.value for m in group.get_measurements()}
     for name, p in record["probabilities"].items():
-        assert abs(probabilities[f"Probability of {CLASS_CODES[name].meaning}"] - p) < 1e-6
-    assert [e.value for e in group.get_qualitative_evaluations()] == [STATUS_CODES[record["status"]]]
+        assert abs(probabilities[f"Probability of {contract.display(name)}"] - p) < 1e-6
+    subtype = [] if record["finding"] == record["label"] else [code_of(contract, record["label"])]
+    assert [e.value for e in group.get_qualitative_evaluations()] == [STATUS_CODES[record["status"]], *subtype]
     said = {i.ConceptNameCodeSequence[0].CodeMeaning: getattr(i, "TextValue", None) for i in group[0].ContentSequence}
     assert said["Algorithm Name"] == "cxr-edge tiny.onnx" and said["Algorithm Version"] == cxr_edge.__version__
     assert said["Algorithm Parameters"] == f"model_sha256={file_sha256(tmp_path / 'tiny.onnx')}"
@@ -115,7 +118,7 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
     assert capture.SeriesInstanceUID not in (image.SeriesInstanceUID, sr.SeriesInstanceUID)
     assert capture.BurnedInAnnotation == "YES" and list(capture.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == image.SOPInstanceUID
-    assert capture.PatientName == PATIENT_NAME and record["label"] in capture.DerivationDescription
+    assert capture.PatientName == PATIENT_NAME and contract.display(record["label"]) in capture.DerivationDescription
     pixels = capture.pixel_array
     band = pixels[: pixels.shape[0] // 8]
     red = (band[..., 0] > 150) & (band[..., 1] < 80) & (band[..., 2] < 80)
@@ -129,8 +132,8 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
     bundle = Bundle.model_validate_json(text)
     report, observation = (entry.resource for entry in bundle.entry)
     assert report.status == observation.status == "preliminary"
-    assert observation.valueCodeableConcept.coding[0].code == CLASS_CODES[record["label"]].value
-    assert len(observation.component) == len(record["probabilities"])
+    assert observation.valueCodeableConcept.coding[0].code == contract.code(record["finding"])[0]
+    assert len(observation.component) == len(record["probabilities"]) + len(subtype)
     assert PATIENT_NAME not in text and PATIENT_ID not in text and observation.subject is None
 
     # status.json: what the listener did, nothing about the patient
@@ -143,7 +146,8 @@ def test_coded_report_heatmap_and_fhir_of_a_classified_image(tmp_path: Path, cla
 def test_a_rejected_image_gets_a_coded_report_without_a_finding(tmp_path: Path, classifier: Classifier) -> None:
     out = tmp_path / "out"
     hand = dicom_dataset(gradient(200, 160), BodyPartExamined="HAND")
-    record = classify_one(out, classifier, hand, sc=True, fhir_dir=out / "fhir", keep_phi=True)
+    record = classify_one(out, classifier, hand,
+                          outputs=OutputOptions(sr="tid1500", sc=True, fhir=out / "fhir", keep_phi=True))
     assert record["status"] == "rejected" and record.get("sc") is None  # no heatmap for a refusal
     dump = subprocess.run([dcmtk("dsrdump"), str(out / record["sr"])], capture_output=True, text=True)
     assert dump.returncode == 0 and not dump.stderr.strip(), dump.stderr
@@ -186,7 +190,8 @@ class RecordingSCP:
 def test_forwarding_waits_for_a_pacs_that_is_down_then_delivers_everything_once(tmp_path: Path,
                                                                                 classifier: Classifier) -> None:
     out, port = tmp_path / "out", free_port()
-    node = run_listener(out, classifier, sc=True, forward=[parse_destination(f"PACS@127.0.0.1:{port}")])
+    node = run_listener(out, classifier, outputs=OutputOptions(sr="tid1500", sc=True),
+                        forward=[parse_destination(f"PACS@127.0.0.1:{port}")])
     images = [dicom_dataset(gradient(128 + 8 * i, 128)) for i in range(3)]
     pacs = None
     try:
@@ -323,9 +328,3 @@ def test_watch_reports_dicom_inputs_and_forwards_them(tmp_path: Path, classifier
     assert status["mode"] == "watch" and status["state"] == "stopped" and status["outbox_backlog"] == 0
     assert PATIENT_NAME not in json.dumps(status)
 
-
-def test_the_cli_offers_the_report_kinds_the_runtime_has() -> None:
-    from cxr_edge.cli.live import SR_KINDS as CLI_KINDS
-    from cxr_edge.runtime.outputs.reports import SR_KINDS
-
-    assert CLI_KINDS == SR_KINDS

@@ -19,6 +19,7 @@ from cxr_edge.runtime.files import TEMP_PREFIX
 from cxr_edge.runtime.live.watch import FolderWatcher, result_name
 from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.model.model_file import file_sha256
+from cxr_edge.runtime.outputs.steps import OutputOptions
 from tests.factories import gradient, truncated, write_dicom
 
 RECORD_KEYS = {"path", "label", "finding", "finding_probability", "probabilities", "latency_ms", "error", "status",
@@ -154,10 +155,11 @@ def test_heatmaps_with_cam(tmp_path: Path, model: Path) -> None:
     inbox, out = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
     (inbox / "a.png").write_bytes(png_bytes(2))
-    FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), cam=True, settle_s=0.05).run(once=True)
+    FolderWatcher(inbox, out, Classifier.open(model, backend="ort"), outputs=OutputOptions(cam=True),
+                  settle_s=0.05).run(once=True)
     (record,) = results(out).values()
     overlay = cv2.imread(str(out / record["cam"]))
-    assert record["cam"].startswith("cam/a.png.") and overlay.shape == (120, 100, 3)
+    assert record["cam"].startswith("cam/a.png.") and overlay.shape[0] > 120 and overlay.shape[1] > 100  # + caption
 
 
 def test_hostile_names(tmp_path: Path, model: Path) -> None:
