@@ -55,6 +55,8 @@ from .metrics import classification_report, finding_report, group_hits
 __all__ = ["BenchRow", "Reference", "default_rows", "run_bench", "machine_info", "versions", "end_to_end_files",
            "row_label", "END_TO_END_FILES"]
 
+THROUGHPUT_PASSES = 5
+"""Timed passes per (row, batch size) for throughput; the median counts."""
 BLOCK = 5
 """Timed runs per row before moving to the next row."""
 END_TO_END_FILES = 200
@@ -231,90 +233,17 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
     models = [Path(m) for m in models] or shipped_models()
     if not models:
         raise CxrEdgeError("no model to benchmark: pass --model FILE (this installation ships none)")
-    opened: dict[tuple[Path, str], Classifier] = {}
-
-    def open_model(path: Path, backend: str) -> Classifier:  # each model opens once per engine
-        if (path, backend) not in opened:
-            opened[path, backend] = Classifier.open(path, backend=backend, threads=threads, server=server,
-                                                    model_name=model_name)
-        return opened[path, backend]
-
-    def precision_of(path: Path) -> str:
-        metadata = open_model(path, reader_engine(model_format(path)).name).metadata
-        return "int8" if QUANTIZATION_KEY in metadata else "fp32"
-
-    specs, unreadable_models = default_rows(models, backends, precisions, precision_of)
-    rows = [BenchRow("-", "-", str(path), error=reason) for path, reason in unreadable_models]
-    contract = None
-    for backend, precision, path in specs:
-        progress(f"opening {path.name} on {backend}")
-        row = BenchRow(backend, precision, str(path))
-        rows.append(row)
-        try:
-            classifier = open_model(path, backend)
-        except CxrEdgeError as exc:
-            row.error = str(exc)
-            continue
-        if contract is None:
-            contract = classifier.contract
-        elif classifier.contract != contract:
-            raise CxrEdgeError(f"{path} carries a different preprocessing contract from {specs[0][2]}; "
-                               "bench compares one model in its variants, not different models")
-        try:
-            row.figures["size_mb"] = model_size_mb(path)
-            if not ENGINES[backend].remote:  # a server's start-up is not this machine's cold start
-                row.figures |= _cold_figures(path, backend, threads)
-        except (CxrEdgeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-            row.error = first_line(exc)
-            continue
-        row.run = lambda b, c=classifier: c.run(b)[PROBABILITIES]  # every output a prediction asks for
-    if contract is None:
-        reasons = "; ".join(f"{Path(r.model).name} on {r.backend}: {r.error}" for r in rows)
-        raise CxrEdgeError(f"no model could run: {reasons or 'no (backend, precision) pair; check --backends'}")
+    opener = _Opener(threads, server, model_name)
+    rows, contract = _engine_rows(models, backends, precisions, opener, threads, progress)
     if reference is not None and reference.backend in backends:
-        row = BenchRow(reference.backend, "fp32", str(reference.model))
-        rows.append(row)
-        try:
-            row.figures["size_mb"] = reference.model.stat().st_size / 2**20
-            row.run = reference.make_runner(contract, threads)
-        except Exception as exc:  # a reference that cannot run here is a row with its reason
-            row.error = first_line(exc)
-
+        rows.append(_reference_row(reference, contract, threads))
     one = np.zeros((1, contract.channels, *contract.input_size), np.float32)
     one[:] = np.random.default_rng(0).normal(size=one.shape)
-    for row in rows:
-        if row.run is None:
-            continue
-        try:
-            for _ in range(max(1, warmup)):
-                row.run(one)
-        except Exception as exc:
-            row.error, row.run = f"inference failed: {first_line(exc)}", None
-    live = [row for row in rows if row.run is not None]
+    live = _warm_up(rows, one, warmup)
     progress(f"timing {runs} batch-1 runs per row, interleaved")
-    samples = time_interleaved([row.run for row in live], one, runs, block=BLOCK)
-    for row, times in zip(live, samples, strict=True):
-        times = np.asarray(times)
-        row.figures["latency_ms"] = {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90)),
-                                     "p99": float(np.percentile(times, 99)), "min": float(times.min()),
-                                     "max": float(times.max())}
-        row.figures["raw_latency_ms"] = times.round(4).tolist()
-
-    for batch_size in batches:
-        progress(f"throughput at batch {batch_size}")
-        batch = np.repeat(one, batch_size, axis=0)
-        repeats = max(3, 64 // batch_size)
-        best: dict[int, float] = {}
-        for _ in range(2):  # two interleaved passes; the better one counts (the other absorbs warm-up)
-            for i, row in enumerate(live):
-                row.run(batch)
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    row.run(batch)
-                best[i] = max(best.get(i, 0.0), batch_size * repeats / (time.perf_counter() - start))
-        for i, row in enumerate(live):
-            row.figures.setdefault("throughput_ips", {})[str(batch_size)] = best[i]
-
+    _latency(live, one, runs)
+    progress(f"throughput at batch {', '.join(map(str, batches))}, interleaved")
+    _throughput(live, one, batches)
     _ratios(live, reference.backend if reference is not None else None)
     unreadable: list[str] = []
     if data_dir is not None:
@@ -334,8 +263,115 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
     if end_to_end:
         progress("end to end on real files")
         engine_rows = [(r.backend, r.precision, Path(r.model)) for r in live if r.backend in ENGINES]
-        result["end_to_end"] = _end_to_end(engine_rows, end_to_end, open_model)
+        result["end_to_end"] = _end_to_end(engine_rows, end_to_end, opener.open)
     return result
+
+
+class _Opener:
+    """Opens each model once per engine, with the benchmark's threads and server."""
+
+    def __init__(self, threads: int, server: str | None, model_name: str | None) -> None:
+        self.threads, self.server, self.model_name = threads, server, model_name
+        self.opened: dict[tuple[Path, str], Classifier] = {}
+
+    def open(self, path: Path, backend: str) -> Classifier:
+        if (path, backend) not in self.opened:
+            self.opened[path, backend] = Classifier.open(path, backend=backend, threads=self.threads,
+                                                         server=self.server, model_name=self.model_name)
+        return self.opened[path, backend]
+
+    def precision_of(self, path: Path) -> str:
+        metadata = self.open(path, reader_engine(model_format(path)).name).metadata
+        return "int8" if QUANTIZATION_KEY in metadata else "fp32"
+
+
+def _engine_rows(models: Sequence[Path], backends: Sequence[str], precisions: Sequence[str], opener: _Opener,
+                 threads: int, progress: Callable[[str], None]) -> tuple[list[BenchRow], Contract]:
+    """A row per (engine, precision, model) with its size and cold start; a row that cannot run keeps its reason.
+
+    Raises:
+        CxrEdgeError: no row can run, or the models do not share one contract (bench compares one model's variants).
+    """
+    specs, unreadable_models = default_rows(models, backends, precisions, opener.precision_of)
+    rows = [BenchRow("-", "-", str(path), error=reason) for path, reason in unreadable_models]
+    contract = None
+    for backend, precision, path in specs:
+        progress(f"opening {path.name} on {backend}")
+        row = BenchRow(backend, precision, str(path))
+        rows.append(row)
+        try:
+            classifier = opener.open(path, backend)
+        except CxrEdgeError as exc:
+            row.error = str(exc)
+            continue
+        if contract is None:
+            contract = classifier.contract
+        elif classifier.contract != contract:
+            raise CxrEdgeError(f"{path} carries a different preprocessing contract from {specs[0][2]}; "
+                               "bench compares one model in its variants, not different models")
+        try:
+            row.figures["size_mb"] = model_size_mb(path)
+            if not ENGINES[backend].remote:  # a server's start-up is not this machine's cold start
+                row.figures |= _cold_figures(path, backend, threads)
+        except (CxrEdgeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            row.error = first_line(exc)
+            continue
+        row.run = lambda b, c=classifier: c.run(b)[PROBABILITIES]  # every output a prediction asks for
+    if contract is None:
+        reasons = "; ".join(f"{Path(r.model).name} on {r.backend}: {r.error}" for r in rows)
+        raise CxrEdgeError(f"no model could run: {reasons or 'no (backend, precision) pair; check --backends'}")
+    return rows, contract
+
+
+def _reference_row(reference: Reference, contract: Contract, threads: int) -> BenchRow:
+    row = BenchRow(reference.backend, "fp32", str(reference.model))
+    try:
+        row.figures["size_mb"] = reference.model.stat().st_size / 2**20
+        row.run = reference.make_runner(contract, threads)
+    except Exception as exc:  # a reference that cannot run here is a row with its reason
+        row.error = first_line(exc)
+    return row
+
+
+def _warm_up(rows: list[BenchRow], one: np.ndarray, warmup: int) -> list[BenchRow]:
+    """Warm every runnable row; returns those that ran (a row whose inference fails keeps the reason)."""
+    for row in rows:
+        if row.run is None:
+            continue
+        try:
+            for _ in range(max(1, warmup)):
+                row.run(one)
+        except Exception as exc:
+            row.error, row.run = f"inference failed: {first_line(exc)}", None
+    return [row for row in rows if row.run is not None]
+
+
+def _latency(live: list[BenchRow], one: np.ndarray, runs: int) -> None:
+    samples = time_interleaved([row.run for row in live], one, runs, block=BLOCK)
+    for row, times in zip(live, samples, strict=True):
+        times = np.asarray(times)
+        row.figures["latency_ms"] = {"p50": float(np.median(times)), "p90": float(np.percentile(times, 90)),
+                                     "p99": float(np.percentile(times, 99)), "min": float(times.min()),
+                                     "max": float(times.max())}
+        row.figures["raw_latency_ms"] = times.round(4).tolist()
+
+
+def _throughput(live: list[BenchRow], one: np.ndarray, batches: Sequence[int]) -> None:
+    """Images per second at each batch size: the median of `THROUGHPUT_PASSES` timed passes, rows and batch sizes
+    taking turns in every pass, so that a busy moment of the machine hits them alike instead of one figure."""
+    rates: dict[tuple[int, int], list[float]] = {}
+    for _ in range(THROUGHPUT_PASSES):
+        for batch_size in batches:
+            batch = np.repeat(one, batch_size, axis=0)
+            repeats = max(2, 32 // batch_size)
+            for i, row in enumerate(live):
+                row.run(batch)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    row.run(batch)
+                rates.setdefault((i, batch_size), []).append(batch_size * repeats / (time.perf_counter() - start))
+    for (i, batch_size), values in rates.items():
+        live[i].figures.setdefault("throughput_ips", {})[str(batch_size)] = float(np.median(values))
 
 
 def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:

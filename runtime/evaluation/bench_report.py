@@ -8,7 +8,7 @@ from typing import Any
 
 from ..model.model_file import ENGINES
 
-__all__ = ["bench_table", "bench_markdown", "bench_plot", "header_line"]
+__all__ = ["bench_table", "bench_markdown", "bench_plot", "header_line", "verdict_lines"]
 
 
 
@@ -67,15 +67,31 @@ def _columns(result: dict) -> list[str]:
     return columns
 
 
-# The terminal view splits the columns in two tables that each fit an 80-column terminal.
-_SPEED = ["engine", "precision", "p50 ms", "p90 ms", "p99 ms", "vs FP32", "vs PyTorch", "remote ms", "60 s budget",
-          "accuracy", "macro-F1", "agree FP32"]
-_RESOURCES = ["engine", "precision", "img/s b", "size MB", "load s", "first ms", "peak RSS MB"]
+# The terminal view splits the columns into tables; each keeps what fits the terminal, in this order of need.
+_TABLES = (
+    ("batch-1 latency, ms, and headroom against the minute", ["engine", "precision", "p50 ms", "p90 ms", "p99 ms",
+                                                              "vs FP32", "vs PyTorch", "60 s budget", "remote ms"]),
+    ("accuracy on the labelled folder", ["engine", "precision", "accuracy", "macro-F1", "agree FP32"]),
+    ("images/s at batch N, size, start and memory", ["engine", "precision", "img/s b", "size MB", "load s",
+                                                     "first ms", "peak RSS MB"]),
+)
+_SHORT = {"precision": "prec.", "60 s budget": "x under 60 s", "peak RSS MB": "RSS MB", "agree FP32": "agree",
+          "vs PyTorch": "vs torch", "size MB": "MB", "first ms": "1st ms", "p50 ms": "p50", "p90 ms": "p90",
+          "p99 ms": "p99", "remote ms": "remote"}
 
 
-_SHORT = {"precision": "prec.", "60 s budget": "x under 60 s",
-          "peak RSS MB": "RSS MB", "agree FP32": "agree", "vs PyTorch": "vs torch", "size MB": "MB",
-          "first ms": "1st ms"}
+def _fitting(columns: list[str], cells: list[dict[str, str]], width: int) -> list[str]:
+    """The first columns that fit in `width` characters as a rich table draws them (a border and a space on each
+    side of every cell): a narrow terminal loses whole columns at the end, never letters of a cell."""
+    kept: list[str] = []
+    used = 1
+    for column in columns:
+        need = max([len(_SHORT.get(column, column)), *(len(row.get(column, "")) for row in cells)]) + 3
+        if used + need > width and len(kept) >= 2:
+            break
+        kept.append(column)
+        used += need
+    return kept
 
 
 def bench_table(result: dict, console: Any) -> None:
@@ -84,29 +100,73 @@ def bench_table(result: dict, console: Any) -> None:
 
     columns = _columns(result)
     has_reference = any(r.get("speedup_vs_reference") for r in result["rows"])
-    cells = [dict(zip(columns, _cells(result, row, len(columns)), strict=True)) for row in result["rows"]]
-    for title, wanted in (("batch-1 latency and headroom", _SPEED),
-                          ("images/s at batch N (bN/s), size, start and memory", _RESOURCES)):
-        shown = [c for c in columns if (c in wanted or (c.startswith("img/s b") and "img/s b" in wanted))
-                 and (c != "vs PyTorch" or has_reference)]
+    cells = []
+    for raw in result["rows"]:
+        row = dict(zip(columns, _cells(result, raw, len(columns)), strict=True))
+        row["engine"] = _short_label(result, raw["backend"])
+        for column in columns:
+            if column.startswith("img/s b"):
+                row[column.replace("img/s b", "b") + "/s"] = row.pop(column)
+        cells.append(row)
+    dropped = []
+    for title, wanted in _TABLES:
+        available = [c for c in _expand(wanted, result) if c in cells[0] and (c != "vs PyTorch" or has_reference)
+                     and any(row.get(c) for raw, row in zip(result["rows"], cells, strict=True) if "error" not in raw)]
+        if len(available) <= 2:
+            continue
+        shown = _fitting(available, cells, console.width)
+        dropped += available[len(shown):]
         table = Table(title=f"cxr-edge bench: {title}", title_justify="left")
         for i, column in enumerate(shown):
-            header = column.replace("img/s b", "b") + "/s" if column.startswith("img/s b") else column
-            table.add_column(_SHORT.get(header, header), justify="left" if i < 2 else "right", no_wrap=True)
+            table.add_column(_SHORT.get(column, column), justify="left" if i < 2 else "right", no_wrap=True)
         for raw, row in zip(result["rows"], cells, strict=True):
-            engine = escape(_short_label(result, raw["backend"]))
             if "error" in raw:  # its reason is among the warnings under the tables
-                table.add_row(engine, row["precision"], "[red]did not run[/]")
+                table.add_row(escape(row["engine"]), row["precision"], "[red]did not run[/]")
                 continue
-            table.add_row(engine, *(row[c].replace("x under", "x") for c in shown[1:]))
+            table.add_row(*(escape(row[c].replace("x under", "x")) for c in shown))
         console.print(table)
+    if dropped:
+        console.print(f"[dim]not shown at this width: {', '.join(dropped)} (see --markdown or --json)[/]")
     console.print(header_line(result), style="dim")
     for item in result.get("end_to_end", []):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in item["share"].items())
         console.print(f"end to end, {_label(result, item['backend'])} {item['precision'].upper()}: "
                       f"{item['total_ms']:.2f} ms per file over {item['files']} files ({shares})")
+    for line in verdict_lines(result):
+        console.print(line)
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _expand(wanted: list[str], result: dict) -> list[str]:
+    out = []
+    for column in wanted:
+        out += [f"b{b}/s" for b in result["batches"]] if column == "img/s b" else [column]
+    return out
+
+
+def verdict_lines(result: dict) -> list[str]:
+    """Plain sentences against the hospital's budget of one minute per image: inference alone (the slowest row's
+    p99), and file to label where it was measured; what was not measured, and how to measure it."""
+    budget_ms = result.get("budget_s", 60.0) * 1000
+    ran = [r for r in result["rows"] if "error" not in r]
+    lines = []
+    if ran:
+        worst = max(ran, key=lambda r: r["latency_ms"]["p99"])
+        p99 = worst["latency_ms"]["p99"]
+        lines.append(f"verdict: inference alone is within the one-minute budget on every row: the slowest, "
+                     f"{_label(result, worst['backend'])} {worst['precision'].upper()}, takes {p99:.2f} ms at p99, "
+                     f"{budget_ms / p99:,.0f} times under 60 s")
+    for item in result.get("end_to_end", []):
+        total = item["total_ms"]
+        lines.append(f"verdict: file to label, {_label(result, item['backend'])} {item['precision'].upper()}: "
+                     f"{total:.1f} ms per file, {budget_ms / total:,.0f} times under 60 s"
+                     if total < budget_ms else f"verdict: file to label takes {total:.0f} ms: OVER the budget")
+    if not result.get("end_to_end"):
+        lines.append("file to label: not measured (add --end-to-end --data DIR)")
+    if not any(r["backend"] not in ENGINES for r in result["rows"]):
+        lines.append("PyTorch reference row: not measured (add --checkpoint CKPT; needs the export extra)")
+    return lines
 
 
 def bench_markdown(result: dict) -> str:
@@ -118,6 +178,7 @@ def bench_markdown(result: dict) -> str:
         stages = ", ".join(f"{k} {v:.2f} ms ({item['share'][k]:.0%})" for k, v in item["stage_ms_p50"].items())
         lines.append(f"\nEnd to end, {_label(result, item['backend'])} {item['precision'].upper()} over "
                      f"{item['files']} files: {item['total_ms']:.2f} ms per file: {stages}.")
+    lines += [f"\n{line[0].upper()}{line[1:]}." for line in verdict_lines(result)]
     lines += [f"\nWarning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
