@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .cpu import cpu_flags
 
-__all__ = ["cache_dir", "model_key", "read_json", "replace_json"]
+__all__ = ["cache_dir", "model_key", "read_json"]
 
 CACHE_ENV = "CXR_EDGE_CACHE"
 
@@ -62,17 +62,3 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def replace_json(path: Path, data: dict) -> None:
-    """Replace a cache file whole (temporary file, then rename), so a reader never sees half a file.
-
-    Best effort and not synced: a cache entry that fails to land only makes the next start slower. The live
-    modes' `write_atomic` makes the opposite promises (never replaces, durable before it returns) for results.
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=1))
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)

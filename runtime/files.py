@@ -60,13 +60,18 @@ def write_atomic(path: Path, data: bytes) -> bool:
     return True
 
 
-def replace_json(path: Path, record: dict) -> None:
-    """Replace a status file whole (rename over it), so a reader never sees half of it. Not synced: a status is
-    rewritten every few seconds, and a lost one is replaced by the next."""
+def replace_json(path: Path, record: dict, *, best_effort: bool = False) -> None:
+    """Replace a status or cache file whole (rename over it), so a reader never sees half of it. Not synced: a
+    status is rewritten every few seconds and a lost one is replaced by the next; a cache entry that fails to land
+    only makes the next start slower (`best_effort` then swallows the error). Results use `write_atomic`, which
+    makes the opposite promises: never replaces, durable before it returns."""
     temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
         temp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.replace(temp, path)
+    except OSError:
+        if not best_effort:
+            raise
     finally:
         temp.unlink(missing_ok=True)
 

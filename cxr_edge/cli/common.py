@@ -11,7 +11,7 @@ from cxr_edge.runtime.model.model_file import ENGINES
 
 __all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "SR_KINDS", "model_option",
            "backend_option", "server_options", "remote_if_server", "threads_option", "gate_option", "progress",
-           "csv_list", "engine_choices", "live_output_options", "forward_option", "output_options"]
+           "csv_list", "engine_choices", "engine_options", "live_output_options", "forward_option", "output_options"]
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
 """0 success, 1 usage or model error, 2 some inputs failed while the rest were processed, 3 (with ``--strict``)
@@ -45,6 +45,11 @@ model_option = click.option("--model", type=click.Path(dir_okay=False), default=
                             help="Model file (.onnx, or OpenVINO .xml). Default: the shipped INT8 model.")
 threads_option = click.option("--threads", type=click.IntRange(1), default=None,
                               help="Inference threads (default: all cores).")
+
+
+def engine_options(command: Any) -> Any:
+    """``--model``, ``--backend`` and ``--threads``: which model runs where, for the commands that classify."""
+    return model_option(backend_option()(threads_option(command)))
 
 
 def backend_option(help_text: str = "Inference engine (see `predict --help`).") -> Any:

@@ -12,15 +12,13 @@ import click
 
 from .common import (
     EXIT_OK,
-    backend_option,
+    engine_options,
     forward_option,
     gate_option,
     live_output_options,
-    model_option,
     output_options,
     remote_if_server,
     server_options,
-    threads_option,
 )
 
 __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
@@ -30,9 +28,7 @@ __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Results folder: results/ (one JSON per image), done/ and failed/ (the inputs, moved), "
                    "processing/ (in flight); created if missing.")
-@model_option
-@backend_option()
-@threads_option
+@engine_options
 @click.option("--settle", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds a file's size must stay unchanged before it counts as complete when its writer's "
                    "close cannot be seen (polling, files present at start).")
@@ -89,9 +85,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Results folder: incoming/, done/, failed/ (instances), results/ (JSON per SOP Instance UID), "
                    "sr/ (a report per instance), quarantine/ (refused datasets with their reasons), status.json.")
-@model_option
-@backend_option()
-@threads_option
+@engine_options
 @click.option("--allow", multiple=True, metavar="AE",
               help="Accept associations only from this calling AE title (repeat for several). Default: any. "
                    "Titles match exactly and case-sensitively; leading and trailing spaces do not count (DICOM "

@@ -23,7 +23,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Code", "KnownClass", "KNOWN_CLASSES", "DEFAULT_CLASSES", "COARSE_LABELS", "FINDING_GROUPS",
+__all__ = ["Code", "KnownClass", "Finding", "KNOWN_CLASSES", "DEFAULT_CLASSES", "COARSE_LABELS", "COARSE_ALIASES",
+           "FINDING_GROUPS",
            "PRIVATE_SCHEME", "private_code", "resolve_label", "folder_key"]
 
 PRIVATE_SCHEME = "99CXREDGE"
@@ -63,24 +64,28 @@ NUMBERED = {"0": "covid19", "1": "normal", "2": "viral_pneumonia", "3": "bacteri
 
 
 @dataclass(frozen=True)
-class FindingGroup:
-    """A finding that several classes share: reported beside the class, with its own code."""
+class Finding:
+    """A finding reported above the classes: its name, its name for people, the classes it sums, and its code."""
 
     name: str
     display: str
     classes: tuple[str, ...]
     code: Code
-    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "code", tuple(self.code))
 
 
-FINDING_GROUPS: tuple[FindingGroup, ...] = (
-    FindingGroup("pneumonia", "Pneumonia", ("bacterial_pneumonia", "viral_pneumonia"),
-                 ("233604007", "SCT", "Pneumonia"),
-                 ("pneumonia", "pneumonias", "pneumonia_unknown", "pneumonia_type_unknown")),
+FINDING_GROUPS: tuple[Finding, ...] = (
+    Finding("pneumonia", "Pneumonia", ("bacterial_pneumonia", "viral_pneumonia"), ("233604007", "SCT", "Pneumonia")),
 )
 """Findings above the classes. A model whose classes include every member reports the group's finding (the sum of
-the members' probabilities) for them; a folder named by one of its aliases is a *coarse label*: its images are one
-of the members, not known which."""
+the members' probabilities) for them."""
+
+COARSE_ALIASES: dict[str, tuple[str, ...]] = {
+    "pneumonia": ("pneumonia", "pneumonias", "pneumonia_unknown", "pneumonia_type_unknown")}
+"""Folder names of a finding's *coarse label*: their images are one of the finding's classes, not known which."""
 
 COARSE_LABELS: dict[str, tuple[str, ...]] = {g.name: g.classes for g in FINDING_GROUPS}
 """Coarse label -> the classes it stands for."""
@@ -112,6 +117,6 @@ def resolve_label(folder_name: str, class_names: Sequence[str]) -> tuple[str, tu
     if known in class_names:
         return known, (known,)
     for group in FINDING_GROUPS:
-        if key in group.aliases and all(member in class_names for member in group.classes):
+        if key in COARSE_ALIASES.get(group.name, ()) and all(member in class_names for member in group.classes):
             return group.name, group.classes
     return None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ContractError
-from .classes import FINDING_GROUPS, KNOWN_CLASSES, Code, private_code
+from .classes import FINDING_GROUPS, KNOWN_CLASSES, Code, Finding, private_code
 from .model_file import CONTRACT_KEY, VERSION_KEY
 
 __all__ = ["Contract", "Finding", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES", "OUTPUT_KINDS"]
@@ -39,20 +39,6 @@ INTENSITIES = ("none", "equalize")
 resized image (256 levels), which gives every image the same grey-level distribution, so that a detector's
 contrast, exposure and post-processing curve (and any monotonic brightness, contrast or gamma change) cannot tell
 the model where an image came from."""
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A finding reported above the classes: its name, its name for people, the classes it sums, and its code."""
-
-    name: str
-    display: str
-    classes: tuple[str, ...]
-    code: Code
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "classes", tuple(self.classes))
-        object.__setattr__(self, "code", tuple(self.code))
 
 
 @dataclass(frozen=True)
@@ -109,8 +95,7 @@ class Contract:
                 KNOWN_CLASSES[n].code if n in KNOWN_CLASSES else private_code(n, display)
                 for n, display in zip(names, self.display_names, strict=False)))
         if self.findings is None:
-            found = [Finding(g.name, g.display, g.classes, g.code) for g in FINDING_GROUPS
-                     if all(member in names for member in g.classes)]
+            found = [g for g in FINDING_GROUPS if all(member in names for member in g.classes)]
         else:
             found = [f if isinstance(f, Finding) else Finding(**f) for f in self.findings]
         object.__setattr__(self, "findings", tuple(found))

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ...cache import cache_dir, model_key, read_json, replace_json
+from ...cache import cache_dir, model_key, read_json
 from ...cpu import has_vnni
 from ...errors import ModelError
+from ...files import replace_json
 from ...timing import time_interleaved
 from ..model_file import ENGINES, FORMATS, QUANTIZATION_KEY, engine, engines_for, installed, model_format
 from .base import MODES, Backend, ModelIO, check_io
@@ -94,7 +95,7 @@ def _measured_faster(path: Path, candidates: list[str], threads: int | None, run
     detail = ", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items())
     if record_path is not None:
         record[key] = {"backend": best, "detail": detail}
-        replace_json(record_path, record)
+        replace_json(record_path, record, best_effort=True)
     return best, f"measured faster here ({detail})"
 
 
