@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import printable
-from ..files import fit_name, json_bytes, write_atomic, write_json_atomic
+from ..files import fit_name, json_bytes, utc_now, write_atomic, write_json_atomic
 from ..model.classifier import Prediction
 from ..model.contract import Contract
+from ..model.model_file import file_sha256
 
 __all__ = ["Outcome", "study_header_of", "Step", "OutputSteps", "HeatmapStep", "SecondaryCaptureStep", "RecordStep",
            "ReportStep", "FhirStep", "ForwardStep", "RowStep", "HeartbeatStep", "Naming", "caption", "OutputOptions",
@@ -300,18 +301,33 @@ class FhirStep(_RebuiltStep):
 
     key = "fhir"
 
-    def __init__(self, naming: Naming, model_sha256: str, software_version: str, keep_phi: bool = False) -> None:
+    def __init__(self, naming: Naming, model_name: str, model_sha256: str, software_version: str,
+                 keep_phi: bool = False) -> None:
         super().__init__(naming)
-        self.model_sha256, self.software_version, self.keep_phi = model_sha256, software_version, keep_phi
+        self.model_name, self.model_sha256, self.software_version = model_name, model_sha256, software_version
+        self.keep_phi = keep_phi
 
     def render(self, outcome: Outcome) -> bytes:
         from .fhir import build_fhir_bundle
 
         known = outcome.record.get("patient") or (outcome.prediction.patient if outcome.prediction else None)
         patient = {k: str(known.get(k, "")) for k in ("id", "name")} if self.keep_phi and known else None
-        bundle = build_fhir_bundle(outcome.record, outcome.contract, model_sha256=self.model_sha256,
+        bundle = build_fhir_bundle(self._identified(outcome) | {"model": self.model_name}, outcome.contract, model_sha256=self.model_sha256,
                                    software_version=self.software_version, patient=patient)
         return json_bytes(bundle)
+
+    @staticmethod
+    def _identified(outcome: Outcome) -> dict[str, Any]:
+        """The record with what names the image and the time (a `predict` record has neither of its own): the
+        SOP Instance UID of a DICOM input, else the file's SHA-256."""
+        record = dict(outcome.record)
+        record.setdefault("finished", utc_now())
+        header = outcome.header()
+        if not record.get("sop_instance_uid") and header is not None:
+            record["sop_instance_uid"] = str(header.SOPInstanceUID)
+        if not record.get("sop_instance_uid") and not record.get("sha256") and outcome.source is not None:
+            record["sha256"] = file_sha256(outcome.source)
+        return record
 
 
 class ForwardStep(Step):
@@ -375,8 +391,6 @@ class OutputOptions:
 def _identity(classifier: Any) -> dict[str, str]:
     import cxr_edge
 
-    from ..model.model_file import file_sha256
-
     return {"model_name": classifier.path.name, "model_sha256": file_sha256(classifier.path),
             "software_version": cxr_edge.__version__}
 
@@ -394,8 +408,7 @@ def live_steps(out: Path, options: OutputOptions, classifier: Any, *, record_pat
     if options.sr:
         steps.append(ReportStep(Naming(out / "sr", ".sr.dcm", root=out), options.sr, **identity))
     if options.fhir is not None:
-        steps.append(FhirStep(Naming(options.fhir, ".json", root=out), identity["model_sha256"],
-                              identity["software_version"], options.keep_phi))
+        steps.append(FhirStep(Naming(options.fhir, ".json", root=out), **identity, keep_phi=options.keep_phi))
     steps.append(RecordStep(record_path))
     if outbox is not None:
         steps.append(ForwardStep(outbox, out))
@@ -415,6 +428,5 @@ def file_steps(classifier: Any, *, cam_dir: Path | None = None, sr_dir: Path | N
     if sr_dir is not None:
         steps.append(ReportStep(Naming(sr_dir, ".sr.dcm", unique=True), sr_kind, **identity))
     if fhir_dir is not None:
-        steps.append(FhirStep(Naming(fhir_dir, ".fhir.json", unique=True), identity["model_sha256"],
-                              identity["software_version"], keep_phi))
+        steps.append(FhirStep(Naming(fhir_dir, ".fhir.json", unique=True), **identity, keep_phi=keep_phi))
     return OutputSteps(steps)
