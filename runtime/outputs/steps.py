@@ -312,7 +312,8 @@ class FhirStep(_RebuiltStep):
 
         known = outcome.record.get("patient") or (outcome.prediction.patient if outcome.prediction else None)
         patient = {k: str(known.get(k, "")) for k in ("id", "name")} if self.keep_phi and known else None
-        bundle = build_fhir_bundle(self._identified(outcome) | {"model": self.model_name}, outcome.contract, model_sha256=self.model_sha256,
+        record = self._identified(outcome) | {"model": self.model_name}
+        bundle = build_fhir_bundle(record, outcome.contract, model_sha256=self.model_sha256,
                                    software_version=self.software_version, patient=patient)
         return json_bytes(bundle)
 
