@@ -6,9 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # A real Triton server for the remote-engine tests (see the `test` target): its own environment.
 TRITON_VENV ?= .venv-triton
-# The labelled images: a setting, never a path in the code (folders separated by ':'). The default is the two
-# shared sets beside the checkout: the four-class set, then the adult set.
-CXR_DATA ?= $(abspath ../shared/datasets/cxr4):$(abspath ../shared/datasets/cxr-adult)
+# The labelled images: a setting, never a path in the code (folders separated by ':'). The default is the three
+# shared sets beside the checkout: the four-class set, the adult set, and the NIH set (adult pneumonia, type unknown).
+CXR_DATA ?= $(abspath ../shared/datasets/cxr4):$(abspath ../shared/datasets/cxr-adult):$(abspath ../shared/datasets/cxr-nih)
 export CXR_DATA
 
 .PHONY: bench test lint clean release-model system-tools runtime-libs

@@ -29,14 +29,14 @@ def model(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dirs() -> list[Path]:
-    """The labelled training images, from the ``$CXR_DATA`` setting: the four-class set first, then the adult set
-    (`make test` sets it to both shared sets).
+    """The labelled training images, from the ``$CXR_DATA`` setting: the four-class set first, then the adult set and
+    the NIH set (`make test` sets it to the three shared sets).
 
     Missing data fails the tests that need it rather than skipping them: a skipped check proves nothing.
     """
     setting = os.environ.get("CXR_DATA")
     assert setting, ("set CXR_DATA to the labelled images (make test sets it to "
-                     "../shared/datasets/cxr4:../shared/datasets/cxr-adult)")
+                     "../shared/datasets/cxr4:../shared/datasets/cxr-adult:../shared/datasets/cxr-nih)")
     paths = [Path(p) for p in setting.split(os.pathsep) if p]
     for path in paths:
         assert path.is_dir(), f"labelled data not found at {path} (from $CXR_DATA)"

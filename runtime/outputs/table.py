@@ -233,7 +233,8 @@ class TableWriter:
                 self.console.print(f"[red]failed[/] {escape(printable(p.path))}: {escape(printable(p.error))}")
             for warning in p.warnings:
                 colour = "red" if warning.startswith("rejected") else "yellow"
-                self.console.print(f"[{colour}]{p.status}[/] {escape(printable(p.path))}: {escape(printable(warning))}")
+                said = warning.removeprefix(f"{p.status}: ")  # the line starts with the status already
+                self.console.print(f"[{colour}]{p.status}[/] {escape(printable(p.path))}: {escape(printable(said))}")
         info = summary.as_dict()
         median = f"median {info['median_ms']:.1f} ms per image; slowest {info['verdict']}" \
             if info["median_ms"] is not None else info["verdict"]

@@ -235,3 +235,40 @@ def test_a_rejected_dicom_keeps_no_label_and_the_table_says_why(setup, tmp_path)
     record = json.loads(warned.stdout)
     assert record["status"] == "classified" and record["label"] in CLASSES
     assert "body part is HAND, not CHEST" in record["warnings"]
+
+
+def test_gate_warn_strict_exits_3_when_the_gate_objects_to_a_photo(setup, tmp_path):
+    """The shipped model's gate refuses a photograph; with --gate warn it keeps a label, and --strict still says
+    that something was wrong with exit code 3."""
+    from skimage.data import chelsea
+
+    _, images, cache = setup
+    photo = tmp_path / "cat.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(chelsea(), cv2.COLOR_RGB2BGR))
+    warned = _run("predict", photo, "--gate", "warn", "--format", "jsonl", cache=cache)
+    assert warned.returncode == 0, warned.stderr
+    record = json.loads(warned.stdout)
+    assert record["label"] is not None and any(w.startswith("gate: ") for w in record["warnings"])
+    strict = _run("predict", photo, "--gate", "warn", "--strict", "--format", "jsonl", cache=cache)
+    assert strict.returncode == 3, strict.stderr
+
+
+def test_a_rejected_row_shows_no_probability_and_a_long_name_stays_on_one_line(setup, tmp_path):
+    from skimage.data import chelsea
+
+    _, images, cache = setup
+    photo = tmp_path / "cat.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(chelsea(), cv2.COLOR_RGB2BGR))
+    long_name = tmp_path / (("film-of-a-long-study-description-" * 4)[:116] + ".png")
+    assert len(long_name.name) == 120
+    long_name.write_bytes(images[0].read_bytes())
+    table = _run("predict", photo, long_name, "--format", "table", cache=cache, env={"COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2 and all(len(line) <= 80 for line in table.stdout.splitlines())
+    cat, film = rows
+    assert "cat.png" in cat and "rejected" in cat
+    assert [cell.strip() for cell in cat.split("│")][3] == "-"  # no probability for a refusal
+    assert "film-of" in film and film.rstrip().endswith("│")
+    record = json.loads(_run("predict", photo, "--format", "jsonl", cache=cache).stdout)
+    assert record["status"] == "rejected" and record["finding"] is None and record["probabilities"]  # kept in jsonl

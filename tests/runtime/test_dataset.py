@@ -114,12 +114,37 @@ def test_several_roots_keep_each_image_source_patient_and_age(tmp_path):
 
 
 def test_the_shared_roots_together(data_dirs):
-    assert len(data_dirs) == 2, "CXR_DATA should name the four-class set and the adult set"
+    assert len(data_dirs) == 3, "CXR_DATA should name the four-class set, the adult set and the NIH set"
     dataset = scan_dataset(data_dirs)
     assert dataset.cells() == {"bacterial_pneumonia/kermany/child": 80, "covid19/hannover-mhh/adult": 93,
                                "covid19/ieee8023-covid/adult": 73, "normal/kermany/child": 80,
-                               "normal/rsna-nih/adult": 300, "viral_pneumonia/kermany/child": 80}
+                               "normal/rsna-nih/adult": 300, "viral_pneumonia/kermany/child": 80,
+                               "normal/nih-cxr14/adult": 311, "pneumonia/nih-cxr14/adult": 289}
     assert len({s.group for s in dataset.samples if s.source == "hannover-mhh"}) == 40  # serial films grouped
+    coarse = [s for s in dataset.samples if s.coarse]
+    assert len(coarse) == 289 and {s.classes for s in coarse} == {("bacterial_pneumonia", "viral_pneumonia")}
+    assert {s.view for s in coarse} == {"PA", "AP"} and {s.age for s in coarse} == {"adult"}  # numbers of years
+
+
+def test_a_coarse_folder_numeric_ages_and_views(tmp_path):
+    """A ``pneumonia`` folder allows both pneumonia classes; manifest ages in years decide the age group."""
+    root = _tree(tmp_path / "site", {"Pneumonia": ["p1_a.png", "p1_b.png", "p2.png"], "normal": ["n1.png"]})
+    (root / "MANIFEST.tsv").write_text(
+        "class\tsource\tpatient\tage\tsex\tview\tfile\n"
+        "pneumonia\tsite\tP1\t17\tF\tAP\tPneumonia/p1_a.png\n"
+        "pneumonia\tsite\tP1\t18\tF\tPA\tPneumonia/p1_b.png\n"
+        "pneumonia\tsite\tP2\t71.5\tM\tsomething\tPneumonia/p2.png\n"
+        "normal\tsite\tN1\tunknown\tM\tPA\tnormal/n1.png\n")
+    dataset = scan_dataset(root)
+    described = {s.path.name: (s.label, s.classes, s.age, s.view) for s in dataset.samples}
+    both = ("bacterial_pneumonia", "viral_pneumonia")
+    assert described == {"p1_a.png": ("pneumonia", both, "child", "AP"), "p1_b.png": ("pneumonia", both, "adult", "PA"),
+                         "p2.png": ("pneumonia", both, "adult", "unknown"),
+                         "n1.png": ("normal", ("normal",), "unknown", "PA")}
+    assert dataset.counts() == {"normal": 1, "covid19": 0, "bacterial_pneumonia": 0, "viral_pneumonia": 0,
+                                "pneumonia": 3}
+    with pytest.raises(DatasetError, match="unknown class folders: Pneumonia"):  # a model without both classes
+        scan_dataset(root, ("normal", "covid19", "bacterial_pneumonia"))
 
 
 def test_several_roots_from_the_setting(tmp_path, monkeypatch):

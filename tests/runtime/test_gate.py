@@ -79,6 +79,37 @@ def test_an_adult_called_a_class_only_seen_in_children_is_warned_about():
     assert judge(SURE_NORMAL, policy=POLICY, gate_score=0.5, orientation=UPRIGHT, header=adult).warnings == ()
 
 
+def test_an_adult_with_a_pneumonia_finding_is_told_the_subtype_was_learnt_from_children():
+    from dataclasses import replace
+
+    from cxr_edge.runtime.model.contract import Contract
+
+    contract = Contract(input_size=(64, 64), class_names=tuple(SURE_BACTERIAL))
+    policy = replace(POLICY, abstain_on="finding")
+    adult = HeaderFacts(modality="DX", body_part="CHEST", age_years=45)
+    verdict = judge(SURE_BACTERIAL, policy=policy, gate_score=0.5, orientation=UPRIGHT, header=adult,
+                    finding=contract.finding(SURE_BACTERIAL), finding_of={n: contract.finding_of(n) for n in
+                                                                         SURE_BACTERIAL})
+    assert verdict.status == "classified" and verdict.label == "bacterial_pneumonia"
+    assert verdict.warnings == ("the patient is an adult (PatientAge): the finding is pneumonia, but its subtype "
+                                "bacterial_pneumonia was learnt from child images only",)
+
+
+def test_abstention_on_the_finding_sums_its_classes():
+    """Split between two pneumonia classes, a film is sure of pneumonia though unsure of the subtype."""
+    from dataclasses import replace
+
+    from cxr_edge.runtime.model.contract import Contract
+
+    split = {"normal": 0.05, "covid19": 0.05, "bacterial_pneumonia": 0.45, "viral_pneumonia": 0.45}
+    contract = Contract(input_size=(64, 64), class_names=tuple(split))
+    on_finding = judge(split, policy=replace(POLICY, abstain_on="finding"), gate_score=0.5, orientation=UPRIGHT,
+                       finding=contract.finding(split))
+    assert on_finding.status == "classified" and contract.finding(split) == ("pneumonia", pytest.approx(0.9))
+    on_label = judge(split, policy=POLICY, gate_score=0.5, orientation=UPRIGHT, finding=contract.finding(split))
+    assert on_label.status == "uncertain"  # a model made before findings abstains on its top class
+
+
 def test_a_model_without_a_policy_classifies_everything():
     verdict = judge(SURE_NORMAL, policy=None, gate_score=None, orientation=None)
     assert (verdict.status, verdict.label, verdict.gate) == ("classified", "normal", None)
