@@ -123,3 +123,55 @@ def test_val_fraction_zero_trains_on_everything_for_the_given_epochs(small_datas
     checkpoint = load_checkpoint(tmp_path / "all" / CHECKPOINT_NAME)
     assert checkpoint["provenance"]["train_files"] == 24 and checkpoint["provenance"]["val_files"] == 0
     assert (tmp_path / "all" / "curves.png").exists() and not (tmp_path / "all" / "confusion_matrix.png").exists()
+
+
+@pytest.fixture()
+def with_coarse(small_dataset, data_dirs, tmp_path):
+    """The small four-class set and, as a second root, twelve NIH adult pneumonias (type unknown) with their
+    manifest rows: numeric ages, views, patients."""
+    nih = next(d for d in data_dirs if (d / "pneumonia").is_dir())
+    root = tmp_path / "nih"
+    (root / "pneumonia").mkdir(parents=True)
+    rows = (nih / "MANIFEST.tsv").read_text().splitlines()
+    kept = [rows[0]] + [r for r in rows[1:] if r.split("\t")[0] == "pneumonia"][:12]
+    for row in kept[1:]:
+        name = row.split("\t")[-1]
+        (root / name).write_bytes((nih / name).read_bytes())
+    (root / "MANIFEST.tsv").write_text("\n".join(kept) + "\n")
+    return [small_dataset, root]
+
+
+def test_coarse_labels_are_trained_on_and_supervise_only_their_sum(with_coarse, tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(**TINY), with_coarse, out, console=None)
+    checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["counts"]["pneumonia"] == 12 and "pneumonia/nih-cxr14/adult" in metrics["cells"]
+    assert checkpoint["populations"]["bacterial_pneumonia"] == ["child"]  # a coarse label teaches no subtype
+    assert [f.name for f in checkpoint["contract"].findings] == ["pneumonia"]
+    assert set(metrics["findings"]["per_finding"]) == {"normal", "covid19", "pneumonia"}
+    coarse = [f for f in metrics["val_files"] if f["label"] == "pneumonia"]
+    assert coarse and all(f["view"] in ("PA", "AP") and f["age"] == "adult" for f in coarse)
+    train_part, val_part = stratified_split(scan_dataset(with_coarse).samples, 0.25, 0)
+    assert {s.group for s in train_part}.isdisjoint({s.group for s in val_part})
+    policy = checkpoint["reliability"]["policy"]
+    assert policy["abstain_on"] == "finding" and policy["abstain_below"] > 0.25  # above a four-class floor
+    reliability = metrics["reliability"]
+    assert 0 < reliability["uncertain_share"] <= 0.2  # the share it was fitted to flag, on so few images
+
+
+def test_the_partial_label_loss():
+    from cxr_edge.export.labels import partial_nll
+
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1.0]], requires_grad=True)
+    one = torch.tensor([[False, False, True, False]])
+    reference = torch.nn.functional.cross_entropy(logits, torch.tensor([2]), label_smoothing=0.1)
+    assert torch.allclose(partial_nll(logits, one, 0.1), reference)  # one class: label-smoothed cross-entropy
+    both = torch.tensor([[False, False, True, True]])
+    loss = partial_nll(logits, both).sum()
+    loss.backward()
+    p = logits.detach().softmax(dim=1)[0]
+    assert torch.isclose(loss, -torch.log(p[2] + p[3]))
+    grad = logits.grad[0]  # the allowed classes go up in proportion to their share (never apart), the others down
+    assert grad[2] < 0 and grad[3] < 0 and torch.isclose(grad[2] / grad[3], p[2] / p[3])
+    assert torch.allclose(grad[:2], p[:2])
