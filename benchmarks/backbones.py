@@ -27,23 +27,24 @@ import torch
 from torch import nn
 
 from cxr_edge.export.data import load_resized, stratified_split
+from cxr_edge.export.labels import allowed_mask, partial_nll
 from cxr_edge.export.to_onnx import model_from_checkpoint
 from cxr_edge.export.train import augment, cell_weights, load_checkpoint
 from cxr_edge.export.zoo import CamClassifier
 from cxr_edge.runtime.evaluation.bench import machine_info, versions
-from cxr_edge.runtime.evaluation.dataset import CLASS_NAMES, resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.evaluation.metrics import group_report
+from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
+from cxr_edge.runtime.evaluation.metrics import group_hits
 from cxr_edge.runtime.model.preprocess import to_input
 
 TEMPERATURE = 4.0
 """Distillation temperature: softens the teacher's probabilities so that its second choices teach too."""
 
 
-def student(arch: str) -> CamClassifier:
+def student(arch: str, classes: int) -> CamClassifier:
     backbone = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="", in_chans=1)
     with torch.inference_mode():
         features = backbone(torch.zeros(1, 1, 64, 64)).shape[1]
-    return CamClassifier(backbone, features, len(CLASS_NAMES), drop_rate=0.2)
+    return CamClassifier(backbone, features, classes, drop_rate=0.2)
 
 
 def main() -> None:
@@ -63,8 +64,8 @@ def main() -> None:
     train_part, val_part = stratified_split(dataset.samples, config["val_fraction"], config["split_seed"])
     train_x, train_kept, _ = load_resized(train_part, contract)
     val_x, val_kept, _ = load_resized(val_part, contract)
-    train_y = torch.tensor([s.label for s in train_kept])
-    model = student(args.arch).to(memory_format=torch.channels_last)
+    train_y = torch.from_numpy(allowed_mask(train_kept, contract.class_names))
+    model = student(args.arch, contract.num_classes).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     steps = args.epochs * (len(train_x) // 32 + 1)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
@@ -83,20 +84,20 @@ def main() -> None:
             logits = model(inputs)
             distilled = nn.functional.kl_div((logits / TEMPERATURE).log_softmax(dim=1), soft,
                                              reduction="batchmean") * TEMPERATURE**2
-            loss = 0.5 * distilled + 0.5 * nn.functional.cross_entropy(logits, train_y[index], label_smoothing=0.1)
+            loss = 0.5 * distilled + 0.5 * partial_nll(logits, train_y[index], 0.1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
         print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}", flush=True)
     model.eval()
-    val_y = [s.label for s in val_kept]
     with torch.inference_mode():
         inputs = torch.from_numpy(to_input(val_x, contract))
         predicted = {"student": model(inputs).argmax(dim=1).numpy(), "teacher": teacher(inputs).argmax(dim=1).numpy()}
-    cells = [f"{CLASS_NAMES[s.label]}/{s.source}/{s.age}" for s in val_kept]
-    patients = [s.group for s in val_kept]
-    reports = {name: group_report(val_y, pred, cells, CLASS_NAMES, patients) for name, pred in predicted.items()}
+    names, patients = contract.class_names, [s.group for s in val_kept]
+    reports = {name: group_hits([names[i] in s.classes for i, s in zip(pred, val_kept, strict=True)],
+                                [names[i] for i in pred], [s.cell for s in val_kept], names, patients)
+               for name, pred in predicted.items()}
     worse = [cell for cell, row in reports["student"].items() if row["ci95"][1] < reports["teacher"][cell]["accuracy"]]
     record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
               "versions": versions(), "arch": args.arch, "epochs": args.epochs,
