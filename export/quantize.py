@@ -80,7 +80,8 @@ from ..runtime.model.preprocess import load_many, to_input
 from ..runtime.timing import time_interleaved
 from .provenance import set_onnx_metadata
 
-__all__ = ["quantize", "ContractReader", "compare_models", "RECIPES", "QuantReport", "render_comparison"]
+__all__ = ["quantize", "ContractReader", "compare_models", "RECIPES", "QuantReport", "render_comparison", "ort_config",
+           "nncf_parameters"]
 
 
 def _inputs(files: Sequence[Path], contract: Contract,
@@ -119,33 +120,57 @@ def _metadata_onnx(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
+def ort_config(inputs: np.ndarray, keep_fp32: Sequence[str]) -> Any:
+    """The ONNX Runtime recipe as onnxruntime's own `StaticQuantConfig`: QDQ, uint8 activations, int8 per-channel
+    full-range weights (see the module docstring), MinMax calibration on `inputs`, every Conv and Clip but
+    `keep_fp32` (the stem) quantised."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, StaticQuantConfig
+
+    return StaticQuantConfig(ContractReader(inputs), calibrate_method=CalibrationMethod.MinMax,
+                             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                             weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "Clip"],
+                             nodes_to_exclude=list(keep_fp32), per_channel=True, reduce_range=False,
+                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def _described(config: Any) -> dict:
+    """What a `StaticQuantConfig` decides, as the model's quantisation metadata records it."""
+    return {"tool": "onnxruntime.quantization.quantize (StaticQuantConfig)", "format": config.quant_format.name,
+            "ops": list(config.op_types_to_quantize), "activations": config.activation_type.name,
+            "weights": config.weight_type.name + (" per-channel" if config.per_channel else ""),
+            "reduce_range": config.reduce_range, "calibration": config.calibrate_method.name,
+            "extra_options": dict(config.extra_options), "pre_process": "quant_pre_process",
+            "fp32_nodes": list(config.nodes_to_exclude)}
+
+
 def _quantize_ort(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str], **_: object) -> dict:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize as quantize_onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    recipe = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "ops": ["Conv", "Clip"],
-              "activations": "uint8",
-              "weights": "int8 per-channel", "reduce_range": False, "calibration": "MinMax",
-              "pre_process": "quant_pre_process", "fp32_nodes": []}
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared)).graph
-        convs = [n for n in graph.node if n.op_type == "Conv"]
+        convs = [n for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
         # Quantise the convolutions of the backbone only: the stem (first conv) and the class-activation head
         # (Einsum/MatMul after the last conv) stay FP32, see the module docstring.
-        keep_fp32 = [convs[0].name] if convs else []
-        recipe["fp32_nodes"] = keep_fp32
-        quantize_static(str(prepared), str(out), ContractReader(inputs), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "Clip"], per_channel=True, reduce_range=False,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        config = ort_config(inputs, [convs[0].name] if convs else [])
+        quantize_onnx(str(prepared), str(out), config)
+    recipe = _described(config)
     model = onnx.load(str(out))
     set_onnx_metadata(model, metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)})
     onnx.save(model, str(out))
     return recipe
+
+
+def nncf_parameters(subset_size: int, ignored: Any) -> dict[str, Any]:
+    """The NNCF recipe as NNCF's own parameter objects: the PERFORMANCE preset (symmetric weights, the default
+    overflow fix of the first layer), full bias correction, and an ignored scope for what lies outside the
+    backbone (`_outside_the_backbone`)."""
+    import nncf
+
+    return {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": subset_size,
+            "fast_bias_correction": False, "ignored_scope": ignored}
 
 
 def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: dict[str, str], *,
@@ -158,10 +183,10 @@ def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: di
     model.reshape({INPUT_NAME: [1, *inputs.shape[1:]]})
     calibration = nncf.Dataset(list(inputs[:, None]))  # one image per item
     stem, outside = _outside_the_backbone(model)
-    ignored = nncf.IgnoredScope(names=[stem, *outside], validate=False)
-    recipe: dict = {"tool": "nncf", "preset": "performance", "subset_size": len(inputs),
-                    "fast_bias_correction": False, "accuracy_aware": False, "converted_with": "ov.convert_model",
-                    "fp32_nodes": [stem], "fp32_after_backbone": len(outside)}
+    parameters = nncf_parameters(len(inputs), nncf.IgnoredScope(names=[stem, *outside], validate=False))
+    recipe: dict = {"tool": "nncf", "preset": parameters["preset"].value, "subset_size": parameters["subset_size"],
+                    "fast_bias_correction": parameters["fast_bias_correction"], "accuracy_aware": False,
+                    "converted_with": "ov.convert_model", "fp32_nodes": [stem], "fp32_after_backbone": len(outside)}
     if accuracy_aware:
         if labelled is None:
             raise CxrEdgeError("accuracy-aware quantisation needs a labelled validation folder (--val DIR)")
@@ -174,12 +199,10 @@ def _quantize_openvino(source: Path, out: Path, inputs: np.ndarray, metadata: di
             return float(np.mean(hits))
 
         quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, accuracy, max_drop=max_drop,
-                                                        subset_size=len(inputs), fast_bias_correction=False,
-                                                        ignored_scope=ignored)
+                                                        **parameters)
         recipe |= {"accuracy_aware": True, "max_drop": max_drop}
     else:
-        quantized = nncf.quantize(model, calibration, subset_size=len(inputs), fast_bias_correction=False,
-                                  ignored_scope=ignored)
+        quantized = nncf.quantize(model, calibration, **parameters)
     for key, value in (metadata | {QUANTIZATION_KEY: json.dumps(recipe, sort_keys=True)}).items():
         quantized.set_rt_info(value, ["cxr_edge", key])
     ov.save_model(quantized, str(out), compress_to_fp16=False)

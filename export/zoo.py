@@ -153,21 +153,23 @@ def efficientnet_lite0_imagenet() -> nn.Module:
 
 
 def _build_lite0(num_classes: int, weights: dict | None) -> CamClassifier:
+    """timm's ``tf_efficientnet_lite0`` as an unpooled one-channel backbone, its weights loaded by timm's own
+    pretrained machinery (`pretrained_cfg_overlay` with the state dict): timm drops the ImageNet classifier and
+    adapts the RGB stem to one channel by summing its filters, which gives exactly the three-channel network's
+    answer on a gray image repeated three times (mean and std are equal per channel), at a third of the input
+    work."""
     import timm
-    from timm.models import adapt_input_conv
 
+    if weights is not None and "_conv_stem.weight" in weights:
+        weights = remap_lukemelas_lite0(weights)
     # global_pool='' and num_classes=0 make timm's model return the unpooled feature map.
-    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="",
-                                 in_chans=1, drop_path_rate=0.1)
-    if weights is not None:
-        if "_conv_stem.weight" in weights:
-            weights = remap_lukemelas_lite0(weights)
-        weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
-        # X-rays are grayscale: summing the RGB stem filters gives exactly the 3-channel network's answer on a
-        # gray image repeated three times (mean and std are equal per channel), at a third of the input work.
-        if weights["conv_stem.weight"].shape[1] == 3:
-            weights["conv_stem.weight"] = adapt_input_conv(1, weights["conv_stem.weight"])
-        backbone.load_state_dict(weights, strict=True)
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=weights is not None, num_classes=0,
+                                 global_pool="", in_chans=1, drop_path_rate=0.1,
+                                 pretrained_cfg_overlay={"state_dict": dict(weights)} if weights else None)
+    if weights is not None:  # timm loads leniently once it has dropped the classifier: check nothing else is missing
+        missing = sorted(set(backbone.state_dict()) - set(weights))
+        if missing:
+            raise CxrEdgeError(f"the EfficientNet-Lite0 weights lack {len(missing)} tensors ({missing[0]}, ...)")
     return CamClassifier(backbone, backbone.num_features, num_classes, drop_rate=0.2)
 
 
