@@ -244,3 +244,15 @@ def test_the_cli_offers_the_runtime_s_own_choice_lists_not_copies():
     assert edge.OUTPUT_FORMATS is choices.OUTPUT_FORMATS is table.FORMATS
     assert common.SR_KINDS is choices.SR_KINDS is reports.SR_KINDS
     assert common.GATE_MODES is choices.GATE_MODES is gate.GATE_MODES
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Small, obvious code: a body that needs more lines is several steps that deserve names."""
+    long = []
+    for folder in ("runtime", "export", "cxr_edge"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                        node.end_lineno - node.lineno + 1 > 80:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert long == []

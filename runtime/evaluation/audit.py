@@ -164,20 +164,24 @@ def run_audit(classifier: Classifier, data_dirs: Sequence[Path], *, batch_size: 
     predicted = plain[PROBABILITIES].argmax(axis=1)
     survives = predicted == masked_pred
     in_box = np.asarray([_centre_in_box(plain[CAM][i, predicted[i]]) for i in range(len(samples))])
-    by_source: dict[str, dict] = {}
-    for source in sorted({s.source for s in samples}):
-        mask = np.asarray([s.source == source for s in samples])
-        by_source[source] = {"images": int(mask.sum()), "label_survives_masking": float(survives[mask].mean()),
-                             "heatmap_in_lung_box": float(in_box[mask].mean()),
-                             "label_holds_under": {name: float(np.mean(pred[mask] == predicted[mask]))
-                                                   for name, pred in stressed.items()},
-                             "called": {name: {c: int(np.sum(pred[mask] == i)) for i, c in
-                                               enumerate(classifier.contract.class_names)}
-                                        for name, pred in ({"as given": predicted, "lungs blacked out": masked_pred}
-                                                           | stressed).items()}}
+    called = {"as given": predicted, "lungs blacked out": masked_pred} | stressed
+    names = classifier.contract.class_names
+
+    def figures(mask: np.ndarray) -> dict:
+        return {"images": int(mask.sum()), "label_survives_masking": float(survives[mask].mean()),
+                "heatmap_in_lung_box": float(in_box[mask].mean()),
+                "label_holds_under": {name: float(np.mean(pred[mask] == predicted[mask]))
+                                      for name, pred in stressed.items()},
+                "called": {name: {c: int(np.sum(pred[mask] == i)) for i, c in enumerate(names)}
+                           for name, pred in called.items()}}
+
+    by_source = {source: figures(np.asarray([s.source == source for s in samples]))
+                 for source in sorted({s.source for s in samples})}
+    by_view = {view: figures(np.asarray([f"{s.source}/{s.view}" == view for s in samples]))
+               for view in sorted({f"{s.source}/{s.view}" for s in samples if s.view != "unknown"})}
     return {"images": len(samples), "unreadable": [str(e) for e in errors], "lung_box": list(LUNG_BOX),
             "label_survives_masking": float(survives.mean()), "heatmap_in_lung_box": float(in_box.mean()),
-            "by_source": by_source, "source_probe_auroc": _source_probe(
+            "by_source": by_source, "by_view": by_view, "source_probe_auroc": _source_probe(
                 plain[FEATURES], samples, [classifier.contract.finding_of(s.classes[0]) for s in samples]),
             "model": str(classifier.path)}
 

@@ -189,7 +189,8 @@ def _labelled_inputs(data_dir: Path | Sequence[Path],
 
 def label_figures(samples: Sequence[Sample], probabilities: np.ndarray, contract: Contract) -> dict[str, Any]:
     """Accuracy (a coarse label is right when the top class is one it allows), macro-F1 over the images with one
-    class, accuracy per label-source-age cell and the findings, each with intervals over patients."""
+    class, accuracy per label-source-age cell, per age group, per source and per view, and the findings, each with
+    intervals over patients."""
     names = contract.class_names
     top = probabilities.argmax(axis=1)
     called = [names[i] for i in top]
@@ -198,8 +199,10 @@ def label_figures(samples: Sequence[Sample], probabilities: np.ndarray, contract
     exact = [i for i, s in enumerate(samples) if not s.coarse]
     report = classification_report([names.index(samples[i].label) for i in exact], top[exact], names)
     found = [contract.finding(dict(zip(names, row, strict=True)))[0] for row in probabilities]
+    groups = {"by_cell": [s.cell for s in samples], "by_age": [s.age for s in samples],
+              "by_source": [s.source for s in samples], "by_view": [f"{s.age}/{s.view}" for s in samples]}
     return {"accuracy": float(np.mean(hits)), "macro_f1": report["macro_f1"], "images": len(samples),
-            "by_cell": group_hits(hits, called, [s.cell for s in samples], names, patients),
+            **{key: group_hits(hits, called, keys, names, patients) for key, keys in groups.items()},
             "findings": finding_report([contract.finding_of(s.classes[0]) for s in samples], found,
                                        contract.finding_names, patients)}
 
