@@ -30,18 +30,25 @@ bench: $(VENV)/.runtime-installed runtime-libs
 	$(BIN)/cxr-edge bench
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(1); }
+# Only what is missing, without recommended packages, never upgrading what is already installed.
+APT_FLAGS := -y -q --no-install-recommends --no-upgrade
+APT_INSTALL = $(SUDO) apt-get install $(APT_FLAGS) $(1) || { $(SUDO) apt-get update -q && \
+	$(SUDO) apt-get install $(APT_FLAGS) $(1); }
 
 # The runtime's one system library: OpenJPEG, which decodes JPEG 2000 at reduced resolution (through glymur).
 # Without it JPEG 2000 images still decode, in full and more slowly.
 runtime-libs:
-	@/sbin/ldconfig -p | grep -q libopenjp2.so.7 || { $(call APT_INSTALL,libopenjp2-7); }
+	@/sbin/ldconfig -p | grep -q libopenjp2.so.7 || { echo "make: installing from Debian: libopenjp2-7"; \
+	  $(call APT_INSTALL,libopenjp2-7); }
 
-# Real peers for the live-mode tests, from Debian: dcmtk (storescu, storescp, echoscu, dsrdump), dicom3tools
-# (dciodvfy, the IOD checker), chromium (the headless browser the status-page tests drive) and systemd-analyze.
+# Real peers for the tests, from Debian, as package:command pairs; a package is installed only when its command is
+# missing: dcmtk (storescu, storescp, echoscu, dsrdump), dicom3tools (dciodvfy, the IOD checker), chromium (the
+# headless browser the status-page tests drive), systemd (systemd-analyze checks the service units; Debian
+# machines have it, so it is installed only where it is missing). docs/install.md lists what this installs.
+TEST_TOOLS := dcmtk:storescu dicom3tools:dciodvfy chromium:chromium systemd:systemd-analyze
 system-tools: runtime-libs
-	@command -v storescu >/dev/null && command -v dciodvfy >/dev/null && command -v chromium >/dev/null && \
-	  command -v systemd-analyze >/dev/null || { $(call APT_INSTALL,dcmtk dicom3tools chromium systemd); }
+	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; \
+	done; if [ -n "$$missing" ]; then echo "make: installing from Debian:$$missing"; $(call APT_INSTALL,$$missing); fi
 
 test: $(VENV)/.dev-installed system-tools $(TRITON_VENV)/.installed
 	CXR_EDGE_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(BIN)/python -m pytest -q
