@@ -160,7 +160,23 @@ class Classifier:
             policy = GatePolicy.from_metadata(engine.io.metadata)
         except ContractError as exc:
             raise ContractError(f"{model_path}: {exc}") from exc
-        return cls(engine, contract, reason, policy, gate)
+        classifier = cls(engine, contract, reason, policy, gate)
+        classifier.probe()
+        return classifier
+
+    def probe(self) -> None:
+        """Refuse, once and naming the file, a model whose output is not a set of probabilities: one blank image
+        must give finite, non-negative values summing to 1 (a damaged file gives NaN or infinities; a model that
+        ends in raw logits gives neither a sum of 1 nor a range of [0, 1]). It also warms the engine."""
+        blank = np.zeros((1, self.contract.channels, *self.contract.input_size), np.float32)
+        try:
+            row = self.run(blank)[PROBABILITIES][0]
+        except InferenceError as exc:
+            raise ModelError(f"{self.path}: the model does not run on a blank image: {exc}") from exc
+        if not _is_distribution(row):
+            raise ModelError(f"{self.path}: the model's output on a blank image is not a set of probabilities "
+                             f"({np.array2string(row, precision=3)}); the file is damaged, or its last layer is "
+                             "not a softmax")
 
     @property
     def path(self) -> Path:
@@ -259,8 +275,7 @@ class Classifier:
     def _verdict(self, item: Prepared, outputs: dict[str, np.ndarray], index: int,
                  latency: dict[str, float]) -> Prediction:
         row = outputs[PROBABILITIES][index]
-        # A model whose softmax output is itself quantised (uint8 steps of 1/255) sums to 1 within a few steps.
-        if not (np.isfinite(row).all() and abs(float(row.sum()) - 1.0) < PROBABILITY_SUM_TOLERANCE and row.min() >= 0):
+        if not _is_distribution(row):
             return Prediction(item.path, latency_ms=latency, warnings=item.warnings,
                               error=f"the model produced no valid probabilities ({np.array2string(row, precision=3)});"
                                     " the model file may be damaged")
@@ -300,6 +315,12 @@ class Classifier:
         return {"model": str(self.path), "backend": self.backend.name, "backend_reason": self.backend_reason,
                 "settings": self.backend.settings, "contract": self.contract.to_dict(), "gate": self.gate,
                 "policy": None if self.policy is None else asdict(self.policy)}
+
+
+def _is_distribution(row: np.ndarray) -> bool:
+    """Finite, non-negative, summing to 1 (a softmax that is itself quantised, in uint8 steps of 1/255, sums to 1
+    within a few steps: `PROBABILITY_SUM_TOLERANCE`)."""
+    return bool(np.isfinite(row).all() and row.min() >= 0 and abs(float(row.sum()) - 1.0) < PROBABILITY_SUM_TOLERANCE)
 
 
 def _ms(since: float) -> float:

@@ -9,6 +9,7 @@ preprocess differently from training and every report names the classes the mode
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -113,8 +114,10 @@ class Contract:
             problems.append(f"channels must be 1 or 3, got {self.channels!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             problems.append(f"mean and std need {self.channels} values each, got {self.mean!r} and {self.std!r}")
-        if any(not isinstance(s, (int, float)) or s <= 0 for s in self.std):
-            problems.append(f"std values must be positive, got {self.std!r}")
+        if any(not isinstance(m, (int, float)) or not math.isfinite(m) for m in self.mean):
+            problems.append(f"mean values must be finite numbers, got {self.mean!r}")
+        if any(not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0 for s in self.std):
+            problems.append(f"std values must be positive finite numbers, got {self.std!r}")
         if self.resampling not in RESAMPLING:
             problems.append(f"resampling must be one of {', '.join(RESAMPLING)}, got {self.resampling!r}")
         if self.fit not in FITS:

@@ -56,16 +56,66 @@ def model_info(path: str | Path | None) -> dict:
 
 
 def render_info(details: dict, console: Any) -> None:
-    """`model_info` as one two-column table per section, values folded to the terminal's width."""
+    """`model_info` as readable key/value lines, one block per section: numbers rounded, lists joined, the classes
+    with their names and codes; the whole record, unrounded, is `cxr-edge info --json`."""
     from rich.table import Table
     from rich.text import Text
 
     for section in ("model", "contract", "gate", "provenance", "files"):
-        values = details.get(section) or {"(none recorded)": "" if section != "gate" else
-                                          "this model has no gate: every readable input gets a label"}
-        table = Table(title=section, title_justify="left", show_header=False)
-        table.add_column("key", style="bold")
+        values = _section(section, details.get(section))
+        table = Table(title=section, title_justify="left", title_style="bold", show_header=False, box=None,
+                      padding=(0, 1))
+        table.add_column("key", style="cyan", no_wrap=True)
         table.add_column("value", overflow="fold")
-        for key, value in values.items():
-            table.add_row(Text(str(key)), Text(value if isinstance(value, str) else json.dumps(value)))
+        for key, value in values:
+            table.add_row(Text(key), Text(value))
         console.print(table)
+
+
+def _section(name: str, values: dict | None) -> list[tuple[str, str]]:
+    if not values:
+        return [("(none)", "this model has no gate: every readable input gets a label" if name == "gate" else
+                 "none recorded")]
+    if name == "contract":
+        return _contract_lines(values)
+    return _nested(values, 0)
+
+
+def _nested(values: dict, depth: int) -> list[tuple[str, str]]:
+    """Key/value lines, a mapping (or a JSON object stored as text) opening indented lines of its own."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, str) and value.startswith("{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(value, dict) and value and depth < 3:
+            lines += [("  " * depth + str(key), "")] + _nested(value, depth + 1)
+        else:
+            lines.append(("  " * depth + str(key), _readable(value)))
+    return lines
+
+
+def _contract_lines(contract: dict) -> list[tuple[str, str]]:
+    """The contract, its classes and findings spelt out: name, display name and code."""
+    plain = {k: v for k, v in contract.items() if k not in ("class_names", "display_names", "codes", "findings")}
+    lines = [(key, _readable(value)) for key, value in plain.items()]
+    for name, display, code in zip(contract["class_names"], contract["display_names"], contract["codes"],
+                                   strict=True):
+        lines.append((f"class {name}", f"{display} ({code[1]} {code[0]})"))
+    for finding in contract.get("findings") or ():
+        value, scheme, _ = finding["code"]
+        lines.append((f"finding {finding['name']}", f"{' + '.join(finding['classes'])} ({scheme} {value})"))
+    return lines
+
+
+def _readable(value: Any) -> str:
+    """A value as a person reads it: floats to four significant digits, lists joined, mappings as key=value."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join("any" if v is None else _readable(v) for v in value) if value else "(none)"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_readable(v)}" for k, v in value.items()) if value else "(none)"
+    return "" if value is None else str(value)

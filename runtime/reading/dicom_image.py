@@ -145,6 +145,8 @@ def _integer(ds: Any, keyword: str, default: int) -> int:
 
 def _decode(path: Any, ds: Any, rows: int, cols: int, min_size: tuple[int, int] | None) -> np.ndarray:
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if syntax in _NATIVE_SYNTAXES:
+        _check_native_length(path, ds, rows, cols)
     try:
         if syntax in _JPEG_SYNTAXES:
             _check_jpeg_fragment(path, ds)
@@ -159,6 +161,28 @@ def _decode(path: Any, ds: Any, rows: int, cols: int, min_size: tuple[int, int] 
         name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", None) or "unknown transfer syntax"
         raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {_decoder_reason(exc)}") from exc
     return stored
+
+
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                              "1.2.840.10008.1.2.2"})
+"""Implicit and explicit VR little endian, deflated, big endian: pixel data stored as it is, its length known."""
+
+
+def _check_native_length(path: Any, ds: Any, rows: int, cols: int) -> None:
+    """Uncompressed pixel data must be exactly what the header describes: compressed fragments under a syntax that
+    says uncompressed, or a length that does not fit Rows x Columns (a Columns one off), would be decoded into a
+    sheared or shifted picture without a word."""
+    element = ds["PixelData"]
+    data = element.value or b""
+    if element.is_undefined_length or data[:4] == b"\xfe\xff\x00\xe0":
+        raise ImageError(path, f"the transfer syntax ({ds.file_meta.TransferSyntaxUID.name}) says uncompressed, "
+                               "but the pixel data is in compressed fragments: the file meta names the wrong syntax")
+    samples = _integer(ds, "SamplesPerPixel", 1)
+    bits = _integer(ds, "BitsAllocated", 8)
+    expected = (rows * cols * samples * bits + 7) // 8
+    if len(data) not in (expected, expected + 1):  # one byte of padding makes an odd length even
+        raise ImageError(path, f"the pixel data holds {len(data)} bytes, where {cols} x {rows} pixels of {bits} bits "
+                               f"need {expected}: Rows and Columns do not describe the data")
 
 
 def _decoder_reason(exc: BaseException) -> str:

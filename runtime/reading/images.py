@@ -196,25 +196,45 @@ def _looks_like(data: bytes) -> str:
 # --- raster files -------------------------------------------------------------------------------------------
 
 
+_GRAY_AS_STORED = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+"""OpenCV's flags for every raster: one channel, the stored depth, and the pixels as stored (the EXIF orientation
+is applied by `upright`, the same way for every decoder)."""
+
+EXIF_TRANSPOSE = {2: "flip_lr", 3: "rotate_180", 4: "flip_ud", 5: "transpose", 6: "rotate_cw", 7: "transverse",
+                  8: "rotate_ccw"}
+"""EXIF orientation -> what turns the stored pixels upright, as Pillow's ``ImageOps.exif_transpose`` does."""
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels as the EXIF orientation says they are meant to be seen (a photographed or scanned film is often
+    stored turned, with the orientation tag saying so); 1 or an unknown value leaves them as they are."""
+    action = EXIF_TRANSPOSE.get(orientation)
+    turned = {"flip_lr": lambda a: a[:, ::-1], "rotate_180": lambda a: a[::-1, ::-1], "flip_ud": lambda a: a[::-1],
+              "transpose": lambda a: a.T, "rotate_cw": lambda a: np.rot90(a, -1),
+              "transverse": lambda a: a[::-1, ::-1].T, "rotate_ccw": lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(turned[action](pixels)) if action else pixels
+
+
 def _read_raster(path: Path, handle: IO[bytes], size: int, fmt: str,
                  min_size: tuple[int, int] | None) -> LoadedImage:
     if fmt == "jpeg2000":
         return _read_jpeg2000(path, handle, size, min_size)
     handle.seek(0)
-    width, height, frames = _raster_header(path, handle, fmt)
+    width, height, frames, orientation = _raster_header(path, handle, fmt)
     _check_pixel_count(path, width, height)
     if frames > 1:
         raise ImageError(path, f"multi-page {fmt.upper()} ({frames} pages); save the radiograph as a single image")
     handle.seek(0)
     data = handle.read(size)
     if fmt == "jpeg":
-        pixels, notes = _decode_jpeg(path, data, min_size)
-        return LoadedImage(pixels, fmt, notes)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        turned = orientation in (5, 6, 7, 8)  # the DCT scale is chosen for the stored shape
+        pixels, notes = _decode_jpeg(path, data, min_size[::-1] if turned and min_size else min_size)
+        return LoadedImage(upright(pixels, orientation), fmt, notes)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _GRAY_AS_STORED)
     if pixels is None or pixels.size == 0:
         raise ImageError(path, f"corrupt or truncated {fmt.upper()}: the decoder could not read the pixel data")
     unit, warnings = _to_unit_range(path, pixels)
-    return LoadedImage(unit, fmt, warnings)
+    return LoadedImage(upright(unit, orientation), fmt, warnings)
 
 
 def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -236,7 +256,7 @@ def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> t
     except ValueError as exc:
         reason = first_line(exc)
         if "data precision" in reason:  # a 12-bit JPEG ("Unsupported JPEG data precision 12"): OpenCV reads it
-            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _GRAY_AS_STORED)
             if pixels is not None:
                 return _to_unit_range(path, pixels)
         raise ImageError(path, f"corrupt or truncated JPEG: {reason}") from exc
@@ -260,12 +280,12 @@ def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int
     scaling it by 65535 would make it nearly black).
     """
     handle.seek(0)
-    width, height, _ = _raster_header(path, handle, "jpeg2000")
+    width, height, _, _ = _raster_header(path, handle, "jpeg2000")
     _check_pixel_count(path, width, height)
     pixels = jpeg2000.decode(path, min_size) if min_size else None
     if pixels is None:
         handle.seek(0)
-        pixels = cv2.imdecode(np.frombuffer(handle.read(size), np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        pixels = cv2.imdecode(np.frombuffer(handle.read(size), np.uint8), _GRAY_AS_STORED)
     if pixels is None or pixels.size == 0:
         raise ImageError(path, "corrupt or truncated JPEG 2000: the decoder could not read the pixel data")
     precision = jpeg2000.precision(path)
@@ -275,8 +295,8 @@ def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int
     return LoadedImage(unit, "jpeg2000", warnings)
 
 
-def _raster_header(path: Path, handle: IO[bytes], fmt: str) -> tuple[int, int, int]:
-    """Width, height and frame count from the header alone, read from the open file.
+def _raster_header(path: Path, handle: IO[bytes], fmt: str) -> tuple[int, int, int, int]:
+    """Width, height, frame count and EXIF orientation from the header alone, read from the open file.
 
     The format's own Pillow parser is called directly rather than through ``Image.open``: it reads the header
     lazily and skips Pillow's process-wide decompression-bomb limit, which cxr-edge replaces with `MAX_PIXELS`
@@ -289,9 +309,17 @@ def _raster_header(path: Path, handle: IO[bytes], fmt: str) -> tuple[int, int, i
               "jpeg2000": Jpeg2KImagePlugin.Jpeg2KImageFile}[fmt]
     try:
         img = parser(handle)
-        return img.width, img.height, getattr(img, "n_frames", 1)
+        width, height, frames = img.width, img.height, getattr(img, "n_frames", 1)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(path, f"corrupt {fmt.upper()} header: {first_line(exc)}") from exc
+    try:  # EXIF in the header (JPEG APP1, TIFF tags, a PNG eXIf chunk before the pixels); damaged EXIF is ignored
+        exif = img.getexif() if fmt in ("jpeg", "tiff") else None
+        if fmt == "png" and img.info.get("exif"):
+            exif = img.getexif()
+        orientation = int(exif.get(0x0112, 1)) if exif is not None else 1
+    except Exception:
+        orientation = 1
+    return width, height, frames, orientation
 
 
 def _check_pixel_count(path: Path, width: int, height: int) -> None:

@@ -52,20 +52,48 @@ def test_every_bad_input_is_one_clean_line_and_every_good_one_is_predicted(tmp_p
     assert len(errors) == sum(record["error"] is not None for record in records.values())
 
 
-def test_a_model_that_outputs_nan_fails_each_image_and_writes_valid_json(tmp_path):
-    path = tiny_onnx(tmp_path / "nan.onnx", size=64)
+def _without_softmax(path: Path) -> Path:
+    """The tiny model ending in its raw logits (the last layer a research model often leaves out)."""
+    graph = onnx.load(path)
+    softmax = next(n for n in graph.graph.node if n.op_type == "Softmax")
+    softmax.op_type = "Identity"
+    del softmax.attribute[:]
+    onnx.save(graph, path)
+    return path
+
+
+def _nan_bias(path: Path) -> Path:
     graph = onnx.load(path)
     for index, tensor in enumerate(graph.graph.initializer):
         if tensor.name == "B":
             graph.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.full(len(CLASSES), np.nan,
                                                                                     np.float32), "B"))
     onnx.save(graph, path)
+    return path
+
+
+@pytest.mark.parametrize("damage", [_nan_bias, _without_softmax], ids=["nan", "logits"])
+def test_a_model_that_outputs_no_probabilities_is_refused_once_naming_the_file(tmp_path, damage):
+    path = damage(tiny_onnx(tmp_path / "damaged.onnx", size=64))
     image_cases(tmp_path / "img")
     result = run_cli("predict", "--model", path, "--format", "jsonl", "--backend", "ort", tmp_path / "img" / GOOD,
-                     env={"CXR_EDGE_CACHE": str(tmp_path / "cache")})
-    assert result.returncode == 2, result.stderr
-    (record,) = map(_strict_json, result.stdout.splitlines())
-    assert record["label"] is None and "no valid probabilities" in record["error"]
+                     tmp_path / "img" / GOOD, env={"CXR_EDGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 1 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"cxr-edge: error: {path}: the model's output on a blank image is not a set of "
+                           "probabilities"), line
+
+
+def test_a_contract_with_a_nan_mean_is_refused(tmp_path):
+    from cxr_edge.runtime.model.model_file import CONTRACT_KEY
+
+    contract = Contract(input_size=(64, 64), class_names=CLASSES, channels=1, mean=(0.5,), std=(0.25,))
+    metadata = contract.to_metadata()
+    metadata[CONTRACT_KEY] = metadata[CONTRACT_KEY].replace('"mean": [0.5]', '"mean": [NaN]')
+    model = tiny_onnx(tmp_path / "nan-mean.onnx", size=64, contract=False, extra_metadata=metadata)
+    result = run_cli("predict", "--model", model, "--backend", "ort", tmp_path, env={"CXR_EDGE_CACHE": str(tmp_path)})
+    assert result.returncode == 1
+    assert "mean values must be finite numbers" in result.stderr and str(model) in result.stderr
 
 
 @pytest.mark.parametrize("names", [CLASSES[:3], (*CLASSES, "tuberculosis")])

@@ -151,7 +151,7 @@ def test_info_shows_contract_and_hashes(setup, tmp_path):
 
     assert details["files"][str(model)]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     table = _run("info", model, cache=cache)
-    assert table.returncode == 0 and "class_names" in table.stdout and "input_size" in table.stdout
+    assert table.returncode == 0 and f"class {CLASSES[0]}" in table.stdout and "input_size" in table.stdout
     bare = tiny_onnx(tmp_path / "bare.onnx", contract=False)
     refused = _run("info", bare, cache=cache)
     assert refused.returncode == 1 and "carries no cxr-edge preprocessing contract" in refused.stderr

@@ -18,6 +18,8 @@ from tests.factories import (
     PATIENT_ID,
     PATIENT_NAME,
     bad_corpus,
+    dicom_dataset,
+    dicom_in_syntax,
     gradient,
     png_header_only,
     write_compressed_dicom,
@@ -239,3 +241,65 @@ def test_reading_images_leaves_pillow_settings_alone(tmp_path):
     with pytest.raises(ImageError, match="3600 megapixels"):
         load_image(png_header_only(tmp_path / "bomb.png", 60000, 60000))
     assert Image.MAX_IMAGE_PIXELS == before and before is not None
+
+
+@pytest.mark.parametrize("orientation, stored", [
+    (3, lambda a: np.rot90(a, 2)),   # upside down
+    (6, lambda a: np.rot90(a, 1)),   # stored turned anticlockwise: shown turned clockwise
+    (8, lambda a: np.rot90(a, -1)),  # stored turned clockwise: shown turned anticlockwise
+])
+def test_exif_orientation_turns_a_jpeg_upright(tmp_path, orientation, stored):
+    """As Pillow's ImageOps.exif_transpose: the stored pixels, turned as the tag says, are the film seen upright."""
+    from PIL import Image
+
+    film = gradient(240, 200)
+    twin = tmp_path / "upright.jpg"
+    Image.fromarray(film).save(twin, quality=95)
+    turned = tmp_path / f"exif{orientation}.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored(film))).save(turned, quality=95, exif=exif)
+    assert Image.open(turned).getexif()[0x0112] == orientation
+    upright, reference = load_image(turned), load_image(twin)
+    assert upright.shape == reference.shape == (240, 200)
+    assert np.abs(upright - reference).mean() < 0.01  # the same film, up to JPEG's own rounding
+    reduced = read_image(turned, min_size=(60, 50)).pixels  # decoded at a reduced DCT scale, turned after
+    assert reduced.shape[0] > reduced.shape[1] and reduced.shape[0] >= 60
+
+
+def test_exif_orientation_6_gives_the_upright_twin_s_probabilities(tmp_path, data_dir):
+    """The bar: a film stored turned with EXIF orientation 6 is classified as its upright twin, within 0.02."""
+    from PIL import Image
+
+    from cxr_edge.runtime.model.classifier import Classifier
+
+    source = sorted((data_dir / "train" / "covid19").glob("*.jp*g"))[0]
+    film = (load_image(source) * 255).round().astype(np.uint8)
+    twin, turned = tmp_path / "twin.jpg", tmp_path / "turned.jpg"
+    Image.fromarray(film).save(twin, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(film, 1))).save(turned, quality=95, exif=exif)
+    a, b = Classifier.open(backend="ort").predict([twin, turned])
+    assert a.status == b.status and a.label == b.label
+    assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) <= 0.02
+
+
+def test_a_dicom_whose_columns_do_not_fit_its_pixel_data_is_refused(tmp_path):
+    ds = dicom_dataset(gradient(120, 100))
+    ds.Columns = 101  # one off: the rows would shear
+    path = tmp_path / "off-by-one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageError, match=r"pixel data holds 12000 bytes, where 101 x 120 pixels of 8 bits need 12120"):
+        load_image(path)
+
+
+def test_compressed_fragments_under_an_uncompressed_transfer_syntax_are_refused(tmp_path):
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = dicom_in_syntax(gradient(120, 100), "1.2.840.10008.1.2.4.50")  # JPEG baseline fragments...
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # ...under a header that says uncompressed
+    path = tmp_path / "wrong-syntax.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(ImageError, match="says uncompressed, but the pixel data is in compressed fragments"):
+        load_image(path)
