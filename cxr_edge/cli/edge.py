@@ -61,13 +61,14 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
             cam_dir: str | None, sr_dir: str | None, sr_kind: str, fhir_dir: str | None, recursive: bool,
             batch_size: int | None, show_phi: bool, gate: str, strict: bool, server: str | None,
             model_name: str | None) -> int:
-    """Classify X-rays: files, folders and glob patterns of PNG, JPEG, BMP, TIFF or DICOM.
+    """Classify X-rays: files, folders and glob patterns of PNG, JPEG, JPEG 2000, BMP, TIFF or DICOM.
 
-    Every input gets a result in input order, with a status: classified; uncertain (top probability below the
-    model's abstention threshold: label kept, flagged); rejected (not a frontal chest radiograph like the training
-    images: no label); failed (unreadable, with a one-line reason; the rest are still classified).
-    Exit code 0: every input read; 2: some inputs failed; 3: with --strict, some rejected or uncertain;
-    1: usage or model error.
+    Every input gets a result in input order: its finding (normal, covid19, or pneumonia with the subtype as the
+    class) and a status: classified; uncertain (the finding's probability below the model's abstention threshold:
+    label kept, flagged); rejected (not a frontal chest radiograph like the training images: no label); failed
+    (unreadable, with a one-line reason; the rest are still classified).
+    Exit code 0: every input read; 2: some inputs failed; 3: with --strict, some rejected or uncertain (or, with
+    --gate warn, kept although the gate objected); 1: usage or model error.
     """
     from rich.console import Console
 

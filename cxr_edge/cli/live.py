@@ -53,6 +53,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     Prints one line per image and a summary whenever it goes idle. OUT/status.json says what the watcher is
     doing; `cxr-edge status-page OUT` shows it in a browser.
     """
+    from cxr_edge.runtime.files import utc_now
     from cxr_edge.runtime.live.watch import FolderWatcher
     from cxr_edge.runtime.model.classifier import Classifier
     from cxr_edge.runtime.outputs.outbox import parse_destination
@@ -64,7 +65,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                                  gate=gate, server=server, model_name=model_name)
 
     def show(record: dict, repeated: bool) -> None:
-        click.echo(live_line(record, Path(record["path"]).name,
+        click.echo(live_line(record, Path(record["path"]).name, at=utc_now() if repeated else None,
                              note="already classified: kept the earlier result" if repeated else None))
 
     watcher = FolderWatcher(in_dir, out_dir, classifier, outputs=outputs, settle_s=settle, poll_s=poll,

@@ -60,8 +60,8 @@ class CxrEdgeGroup(click.Group):
 def cli(debug: bool) -> None:
     """Chest X-ray classification at the edge: normal, COVID-19, bacterial or viral pneumonia.
 
-    Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG and DICOM images in
-    milliseconds, `info` shows what a model file contains, `bench` measures every engine and precision
+    Edge side (numpy, OpenCV, ONNX Runtime, OpenVINO): `predict` classifies PNG, JPEG, JPEG 2000 and DICOM images
+    in milliseconds, `info` shows what a model file contains, `bench` measures every engine and precision
     against the one-minute budget per image, `audit` checks what a model looks at. Live mode: `watch`
     classifies every file dropped into a folder, `dicom-listen` every image an X-ray console or PACS sends over
     DICOM (coded reports and heatmaps into the study, forwarded to PACS), `status-page` shows either in a
@@ -74,7 +74,8 @@ def cli(debug: bool) -> None:
     dataset, `export` writes it to ONNX, `quantize` makes INT8 models for ONNX Runtime or OpenVINO,
     `calibration-manifest` records a calibration set by file hashes.
 
-    Exit codes: 0 success, 1 usage or model error, 2 some inputs failed (the rest were processed).
+    Exit codes: 0 success, 1 usage or model error, 2 some inputs failed (the rest were processed), 3 with --strict:
+    every input read, but some were rejected or uncertain.
 
     Not a medical device: results support, never replace, a radiologist's reading.
     Run `cxr-edge COMMAND --help` for each command's options.

@@ -400,21 +400,20 @@ class DicomListener:
         usable = study_header_of(header) if "PixelData" in header or "SOPInstanceUID" in header else None
         if result_path.exists():  # an earlier run's result: only its outputs that a crash cut short are written
             record = json.loads(result_path.read_text())
+            self._last_result = record.get("finished")
             outcome = Outcome(None, record, item.uid, item.path, self.classifier.contract, usable)
             self.outputs.deliver(outcome, recorded=True)
         else:
             prediction = self.classifier.infer([prepared], cam=self.options.sc or self.options.cam)[0]
             record = self._record(item, prediction, header)
             self._last_result = record["finished"]
-            self.outputs.deliver(Outcome(prediction, record, item.uid, item.path, self.classifier.contract, usable))
             self.summary.add(record, record["arrival_to_result_ms"])
+            self.outputs.deliver(Outcome(prediction, record, item.uid, item.path, self.classifier.contract, usable))
         target = self.out / record["moved_to"]
         if record["error"] is not None:
             write_atomic(target.with_name(f"{item.uid}.reason.txt"),
                          f"SOP Instance UID {item.uid}: {record['error']}\n".encode())
         move_to(item.path, target)
-        self._last_result = record.get("finished")
-        self.heartbeat.beat()
         if self.on_record is not None:
             self.on_record(record)
 

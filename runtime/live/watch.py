@@ -417,6 +417,7 @@ class FolderWatcher:
         if repeated:  # an earlier run's result: only its outputs that a crash cut short are written
             record = json.loads(result.read_text())
             self.summary.repeated += 1
+            self._last_result = utc_now()  # this arrival's, not the first result's
             self.outputs.deliver(Outcome(None, record, name, claimed, self.classifier.contract), recorded=True)
         else:
             prediction = self.classifier.predict([claimed], cam=self.options.cam or self.options.sc)[0]
@@ -430,12 +431,10 @@ class FolderWatcher:
                                  finished=utc_now(), model=self.classifier.path.name,
                                  moved_to=f"{folder.name}/{moved}", **extra)
             self._last_result = record["finished"]
-            self.outputs.deliver(Outcome(prediction, record, name, claimed, self.classifier.contract))
             self.summary.add(record)
+            self.outputs.deliver(Outcome(prediction, record, name, claimed, self.classifier.contract))
         moved = self._finish(claimed, record)
         self._finished[moved] = _Finished(_signature(moved), time.monotonic(), claimed.name, result.name)
-        self._last_result = record.get("finished")
-        self.heartbeat.beat()
         if self.on_record is not None:
             self.on_record(record, repeated)
 

@@ -29,27 +29,42 @@ def live_record(prediction: Prediction, *, path: str, sha256: str, arrived: str,
     return record | {"sha256": sha256, "arrived": arrived, "finished": finished, "model": model} | extra
 
 
-def live_line(record: dict[str, Any], name: str, *, note: str | None = None, latency_ms: float | None = None) -> str:
-    """One line per live result: time, input, label, confidence, latency (or the reason it failed).
+NAME_WIDTH = 28
+"""Characters the input's name is padded to in a live line, so that the columns align; a longer name is shown
+whole (it names the input: a file or a SOP Instance UID), pushing its line's columns to the right."""
+
+
+def live_line(record: dict[str, Any], name: str, *, note: str | None = None, latency_ms: float | None = None,
+              at: str | None = None) -> str:
+    """One aligned line per live result: time, input, result (the finding, ``?`` when uncertain, ``REJECTED``,
+    ``FAILED``), its probability, the class where it says more, latency, then warnings or the reason.
 
     Args:
         record: the result record.
         name: how to call the input (a file name, or a SOP Instance UID: never a patient identifier).
         note: said instead of the result (``already classified``).
         latency_ms: the latency to show (default: the record's own total).
+        at: the time to show (ISO 8601; default: when the record was finished). An input seen again is shown at
+            the time it was seen again, not at its first result's.
     """
-    clock = record["finished"][11:23]
+    clock = (at or record["finished"])[11:23]
     name = printable(name)
     if note:
-        return f"{clock}  {name}  {note}"
+        return f"{clock}  {name:<{NAME_WIDTH}}  {note}"
     if record["error"] is not None:
-        return f"{clock}  {name}  FAILED: {printable(record['error'])}"
+        return f"{clock}  {name:<{NAME_WIDTH}}  FAILED: {printable(record['error'])}"
     probabilities = record["probabilities"]
     top = max(probabilities, key=probabilities.get)
-    shown = {"uncertain": f"{top}?", "rejected": "REJECTED"}.get(record.get("status", ""), top)
+    finding = record.get("finding") or top
+    if record.get("status") == "rejected":
+        shown, probability, subtype = "REJECTED", "     -", ""
+    else:
+        shown = finding + ("?" if record.get("status") == "uncertain" else "")
+        probability = f"{record.get('finding_probability') or probabilities[top]:6.1%}"
+        subtype = top if top != finding else ""
     ms = latency_ms if latency_ms is not None else record["latency_ms"]["total"]
     warn = "  (" + "; ".join(record["warnings"]) + ")" if record.get("warnings") else ""
-    return f"{clock}  {name}  {shown:<20} {probabilities[top]:6.1%}  {ms:7.1f} ms{printable(warn)}"
+    return f"{clock}  {name:<{NAME_WIDTH}}  {shown:<10} {probability}  {subtype:<19} {ms:7.1f} ms{printable(warn)}"
 
 
 class LiveSummary:
