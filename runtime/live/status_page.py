@@ -121,8 +121,11 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     latency = record.get("arrival_to_result_ms") or (record.get("latency_ms") or {}).get("total")
     status = record.get("status") or ("failed" if record.get("error") else "classified")
     cam = record.get("cam")
+    confidence = record.get("finding_probability") or \
+        (probabilities.get(top) if top else None)
     return {"finished": record.get("finished"), "name": _shown_name(record), "label": record.get("label"),
-            "top": top, "confidence": probabilities.get(top) if top else None, "status": status,
+            "finding": record.get("finding") or record.get("label"), "top": top,
+            "confidence": None if status in ("rejected", "failed") else confidence, "status": status,
             "warnings": [str(w) for w in record.get("warnings") or []], "error": record.get("error"),
             "latency_ms": latency, "cam": f"cam/{Path(cam).name}" if cam else None,
             "thumb": f"thumb/{Path(cam).name}" if cam else None}
@@ -206,7 +209,9 @@ def create_app(out_dir: str | Path) -> Any:
             return latest["data"]
 
     async def page(request: Request) -> HTMLResponse:
-        return HTMLResponse(PAGE.replace("{{folder}}", html.escape(str(out))))
+        data = await current()  # the latest rows drawn here, thumbnails included, before any script runs
+        return HTMLResponse(PAGE.replace("{{folder}}", html.escape(str(out)))
+                            .replace("{{rows}}", "".join(_row_html(r) for r in data["latest"])))
 
     async def state(request: Request) -> JSONResponse:
         return JSONResponse(await current())
@@ -259,6 +264,30 @@ def create_app(out_dir: str | Path) -> Any:
                              Route("/cam/{name}", heatmap), Route("/thumb/{name}", thumbnail)])
 
 
+def result_text(row: dict[str, Any]) -> str:
+    """What a result row says in its result cell: the finding (and the class where it says more), or why not."""
+    if row["status"] in ("failed", "rejected"):
+        return row["status"]
+    finding, label = row.get("finding"), row.get("label")
+    return f"{finding} ({label})" if label and finding and label != finding else str(finding or label or row["top"])
+
+
+def _row_html(r: dict[str, Any]) -> str:
+    """One result row as the page's script draws it, for the page as served."""
+    from datetime import datetime as clock
+
+    when = html.escape(clock.fromisoformat(r["finished"]).strftime("%H:%M:%S")) if r.get("finished") else "-"
+    warnings = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in r["warnings"])
+    confidence = "-" if r["confidence"] is None else f"{100 * r['confidence']:.1f} %"
+    latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} ms"
+    heatmap = (f'<a href="{html.escape(r["cam"])}"><img class="thumb" src="{html.escape(r["thumb"])}" '
+               f'alt="heatmap of {html.escape(r["name"])}"></a>') if r.get("cam") else "-"
+    return (f'<tr class="result" data-name="{html.escape(r["name"])}"><td>{when}</td><td>{html.escape(r["name"])}'
+            f'</td><td><div class="label">{html.escape(result_text(r))}</div>{warnings}</td><td>{confidence}</td>'
+            f'<td class="{html.escape(r["status"])}">{html.escape(r["status"])}</td><td>{latency}</td>'
+            f'<td>{heatmap}</td></tr>')
+
+
 THUMB_HEIGHT = 96
 """Pixel height of the table's heatmap thumbnails: a small JPEG instead of the full picture, so that a browser
 on the workstation decodes a few kilobytes per new result, not a megapixel PNG."""
@@ -304,15 +333,16 @@ PAGE = """<!doctype html>
  gap:.2rem .6rem;margin:0;font-size:.85rem} dt{color:#555} dd{margin:0;overflow-wrap:anywhere}
  .bars{display:flex;align-items:flex-end;gap:2px;height:70px} .bars div{flex:1;background:#4a7bd0;min-height:1px}
  .warn{font-size:.75rem;color:#8a5a00} .notice{font-size:.75rem;color:#555;margin-top:.6rem}
- dialog img{max-width:80vw;max-height:80vh} dialog{border:none;border-radius:6px}
+ dialog img{max-width:95vw;max-height:88vh} dialog{border:none;border-radius:6px;max-width:97vw}
+ .label{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 </style></head>
 <body>
 <header><h1>cxr-edge</h1><small>{{folder}}</small><span id="health" class="pill">...</span></header>
 <main>
  <div>
   <section><h2>Latest results</h2>
-   <table id="latest"><thead><tr><th>time</th><th>input</th><th>result</th><th>confidence</th><th>status</th>
-   <th>latency</th><th>heatmap</th></tr></thead><tbody></tbody></table>
+   <table id="latest"><thead><tr><th>time</th><th>input</th><th>result</th><th>probability</th><th>status</th>
+   <th>latency</th><th>heatmap</th></tr></thead><tbody>{{rows}}</tbody></table>
    <p class="notice">Not for diagnostic use: automated classification, not reviewed by a physician.</p></section>
   <section><h2>Failures</h2><table id="failures"><thead><tr><th>time</th><th>input</th><th>reason</th></tr>
    </thead><tbody></tbody></table></section>
@@ -362,7 +392,10 @@ function resultRow(r) {
   row = document.createElement('tr'); row.dataset.name = r.name; row.className = 'result';
   cell(row, clock(r.finished)); cell(row, r.name);
   const label = document.createElement('div');
-  label.append(text(r.status === 'failed' ? 'failed' : (r.label || (r.status === 'rejected' ? 'rejected' : r.top))));
+  const said = document.createElement('div'); said.className = 'label';
+  said.textContent = (r.status === 'failed' || r.status === 'rejected') ? r.status
+    : (r.label && r.finding && r.label !== r.finding ? `${r.finding} (${r.label})` : (r.finding || r.label || r.top));
+  said.title = said.textContent; label.append(said);
   for (const w of r.warnings) { const d = document.createElement('div'); d.className = 'warn'; d.textContent = w;
     label.append(d); }
   cell(row, label);

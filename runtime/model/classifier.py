@@ -201,6 +201,7 @@ class Classifier:
         """
         label = name or (str(item) if not isinstance(item, np.ndarray) else "array")
         start = time.perf_counter()
+        fmt = None
         if isinstance(item, np.ndarray):
             pixels, warnings, patient, header = np.asarray(item, np.float32), (), None, None
         else:
@@ -209,9 +210,10 @@ class Classifier:
             except ImageError as exc:
                 return Prepared(label, error=exc.reason, decode_ms=_ms(start))
             pixels, warnings, patient, header = loaded.pixels, loaded.warnings, loaded.patient, loaded.header
+            fmt = loaded.format
         decoded = time.perf_counter()
         tensor = preprocess(pixels, self.contract)
-        display = _shrink(pixels) if keep_display else None
+        display = _shrink(_display_pixels(item, pixels, fmt)) if keep_display else None
         return Prepared(label, tensor, None, (decoded - start) * 1000, _ms(decoded), warnings, patient, display,
                         header)
 
@@ -325,6 +327,26 @@ def _is_distribution(row: np.ndarray) -> bool:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
+
+
+REDUCED_FORMATS = ("jpeg", "jpeg2000", "dicom")
+"""Formats the loader may decode below their full resolution (JPEG's DCT scales, JPEG 2000's levels)."""
+
+
+def _display_pixels(item: str | Path | np.ndarray, pixels: np.ndarray, fmt: str | None) -> np.ndarray:
+    """The image a heatmap is drawn over: the film at up to `DISPLAY_MAX_SIDE` pixels. The model's decode stops at
+    the input size where a format allows (JPEG's DCT scales, JPEG 2000's levels); a picture a person looks at needs
+    more, so such a file is decoded a second time, at display size, only when a heatmap is asked for. The model's
+    input is never taken from this decode: it must be the pixels training saw."""
+    if isinstance(item, np.ndarray) or fmt not in REDUCED_FORMATS or max(pixels.shape) >= DISPLAY_MAX_SIDE:
+        return pixels
+    from ..reading.images import read_image
+
+    try:
+        larger = read_image(item, min_size=(DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE)).pixels
+    except ImageError:
+        return pixels
+    return larger if max(larger.shape) > max(pixels.shape) else pixels
 
 
 def _shrink(pixels: np.ndarray) -> np.ndarray:

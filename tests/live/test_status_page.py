@@ -190,3 +190,28 @@ def test_before_any_live_mode_ran_the_page_says_so(tmp_path: Path) -> None:
     state = snapshot(tmp_path / "not-yet", ResultIndex(tmp_path / "not-yet"))
     assert state["health"] == {"running": False, "state": "no live mode has written here yet"}
     assert state["latest"] == [] and state["total"] == 0
+
+
+def test_the_served_page_holds_the_latest_rows_and_their_thumbnails(tmp_path: Path) -> None:
+    """Before any script runs: each result's finding (with its class where that says more), its probability, and
+    its heatmap thumbnail; a rejected row shows no probability and no finding."""
+    from starlette.testclient import TestClient
+
+    out = tmp_path / "out"
+    (out / "cam").mkdir(parents=True)
+    ok, png = cv2.imencode(".png", np.zeros((40, 30, 3), np.uint8))
+    (out / "cam" / "a.png.1234.cam.png").write_bytes(png.tobytes())
+    _record(out, "a.png", label="bacterial_pneumonia", finding="pneumonia", finding_probability=0.91,
+            probabilities={"normal": 0.09, "bacterial_pneumonia": 0.6, "viral_pneumonia": 0.31},
+            cam="cam/a.png.1234.cam.png")
+    _record(out, "cat.png", label=None, status="rejected", finding=None, finding_probability=None,
+            probabilities={"normal": 0.02, "covid19": 0.9, "bacterial_pneumonia": 0.05, "viral_pneumonia": 0.03},
+            warnings=["rejected: unlike the chest radiographs the model was trained on"])
+    served = TestClient(create_app(out)).get("/").text
+    film = served[served.index('data-name="a.png"'):]
+    film = film[:film.index("</tr>")]
+    assert "pneumonia (bacterial_pneumonia)" in film and "91.0 %" in film
+    assert '<img class="thumb" src="thumb/a.png.1234.cam.png"' in film
+    cat = served[served.index('data-name="cat.png"'):]
+    cat = cat[:cat.index("</tr>")]
+    assert "<td>-</td>" in cat and "90" not in cat and 'class="rejected"' in cat
