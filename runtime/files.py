@@ -1,23 +1,99 @@
-"""Crash-safe file steps shared by the live modes: atomic writes and moves that never overwrite.
+"""Crash-safe, private file steps shared by every writer: atomic writes and moves that never overwrite.
 
 Every step either happens whole or not at all (temporary name, fsync, then a hard link to the final name), and
 each step checks whether an earlier, interrupted run already did it, so that a restart can simply repeat the
 sequence. Hard links are used instead of ``os.rename`` because rename silently replaces an existing file, and
 nothing a user gave us may be overwritten.
+
+Everything written here holds patient data or may: a received film, a report that copies the patient module, a
+record with ``--keep-phi``. So every folder made here is 0700 and every file 0600, whatever the umask; `share_with`
+opens them to one group (0750 and 0640), never to others.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
+import stat
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "json_bytes", "move_to", "free_name", "fit_name",
-           "remove_stale_temps", "replace_json", "same_file", "utc_now", "fsync_dir"]
+           "remove_stale_temps", "replace_json", "same_file", "utc_now", "fsync_dir", "share_with", "private_dir",
+           "make_private", "file_mode", "dir_mode", "warn_if_open"]
+
+log = logging.getLogger(__name__)
+
+_SHARED = {"gid": None}
+"""The group outputs are opened to (`share_with`), or None: owner only."""
+
+
+def share_with(group: str | None) -> None:
+    """Open every folder and file written from now on to `group` (read, and enter folders), never to others."""
+    import grp
+
+    from .errors import CxrEdgeError
+
+    if group is None:
+        _SHARED["gid"] = None
+        return
+    try:
+        _SHARED["gid"] = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise CxrEdgeError(f"--group {group}: no such group on this machine") from None
+
+
+def file_mode() -> int:
+    return 0o640 if _SHARED["gid"] is not None else 0o600
+
+
+def dir_mode() -> int:
+    return 0o750 if _SHARED["gid"] is not None else 0o700
+
+
+def make_private(path: Path | int) -> None:
+    """Give a file (or an open descriptor) the private mode and, with `share_with`, the group; the umask cannot
+    widen it."""
+    chmod, chown = (os.fchmod, os.fchown) if isinstance(path, int) else (os.chmod, os.chown)
+    chmod(path, file_mode())
+    if _SHARED["gid"] is not None:
+        chown(path, -1, _SHARED["gid"])
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder, every component made here created private (0700, or 0750 for the shared group);
+    folders that were already there keep their mode (see `warn_if_open`)."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, dir_mode())
+        if _SHARED["gid"] is not None:
+            os.chown(folder, -1, _SHARED["gid"])
+    return path
+
+
+def warn_if_open(folder: Path) -> bool:
+    """Say once at start when an existing output folder lets others in (its results hold patient data)."""
+    try:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+    except OSError:
+        return False
+    if mode & 0o007:
+        log.warning("%s is open to others (mode %o): what is written there holds patient data; run chmod o-rwx "
+                    "on it (or give --group to share it with one group)", folder, mode)
+        return True
+    return False
 
 TEMP_PREFIX = ".cxr-edge-"
 """Files being written carry this prefix; a restart deletes leftovers (they were never complete)."""
@@ -43,7 +119,8 @@ def write_atomic(path: Path, data: bytes) -> bool:
     """
     temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
     try:
-        with open(temp, "wb") as handle:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+            make_private(handle.fileno())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -67,7 +144,9 @@ def replace_json(path: Path, record: dict, *, best_effort: bool = False) -> None
     makes the opposite promises: never replaces, durable before it returns."""
     temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
-        temp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+            make_private(handle.fileno())
+            handle.write(json.dumps(record, indent=2) + "\n")
         os.replace(temp, path)
     except OSError:
         if not best_effort:
@@ -147,6 +226,10 @@ def move_to(source: Path, target: Path) -> Path:
         source.unlink()
         return target
     try:
+        make_private(source)  # a received or dropped film holds patient data; the link keeps the mode
+    except OSError:
+        pass  # a file on a filesystem without modes (a share) keeps what it has; its folder is private
+    try:
         os.link(source, target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
@@ -154,6 +237,7 @@ def move_to(source: Path, target: Path) -> Path:
         temp = target.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
         try:
             shutil.copyfile(source, temp)
+            make_private(temp)
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.link(temp, target)

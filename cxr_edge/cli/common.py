@@ -11,7 +11,8 @@ from cxr_edge.runtime.model.model_file import ENGINES
 
 __all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "SR_KINDS", "model_option",
            "backend_option", "server_options", "remote_if_server", "threads_option", "gate_option", "progress",
-           "csv_list", "engine_choices", "engine_options", "live_output_options", "forward_option", "output_options"]
+           "csv_list", "engine_choices", "engine_options", "group_option", "apply_group", "live_output_options",
+           "forward_option", "output_options"]
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
 """0 success, 1 usage or model error, 2 some inputs failed while the rest were processed, 3 (with ``--strict``)
@@ -106,6 +107,19 @@ def remote_if_server(backend: str, server: str | None) -> str:
     return backend
 
 
+group_option = click.option(
+    "--group", default=None, metavar="NAME",
+    help="Open the folders and files written (which hold patient data) to this group: read access, never "
+         "write, never to others. Default: the owner only (folders 0700, files 0600, whatever the umask).")
+
+
+def apply_group(group: str | None) -> None:
+    """The ``--group`` option's effect, before anything is written."""
+    from cxr_edge.runtime.files import share_with
+
+    share_with(group)
+
+
 def live_output_options(sr_default: str | None, sr_note: str) -> Any:
     """``--cam``, ``--sc``, ``--sr``, ``--fhir`` and ``--keep-phi``: what a live mode writes per image beside its
     record, the same options in both live modes (`predict` takes folders for them instead)."""
@@ -129,6 +143,7 @@ def live_output_options(sr_default: str | None, sr_note: str) -> Any:
                               "'cxr-edge[fhir]'."),
             click.option("--keep-phi", is_flag=True,
                          help="Also write patient name and ID into the JSON results and the FHIR subject."),
+            group_option,
         )):
             command = option(command)
         return command
@@ -143,13 +158,15 @@ forward_option = click.option(
 
 
 def output_options(cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None, keep_phi: bool,
-                   command: str) -> Any:
-    """The live output options as the runtime's `OutputOptions`, after checking the extras they need."""
+                   command: str, group: str | None = None) -> Any:
+    """The live output options as the runtime's `OutputOptions`, after checking the extras they need and opening
+    the outputs to ``--group``."""
     from pathlib import Path
 
     from cxr_edge.runtime.extras import require
     from cxr_edge.runtime.outputs.steps import OutputOptions
 
+    apply_group(group)
     if fhir_dir is not None:
         require("fhir", purpose=f"{command} --fhir")
     return OutputOptions(cam=cam, sc=sc, sr=sr_kind, fhir=Path(fhir_dir) if fhir_dir is not None else None,

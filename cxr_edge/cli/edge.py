@@ -16,9 +16,11 @@ from .common import (
     EXIT_DOUBTFUL,
     EXIT_OK,
     EXIT_PARTIAL,
+    apply_group,
     backend_option,
     csv_list,
     gate_option,
+    group_option,
     model_option,
     progress,
     remote_if_server,
@@ -54,13 +56,14 @@ REFERENCE = "torch"
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Images per inference call (default: 1 for a single file, 8 for many).")
 @click.option("--show-phi", is_flag=True, help="Include DICOM patient name and ID in the output (never in logs).")
+@group_option
 @gate_option
 @click.option("--strict", is_flag=True, help="Exit with 3 when any image is rejected or uncertain.")
 @server_options
 def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
             cam_dir: str | None, sr_dir: str | None, sr_kind: str, fhir_dir: str | None, recursive: bool,
-            batch_size: int | None, show_phi: bool, gate: str, strict: bool, server: str | None,
-            model_name: str | None) -> int:
+            batch_size: int | None, show_phi: bool, group: str | None, gate: str, strict: bool,
+            server: str | None, model_name: str | None) -> int:
     """Classify X-rays: files, folders and glob patterns of PNG, JPEG, JPEG 2000, BMP, TIFF or DICOM.
 
     Every input gets a result in input order: its finding (normal, covid19, or pneumonia with the subtype as the
@@ -81,6 +84,7 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
 
     if fhir_dir is not None:
         require("fhir", purpose="predict --fhir")
+    apply_group(group)
     items = expand_inputs(paths, recursive=recursive)
     many = len(items) > 1
     err = Console(stderr=True, highlight=False)

@@ -41,7 +41,8 @@ __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
 @server_options
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, settle: float,
           poll: float | None, once: bool, cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None,
-          keep_phi: bool, forward: tuple[str, ...], gate: str, server: str | None, model_name: str | None) -> int:
+          keep_phi: bool, group: str | None, forward: tuple[str, ...], gate: str, server: str | None,
+          model_name: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
     A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
@@ -60,7 +61,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.outputs.records import live_line
 
     destinations = [parse_destination(text) for text in forward]
-    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch")
+    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch", group)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
 
@@ -98,7 +99,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 @server_options
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
                  allow: tuple[str, ...], host: str, cam: bool, sc: bool, sr_kind: str, fhir_dir: str | None,
-                 keep_phi: bool, forward: tuple[str, ...], gate: str, server: str | None,
+                 keep_phi: bool, group: str | None, forward: tuple[str, ...], gate: str, server: str | None,
                  model_name: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
@@ -122,7 +123,7 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     from cxr_edge.runtime.outputs.records import live_line
 
     destinations = [parse_destination(text) for text in forward]
-    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen")
+    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen", group)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
 

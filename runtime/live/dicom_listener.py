@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CxrEdgeError, first_line
-from ..files import move_to, remove_stale_temps, utc_now, write_atomic
+from ..files import move_to, private_dir, remove_stale_temps, utc_now, warn_if_open, write_atomic
 from ..model.classifier import Classifier, Prepared
 from ..model.model_file import file_sha256
 from ..outputs.ae_title import valid_ae_title
@@ -197,8 +197,9 @@ class DicomListener:
         folders = [self.incoming, self.done, self.failed, self.results, self.quarantine, self.out / "sr"]
         folders += [self.out / "sc"] * self.options.sc + [self.out / "cam"] * (self.options.sc or self.options.cam)
         folders += [self.options.fhir] if self.options.fhir is not None else []
+        warn_if_open(self.out)
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             remove_stale_temps(folder)
         leftovers = sorted(self.incoming.glob("*.dcm"))
         if leftovers:

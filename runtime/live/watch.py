@@ -37,9 +37,11 @@ from ..files import (
     fit_name,
     free_name,
     move_to,
+    private_dir,
     remove_stale_temps,
     same_file,
     utc_now,
+    warn_if_open,
     write_atomic,
 )
 from ..model.classifier import Classifier
@@ -115,8 +117,9 @@ class WatchLayout:
         self.sr = out_dir / "sr"
 
     def create(self, *extra: Path) -> None:
+        warn_if_open(self.out)
         for folder in (self.processing, self.done, self.failed, self.results, *extra):
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             remove_stale_temps(folder)
 
 

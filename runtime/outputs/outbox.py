@@ -31,7 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CxrEdgeError, first_line
-from ..files import TEMP_PREFIX, fit_name, free_name, fsync_dir, remove_stale_temps, replace_json, utc_now, write_atomic
+from ..files import (
+    TEMP_PREFIX,
+    fit_name,
+    free_name,
+    fsync_dir,
+    private_dir,
+    remove_stale_temps,
+    replace_json,
+    utc_now,
+    write_atomic,
+)
 from .ae_title import valid_ae_title
 
 __all__ = ["Destination", "Outbox", "parse_destination", "MAX_BACKOFF_S", "outbox_status"]
@@ -136,7 +146,7 @@ class _Sender:
         self.folder, self.destination, self.calling_ae = folder, destination, calling_ae
         self.pending, self.refused = folder / "pending", folder / "refused"
         for sub in (self.pending, self.refused):
-            sub.mkdir(parents=True, exist_ok=True)
+            private_dir(sub)
             remove_stale_temps(sub)
         self._wake = threading.Event()
         self._stopping = threading.Event()

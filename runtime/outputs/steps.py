@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import printable
-from ..files import fit_name, json_bytes, utc_now, write_atomic, write_json_atomic
+from ..files import fit_name, json_bytes, private_dir, utc_now, write_atomic, write_json_atomic
 from ..model.classifier import Prediction
 from ..model.contract import Contract
 from ..model.model_file import file_sha256
@@ -123,7 +123,7 @@ class Naming:
 
     def path(self, name: str) -> Path:
         """The file of `name` (with `unique`, the first name that is free now)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         for attempt in range(10_000 if self.unique else 1):
             candidate = self.folder / fit_name(f"{name}{'-' + str(attempt) if attempt else ''}{self.suffix}")
             if not self.unique or not candidate.exists():

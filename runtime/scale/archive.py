@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CxrEdgeError, os_reason
-from ..files import remove_stale_temps, write_atomic
+from ..files import private_dir, remove_stale_temps, warn_if_open, write_atomic
 from ..model.model_file import file_sha256, resolve_model
 from ..reading.paths import InputError, expand_inputs
 
@@ -125,7 +125,8 @@ def score_archive(source: str | Path, out: str | Path, *, model: str | Path | No
     model_path = resolve_model(model)
     model_id = file_sha256(model_path)
     out = Path(out)
-    (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    warn_if_open(out)
+    private_dir(out / PARTS_DIR)
     remove_stale_temps(out / PARTS_DIR)  # parts a killed run was writing
     summary = ArchiveSummary()
     inputs = archive_inputs(source)
