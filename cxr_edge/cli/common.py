@@ -12,7 +12,7 @@ from cxr_edge.runtime.model.model_file import ENGINES
 __all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_PARTIAL", "EXIT_DOUBTFUL", "GATE_MODES", "SR_KINDS", "model_option",
            "backend_option", "server_options", "remote_if_server", "threads_option", "gate_option", "progress",
            "csv_list", "engine_choices", "engine_options", "group_option", "apply_group", "live_output_options",
-           "forward_option", "output_options"]
+           "forward_option", "output_options", "destinations"]
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_DOUBTFUL = 0, 1, 2, 3
 """0 success, 1 usage or model error, 2 some inputs failed while the rest were processed, 3 (with ``--strict``)
@@ -151,10 +151,37 @@ def live_output_options(sr_default: str | None, sr_note: str) -> Any:
     return decorate
 
 
-forward_option = click.option(
-    "--forward", multiple=True, metavar="AE@HOST:PORT",
-    help="Send every report (and Secondary Capture) to this PACS by C-STORE, from a durable outbox (OUT/outbox/): "
-         "retried with backoff while the PACS is down, kept across restarts. Repeatable.")
+def forward_option(command: Any) -> Any:
+    """``--forward AE@HOST:PORT`` and the TLS to reach the PACS with (``--forward-ca``, ``--forward-cert``,
+    ``--forward-key``)."""
+    for option in reversed((
+        click.option("--forward", multiple=True, metavar="AE@HOST:PORT",
+                     help="Send every report (and Secondary Capture) to this PACS by C-STORE, from a durable outbox "
+                          "(OUT/outbox/): retried with backoff while the PACS is down, kept across restarts. "
+                          "Repeatable."),
+        click.option("--forward-ca", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="Forward over TLS (DICOM's secure transport, TLS 1.2 or newer), checking the PACS's "
+                          "certificate against this CA (PEM) and its host name."),
+        click.option("--forward-cert", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="With --forward-ca: this node's certificate (PEM), for a PACS that asks for one."),
+        click.option("--forward-key", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="The key of --forward-cert (PEM)."),
+    )):
+        command = option(command)
+    return command
+
+
+def destinations(forward: tuple[str, ...], ca: str | None, cert: str | None, key: str | None) -> list[Any]:
+    """The ``--forward`` destinations, each with the TLS the ``--forward-*`` options ask for."""
+    from dataclasses import replace
+
+    from cxr_edge.runtime.outputs.outbox import parse_destination
+    from cxr_edge.runtime.outputs.tls import client_context
+
+    if (cert is None) != (key is None) or (cert is not None and ca is None):
+        raise click.UsageError("--forward-cert and --forward-key go together, and need --forward-ca")
+    tls = client_context(ca, cert, key) if ca is not None else None
+    return [replace(parse_destination(text), tls=tls) for text in forward]
 
 
 def output_options(cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None, keep_phi: bool,

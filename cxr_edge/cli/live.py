@@ -12,6 +12,7 @@ import click
 
 from .common import (
     EXIT_OK,
+    destinations,
     engine_options,
     forward_option,
     gate_option,
@@ -41,7 +42,8 @@ __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
 @server_options
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, settle: float,
           poll: float | None, once: bool, cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None,
-          keep_phi: bool, group: str | None, forward: tuple[str, ...], gate: str, server: str | None,
+          keep_phi: bool, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
+          forward_cert: str | None, forward_key: str | None, gate: str, server: str | None,
           model_name: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
@@ -57,10 +59,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.files import utc_now
     from cxr_edge.runtime.live.watch import FolderWatcher
     from cxr_edge.runtime.model.classifier import Classifier
-    from cxr_edge.runtime.outputs.outbox import parse_destination
     from cxr_edge.runtime.outputs.records import live_line
 
-    destinations = [parse_destination(text) for text in forward]
+    targets = destinations(forward, forward_ca, forward_cert, forward_key)
     outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch", group)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
@@ -70,7 +71,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                              note="already classified: kept the earlier result" if repeated else None))
 
     watcher = FolderWatcher(in_dir, out_dir, classifier, outputs=outputs, settle_s=settle, poll_s=poll,
-                            on_record=show, forward=destinations,
+                            on_record=show, forward=targets,
                             on_idle=lambda summary: click.echo(f"-- {summary.line()}; waiting", err=True))
     click.echo(f"cxr-edge: watching {in_dir} ({'once' if once else watcher.mode}) with {classifier.path.name} on "
                f"{classifier.backend.name}; results in {out_dir}", err=True)
@@ -93,14 +94,22 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
                    "Titles match exactly and case-sensitively; leading and trailing spaces do not count (DICOM "
                    "PS3.5 6.2); a title with a backslash or control character is refused.")
 @click.option("--host", default="", help="Address to listen on (default: every interface).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Accept associations over TLS only (DICOM's secure transport, TLS 1.2 or newer, no anonymous "
+                   "ciphers), with this certificate (PEM); plain TCP is then refused.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="The key of --tls-cert (PEM).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="With --tls-cert: accept only senders whose certificate this CA (PEM) signed.")
 @live_output_options("tid1500", "")
 @forward_option
 @gate_option
 @server_options
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
                  allow: tuple[str, ...], host: str, cam: bool, sc: bool, sr_kind: str, fhir_dir: str | None,
-                 keep_phi: bool, group: str | None, forward: tuple[str, ...], gate: str, server: str | None,
-                 model_name: str | None) -> int:
+                 keep_phi: bool, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
+                 forward_cert: str | None, forward_key: str | None, tls_cert: str | None, tls_key: str | None,
+                 tls_ca: str | None, gate: str, server: str | None, model_name: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
@@ -119,11 +128,11 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
 
     from cxr_edge.runtime.live.dicom_listener import DicomListener
     from cxr_edge.runtime.model.classifier import Classifier
-    from cxr_edge.runtime.outputs.outbox import parse_destination
     from cxr_edge.runtime.outputs.records import live_line
 
-    destinations = [parse_destination(text) for text in forward]
+    targets = destinations(forward, forward_ca, forward_cert, forward_key)
     outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen", group)
+    tls = _server_tls(tls_cert, tls_key, tls_ca)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name)
 
@@ -131,12 +140,13 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
         click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))
 
     listener = DicomListener(out_dir, classifier, port=port, ae_title=ae_title, host=host, allow=allow or None,
-                             outputs=outputs, on_record=show, forward=destinations)
+                             outputs=outputs, on_record=show, forward=targets, tls=tls)
     listener.start()
     click.echo(f"cxr-edge: listening as {listener.ae_title} on port {listener.port} with {classifier.path.name} on "
                f"{classifier.backend.name}; results in {out_dir}"
                + (f"; calling AEs allowed: {', '.join(allow)}" if allow else "")
-               + (f"; forwarding to {', '.join(map(str, destinations))}" if destinations else ""), err=True)
+               + (" over TLS" if tls is not None else "")
+               + (f"; forwarding to {', '.join(map(str, targets))}" if targets else ""), err=True)
     stopped = threading.Event()
     with StopOnSignals(stopped.set):
         while not stopped.wait(60):
@@ -150,16 +160,28 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port of the page.")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to serve on. The page has no login: bind to another address only on a network where "
-                   "everyone may see it (it never shows patient names or IDs).")
-def status_page(out_dir: str, port: int, host: str) -> int:
-    """Show a live mode's results and health in a browser: open http://HOST:PORT/ beside the X-ray machine.
+              help="Address to serve on. Anything but loopback needs --tls-cert, --tls-key and --login (or "
+                   "--insecure, which the page and the log then say).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Serve over HTTPS with the site's certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="The key of --tls-cert (PEM).")
+@click.option("--login", "login_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Ask for the token whose hash FILE holds (made by `cxr-edge status-page-token FILE`): the "
+                   "browser's login box, any user name, the token as password.")
+@click.option("--insecure", is_flag=True,
+              help="Serve beyond loopback without HTTPS or a login (said on the page and in the log).")
+@click.option("--audit-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the page records logins (default: OUT_DIR/audit).")
+def status_page(out_dir: str, port: int, host: str, tls_cert: str | None, tls_key: str | None,
+                login_file: str | None, insecure: bool, audit_dir: str | None) -> int:
+    """Show a live mode's results and health in a browser: open http(s)://HOST:PORT/ beside the X-ray machine.
 
     OUT_DIR is the --out folder of a running (or stopped) `watch` or `dicom-listen`. The page lists the latest
     results with their heatmaps (--cam), failures with their reasons, images per hour, and whether the live mode is
     running, its last arrival, queue and PACS backlog; it updates itself as results arrive. It only reads OUT_DIR,
-    which need not exist yet: the page then says that no live mode has written there.
-    Needs pip install 'cxr-edge[status]'.
+    which need not exist yet: the page then says that no live mode has written there. It never shows patient names
+    or IDs; beyond loopback it needs HTTPS and a login. Needs pip install 'cxr-edge[status]'.
     """
     import socket
 
@@ -167,6 +189,8 @@ def status_page(out_dir: str, port: int, host: str) -> int:
     from cxr_edge.runtime.extras import require
 
     require("starlette", "uvicorn", purpose="status-page")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a restart may follow a stop
         try:
@@ -176,9 +200,38 @@ def status_page(out_dir: str, port: int, host: str) -> int:
     from cxr_edge.runtime.live.status_page import serve
 
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"cxr-edge: status page of {out_dir} on http://{shown}:{port}/ (Ctrl-C stops it)", err=True)
-    serve(out_dir, host=host, port=port)
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"cxr-edge: status page of {out_dir} on {scheme}://{shown}:{port}/ (Ctrl-C stops it)", err=True)
+    serve(out_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, login_file=login_file,
+          insecure=insecure, audit_dir=audit_dir)
     return EXIT_OK
+
+
+@click.command("status-page-token")
+@click.argument("file", type=click.Path(dir_okay=False))
+def status_page_token(file: str) -> int:
+    """Make the status page's login: a new random token, printed once, its salted hash written to FILE (0600).
+
+    Give FILE to `status-page --login FILE`; the browser then asks for it (any user name, the token as
+    password). Running it again replaces the token. The token itself is stored nowhere.
+    """
+    from cxr_edge.runtime.live.login import make_token
+
+    token = make_token(file)
+    click.echo(token)
+    click.echo(f"cxr-edge: the status page's token, shown this once; its hash is in {file}", err=True)
+    return EXIT_OK
+
+
+def _server_tls(cert: str | None, key: str | None, ca: str | None) -> Any:
+    """The DICOM node's TLS from its options, or None for plain TCP."""
+    if cert is None and key is None and ca is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("--tls-cert and --tls-key go together (and --tls-ca needs them)")
+    from cxr_edge.runtime.outputs.tls import server_context
+
+    return server_context(cert, key, ca)
 
 
 class StopOnSignals:
@@ -201,4 +254,4 @@ class StopOnSignals:
             signal.signal(sig, previous)
 
 
-COMMANDS = (watch, dicom_listen, status_page)
+COMMANDS = (watch, dicom_listen, status_page, status_page_token)

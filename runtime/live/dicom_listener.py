@@ -32,6 +32,7 @@ import logging
 import os
 import queue
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from ..outputs.outbox import Destination, Outbox
 from ..outputs.records import LiveSummary, live_record
 from ..outputs.reports import SR_KINDS
 from ..outputs.steps import Outcome, OutputOptions, live_steps, study_header_of
+from ..outputs.trail import AuditTrail
 from ..reading.dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 
 __all__ = ["DicomListener", "SR_KINDS", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
@@ -142,13 +144,15 @@ class DicomListener:
             `SR_KINDS`), the heatmap as PNG and as Secondary Capture, FHIR, patient identifiers in the records.
         on_record: called from the worker with each result record as it is written.
         forward: send every report (and heatmap) to these Storage SCPs from a durable outbox.
+        tls: an `ssl.SSLContext` (`cxr_edge.runtime.outputs.tls.server_context`): associations only over TLS, with
+            client certificates where it requires them; None: plain TCP.
     """
 
     def __init__(self, out_dir: str | Path, classifier: Classifier, *, port: int = 11112, ae_title: str = "CXREDGE",
                  host: str = "", allow: Sequence[str] | None = None,
                  outputs: OutputOptions = OutputOptions(sr="tid1500"),
                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                 forward: Sequence[Destination] = ()) -> None:
+                 forward: Sequence[Destination] = (), tls: Any = None) -> None:
         if outputs.sr not in SR_KINDS:
             raise CxrEdgeError(f"SR kind {outputs.sr!r}: expected one of {', '.join(SR_KINDS)}")
         if (outputs.sc or outputs.cam) and not classifier.has_cam:
@@ -160,10 +164,12 @@ class DicomListener:
         self.incoming, self.done, self.failed = self.out / "incoming", self.out / "done", self.out / "failed"
         self.results, self.quarantine = self.out / "results", self.out / "quarantine"
         self.options = outputs
-        self.outbox = Outbox(self.out, list(forward), calling_ae=ae_title.strip(" ")) if forward else None
+        self.trail = AuditTrail(self.out / "audit")
+        self.outbox = Outbox(self.out, list(forward), calling_ae=ae_title.strip(" "), trail=self.trail) \
+            if forward else None
         self.heartbeat = Heartbeat(self.out, "dicom-listen", self._snapshot)
         self.outputs = live_steps(self.out, outputs, classifier, outbox=self.outbox, heartbeat=self.heartbeat,
-                                  record_path=lambda outcome: self.results / f"{outcome.name}.json")
+                                  trail=self.trail, record_path=lambda outcome: self.results / f"{outcome.name}.json")
         self._last_arrival: str | None = None
         self._last_result: str | None = None
         self.classifier = classifier
@@ -171,6 +177,7 @@ class DicomListener:
         self.host, self.requested_port = host, port
         self.allow = frozenset(a.strip(" ") for a in allow) if allow else None
         self.on_record = on_record
+        self.tls = tls
         self.summary = LiveSummary()
         self.quarantined = 0
         self._queue: queue.Queue[_Received | None] = queue.Queue()
@@ -220,14 +227,22 @@ class DicomListener:
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
-                    (evt.EVT_DATA_RECV, _keep_calling_title), (evt.EVT_REQUESTED, self._on_request)]
+                    (evt.EVT_DATA_RECV, _keep_calling_title), (evt.EVT_REQUESTED, self._on_request),
+                    (evt.EVT_ACCEPTED, self._on_accepted)]
         try:
             self._server = ae.make_server((self.host, self.requested_port), evt_handlers=handlers,
-                                          server_class=_bounded_server_class())
+                                          server_class=_bounded_server_class(), ssl_context=self.tls)
         except OSError as exc:
             self.stop()
             raise CxrEdgeError(f"cannot listen on port {self.requested_port}: {exc.strerror or exc}") from exc
+        self._server.trail = self.trail  # connections refused before any association are audited too
         threading.Thread(target=self._server.serve_forever, name="cxr-dicom-accept", daemon=True).start()
+        self.trail.record("start", mode="dicom-listen", ae_title=self.ae_title, host=self.host, port=self.port,
+                          tls=self.tls is not None, client_certificates=self.tls is not None and
+                          self.tls.verify_mode == ssl.CERT_REQUIRED, allow=sorted(self.allow or ()),
+                          model=self.classifier.path.name, sr=self.options.sr, sc=self.options.sc,
+                          fhir=self.options.fhir is not None, keep_phi=self.options.keep_phi,
+                          forward=[str(d) for d in self.outbox.destinations] if self.outbox else [])
         if self.outbox is not None:
             self.outbox.start()
         self.heartbeat.start()
@@ -249,6 +264,7 @@ class DicomListener:
         if self.outbox is not None:
             self.outbox.stop()
         self.heartbeat.stop()
+        self.trail.record("stop", mode="dicom-listen", counts=self.summary.as_dict(), quarantined=self.quarantined)
 
     def _snapshot(self) -> dict[str, Any]:
         """What `status.json` says beside mode and times (no patient identifier)."""
@@ -270,13 +286,20 @@ class DicomListener:
         return False
 
     # --- receiving (association threads) -------------------------------------------------------------------
+    def _on_accepted(self, event: Any) -> None:
+        self.trail.record("association-accepted", calling_ae=getattr(event.assoc, "cxr_calling_title", None),
+                          peer=str(event.assoc.requestor.address), tls=self.tls is not None)
+
     def _on_request(self, event: Any) -> None:
         """Refuse an association whose calling AE title is invalid, or not on the allow list."""
         calling = getattr(event.assoc, "cxr_calling_title", None)
         if calling is None or (self.allow is not None and calling not in self.allow):
             shown = calling if calling is not None else "(an invalid AE title)"
+            reason = "not on the allow list" if calling is not None else "invalid calling AE title"
             log.warning("refused an association from %s calling as %s: %s", event.assoc.requestor.address, shown,
-                        "not on the allow list" if calling is not None else "invalid calling AE title")
+                        reason)
+            self.trail.record("association-refused", calling_ae=shown, peer=str(event.assoc.requestor.address),
+                              reason=reason)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected permanent, calling AE title not recognised
             event.assoc.kill()  # as pynetdicom's own rejection does: waits until the reply has been sent
 
@@ -320,6 +343,8 @@ class DicomListener:
                 self._inflight.pop(name, None)
             log.error("cannot store instance %s: %s", uid, exc)
             return Status.OUT_OF_RESOURCES
+        self.trail.record("instance-received", sop_instance_uid=uid, stored_as=name, sha256=digest, calling_ae=calling,
+                          peer=str(event.assoc.requestor.address), sop_class=sop_class)
         self._queue.put(_Received(name, path, arrived, arrived_s, calling))
         return Status.SUCCESS
 
@@ -360,6 +385,8 @@ class DicomListener:
         except Exception as exc:
             log.error("cannot quarantine a bad dataset: %s", exc)
         log.warning("quarantined instance %s from %s: %s", uid[:80], calling, reason)
+        self.trail.record("instance-received", sop_instance_uid=uid[:80], calling_ae=calling,
+                          peer=str(event.assoc.requestor.address), quarantined=reason)
 
     # --- classifying (worker thread) -----------------------------------------------------------------------
     def _work(self) -> None:
@@ -482,6 +509,9 @@ def _bounded_server_class() -> type:
                 self._open = {key: (peer, sock) for key, (peer, sock) in self._open.items() if sock.fileno() != -1}
                 if sum(peer == host for peer, _ in self._open.values()) >= PER_PEER:
                     log.warning("refused a connection from %s: it already holds %d open", host, PER_PEER)
+                    if getattr(self, "trail", None) is not None:
+                        self.trail.record("association-refused", peer=host,
+                                          reason=f"already {PER_PEER} open connections from this address")
                     return False
                 self._open[id(request)] = (host, request)
             return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -29,6 +30,9 @@ from typing import Any
 
 from ..outputs.health import STALE_S, STATUS_FILE
 from ..outputs.outbox import outbox_status
+from .page_guard import Guard, check_exposure
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ResultIndex", "snapshot", "create_app", "serve", "LATEST", "FAILURES"]
 
@@ -187,8 +191,11 @@ def snapshot(out: Path, index: ResultIndex, now: datetime | None = None) -> dict
             "last_hour": hours[-1], "latest": [_row(r) for r in records[:LATEST]], "failures": failures}
 
 
-def create_app(out_dir: str | Path) -> Any:
-    """The Starlette application over `out_dir` (read-only)."""
+def create_app(out_dir: str | Path, *, login: Any = None, https: bool = False, insecure: bool = False,
+               trail: Any = None) -> Any:
+    """The Starlette application over `out_dir` (read-only), behind its guard (`page_guard.Guard`): the login
+    where one is given, the security headers always; `insecure` says on the page that it has neither HTTPS nor a
+    login; `trail` records the logins accepted and refused."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -210,7 +217,8 @@ def create_app(out_dir: str | Path) -> Any:
 
     async def page(request: Request) -> HTMLResponse:
         data = await current()  # the latest rows drawn here, thumbnails included, before any script runs
-        return HTMLResponse(PAGE.replace("{{folder}}", html.escape(str(out)))
+        banner = '<p class="insecure">INSECURE: served without HTTPS or a login (--insecure)</p>' if insecure else ""
+        return HTMLResponse(PAGE.replace("{{folder}}", html.escape(str(out))).replace("{{banner}}", banner)
                             .replace("{{rows}}", "".join(_row_html(r) for r in data["latest"])))
 
     async def state(request: Request) -> JSONResponse:
@@ -260,8 +268,14 @@ def create_app(out_dir: str | Path) -> Any:
             return Response("unreadable heatmap", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/jpeg", headers=immutable)
 
-    return Starlette(routes=[Route("/", page), Route("/api/status", state), Route("/events", events),
-                             Route("/cam/{name}", heatmap), Route("/thumb/{name}", thumbnail)])
+    app = Starlette(routes=[Route("/", page), Route("/api/status", state), Route("/events", events),
+                            Route("/cam/{name}", heatmap), Route("/thumb/{name}", thumbnail)])
+
+    def audited(accepted: bool, peer: str) -> None:
+        if trail is not None:
+            trail.record("login-accepted" if accepted else "login-refused", peer=peer)
+
+    return Guard(app, login, https=https, on_login=audited)
 
 
 def result_text(row: dict[str, Any]) -> str:
@@ -305,11 +319,32 @@ def _thumbnail(path: Path) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
-def serve(out_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the page until interrupted (uvicorn, one worker)."""
+def serve(out_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, tls_cert: str | None = None,
+          tls_key: str | None = None, login_file: str | None = None, insecure: bool = False,
+          audit_dir: str | Path | None = None) -> None:
+    """Serve the page until interrupted (uvicorn, one worker): over HTTPS with the site's certificate, behind the
+    login, and beyond loopback only with both (`page_guard.check_exposure`)."""
     import uvicorn
 
-    uvicorn.run(create_app(out_dir), host=host, port=port, log_level="warning", access_log=False)
+    from ..outputs.tls import CIPHERS, server_context
+    from ..outputs.trail import AuditTrail
+    from .login import Login
+
+    https = tls_cert is not None and tls_key is not None
+    if https:
+        server_context(tls_cert, tls_key)  # a wrong certificate or key is one line, before uvicorn starts
+    login = Login(login_file) if login_file is not None else None
+    check_exposure(host, https=https, login=login is not None, insecure=insecure)
+    trail: AuditTrail | None = AuditTrail(Path(audit_dir) if audit_dir is not None else Path(out_dir) / "audit")
+    try:
+        trail.record("start", mode="status-page", host=host, port=port, https=https, login=login is not None,
+                     insecure=insecure)
+    except OSError as exc:  # a page that may only read the folder (a group member) audits nothing there
+        log.warning("no audit trail for the status page (%s); give --audit-dir", exc.strerror or exc)
+        trail = None
+    app = create_app(out_dir, login=login, https=https, insecure=insecure and not (https and login), trail=trail)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, ssl_certfile=tls_cert,
+                ssl_keyfile=tls_key, ssl_ciphers=CIPHERS)
 
 
 PAGE = """<!doctype html>
@@ -335,9 +370,10 @@ PAGE = """<!doctype html>
  .warn{font-size:.75rem;color:#8a5a00} .notice{font-size:.75rem;color:#555;margin-top:.6rem}
  dialog img{max-width:95vw;max-height:88vh} dialog{border:none;border-radius:6px;max-width:97vw}
  .label{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+ .insecure{background:#a11;color:#fff;margin:0;padding:.4rem 1rem;font-weight:600}
 </style></head>
 <body>
-<header><h1>cxr-edge</h1><small>{{folder}}</small><span id="health" class="pill">...</span></header>
+<header><h1>cxr-edge</h1><small>{{folder}}</small><span id="health" class="pill">...</span></header>{{banner}}
 <main>
  <div>
   <section><h2>Latest results</h2>

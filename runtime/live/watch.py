@@ -51,6 +51,7 @@ from ..outputs.outbox import Destination, Outbox
 from ..outputs.records import LiveSummary, live_record
 from ..outputs.reports import SR_KINDS
 from ..outputs.steps import Outcome, OutputOptions, live_steps
+from ..outputs.trail import AuditTrail
 
 __all__ = ["FolderWatcher", "WatchLayout", "is_ignored", "result_name", "IGNORED_SUFFIXES"]
 
@@ -160,9 +161,11 @@ class FolderWatcher:
             outputs = replace(outputs, sr="tid1500")  # forwarding sends reports: make them
         self.classifier = classifier
         self.options = outputs
-        self.outbox = Outbox(self.layout.out, list(forward)) if forward else None
+        self.trail = AuditTrail(self.layout.out / "audit")
+        self.outbox = Outbox(self.layout.out, list(forward), trail=self.trail) if forward else None
         self.heartbeat = Heartbeat(self.layout.out, "watch", self._snapshot)
         self.outputs = live_steps(self.layout.out, outputs, classifier, outbox=self.outbox, heartbeat=self.heartbeat,
+                                  trail=self.trail,
                                   record_path=lambda outcome: self.layout.results / f"{outcome.name}.json")
         self._waiting = 0
         self._last_arrival: str | None = None
@@ -268,6 +271,10 @@ class FolderWatcher:
                     self.outbox.wait_empty(timeout=OUTBOX_DRAIN_S)
                 self.outbox.stop()
             self.heartbeat.stop()
+            try:
+                self.trail.record("stop", mode="watch", counts=self.summary.as_dict())
+            except OSError as exc:  # an output folder that refuses writing was said so already
+                log.debug("no audit record of the stop: %s", exc)
         return self.summary
 
     def _snapshot(self) -> dict[str, Any]:
@@ -278,6 +285,10 @@ class FolderWatcher:
                 "outbox_backlog": self.outbox.backlog() if self.outbox is not None else None}
 
     def _start(self) -> bool:
+        self.trail.record("start", mode="watch", watching=str(self.in_dir), model=self.classifier.path.name,
+                          sr=self.options.sr, sc=self.options.sc, cam=self.options.cam,
+                          fhir=self.options.fhir is not None, keep_phi=self.options.keep_phi,
+                          forward=[str(d) for d in self.outbox.destinations] if self.outbox else [])
         extra = [self.layout.cam] * (self.options.cam or self.options.sc) + [self.layout.out / "sc"] * self.options.sc
         extra += [self.layout.sr] * bool(self.options.sr) + [self.options.fhir] * (self.options.fhir is not None)
         self.layout.create(*extra)
@@ -423,6 +434,7 @@ class FolderWatcher:
             self._last_result = utc_now()  # this arrival's, not the first result's
             self.outputs.deliver(Outcome(None, record, name, claimed, self.classifier.contract), recorded=True)
         else:
+            self.trail.record("instance-received", sha256=sha256, arrived=arrived)
             prediction = self.classifier.predict([claimed], cam=self.options.cam or self.options.sc)[0]
             failed = prediction.error is not None
             folder = self.layout.failed if failed else self.layout.done

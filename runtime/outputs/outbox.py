@@ -26,7 +26,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,12 @@ _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Z
 
 @dataclass(frozen=True)
 class Destination:
-    """A PACS (or any Storage SCP): its AE title, host and port."""
+    """A PACS (or any Storage SCP): its AE title, host and port, and the TLS to reach it with (None: plain TCP)."""
 
     ae_title: str
     host: str
     port: int
+    tls: Any = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -108,10 +109,12 @@ class Outbox:
         calling_ae: this node's AE title towards the PACS.
     """
 
-    def __init__(self, out_dir: Path, destinations: list[Destination], *, calling_ae: str = "CXREDGE") -> None:
+    def __init__(self, out_dir: Path, destinations: list[Destination], *, calling_ae: str = "CXREDGE",
+                 trail: Any = None) -> None:
         self.root = Path(out_dir) / "outbox"
         self.calling_ae = calling_ae
-        self._senders = [_Sender(self.root / d.key, d, calling_ae) for d in destinations]
+        self.destinations = list(destinations)
+        self._senders = [_Sender(self.root / d.key, d, calling_ae, trail) for d in destinations]
 
     def start(self) -> None:
         for sender in self._senders:
@@ -142,8 +145,8 @@ class Outbox:
 class _Sender:
     """One destination's pending folder and the thread that empties it."""
 
-    def __init__(self, folder: Path, destination: Destination, calling_ae: str) -> None:
-        self.folder, self.destination, self.calling_ae = folder, destination, calling_ae
+    def __init__(self, folder: Path, destination: Destination, calling_ae: str, trail: Any = None) -> None:
+        self.folder, self.destination, self.calling_ae, self.trail = folder, destination, calling_ae, trail
         self.pending, self.refused = folder / "pending", folder / "refused"
         for sub in (self.pending, self.refused):
             private_dir(sub)
@@ -240,7 +243,7 @@ class _Sender:
             try:
                 datasets.append((path, pydicom.dcmread(path)))
             except Exception as exc:  # not a DICOM file any more (disk damage): keep it aside, say so
-                self._refuse(path, f"cannot be read: {first_line(exc)}")
+                self._refuse(path, f"cannot be read: {first_line(exc)}", None)
         if not datasets:
             return
         ae = AE(ae_title=self.calling_ae)
@@ -248,7 +251,9 @@ class _Sender:
         ae.dimse_timeout = 60
         for sop_class in dict.fromkeys(str(ds.SOPClassUID) for _, ds in datasets):
             ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
+        tls = (self.destination.tls, self.destination.host) if self.destination.tls is not None else None
+        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
+                             tls_args=tls)
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "cannot connect (refused, unreachable or " \
                 "no answer)"
@@ -259,7 +264,7 @@ class _Sender:
                 if self._stopping.is_set():
                     break
                 if str(ds.SOPClassUID) not in accepted:
-                    self._refuse(path, f"the PACS does not accept SOP class {ds.SOPClassUID}")
+                    self._refuse(path, f"the PACS does not accept SOP class {ds.SOPClassUID}", ds.SOPInstanceUID)
                     continue
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None) if status else None
@@ -269,17 +274,24 @@ class _Sender:
                     path.unlink(missing_ok=True)
                     self._status["sent"] += 1
                     self._status["last_sent"] = utc_now()
+                    if self.trail is not None:
+                        self.trail.record("report-forwarded", destination=str(self.destination),
+                                          sop_instance_uid=str(ds.SOPInstanceUID), tls=self.destination.tls is not None)
                 elif 0xA700 <= code <= 0xA7FF:  # out of resources: try again later
                     raise _Unreachable(f"{self.destination}: out of resources (0x{code:04X})")
                 else:
-                    self._refuse(path, f"the PACS answered 0x{code:04X} to SOP Instance UID {ds.SOPInstanceUID}")
+                    self._refuse(path, f"the PACS answered 0x{code:04X} to SOP Instance UID {ds.SOPInstanceUID}",
+                                 ds.SOPInstanceUID)
                 self._write_status()
         finally:
             if assoc.is_established:
                 assoc.release()
 
-    def _refuse(self, path: Path, reason: str) -> None:
+    def _refuse(self, path: Path, reason: str, uid: object) -> None:
         log.error("forwarding to %s: %s refused: %s", self.destination, path.name, reason)
+        if self.trail is not None:  # named by its UID: a file name may be made of a patient's
+            self.trail.record("report-refused", destination=str(self.destination),
+                              sop_instance_uid=str(uid) if uid else None, reason=reason)
         target = self.refused / free_name(self.refused, path.name, companions=(".reason.txt",))
         os.replace(path, target)
         write_atomic(target.with_name(target.name + ".reason.txt"), f"{reason}\n".encode())

@@ -31,8 +31,8 @@ from ..model.contract import Contract
 from ..model.model_file import file_sha256
 
 __all__ = ["Outcome", "study_header_of", "Step", "OutputSteps", "HeatmapStep", "SecondaryCaptureStep", "RecordStep",
-           "ReportStep", "FhirStep", "ForwardStep", "RowStep", "HeartbeatStep", "Naming", "caption", "OutputOptions",
-           "live_steps", "file_steps"]
+           "ReportStep", "FhirStep", "ForwardStep", "RowStep", "TrailStep", "HeartbeatStep", "Naming", "caption",
+           "OutputOptions", "live_steps", "file_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +360,21 @@ class RowStep(Step):
         self.rows.append(row)
 
 
+class TrailStep(Step):
+    """Write the result into the audit trail: which image (SOP Instance UID, else SHA-256), what came of it, and
+    which files it produced; never who the patient is."""
+
+    def __init__(self, trail: Any) -> None:
+        self.trail = trail
+
+    def finish(self, outcome: Outcome) -> None:
+        record = outcome.record
+        written = {key: record[key] for key in ("sr", "sc", "fhir", "cam") if record.get(key)}
+        self.trail.record("result-written", sop_instance_uid=record.get("sop_instance_uid"),
+                          sha256=record.get("sha256"), status=record.get("status"), finding=record.get("finding"),
+                          error=record.get("error"), outputs=written)
+
+
 class HeartbeatStep(Step):
     """Tell ``status.json`` at once that a result was written."""
 
@@ -397,7 +412,7 @@ def _identity(classifier: Any) -> dict[str, str]:
 
 
 def live_steps(out: Path, options: OutputOptions, classifier: Any, *, record_path: Callable[[Outcome], Path],
-               outbox: Any = None, heartbeat: Any = None) -> OutputSteps:
+               outbox: Any = None, heartbeat: Any = None, trail: Any = None) -> OutputSteps:
     """The steps of a live mode writing under `out`: cam/, sc/, sr/, the FHIR folder, the record, the outbox and
     the heartbeat, each where asked for; files are named by the mode's own unique name of the input."""
     identity = _identity(classifier)
@@ -411,6 +426,8 @@ def live_steps(out: Path, options: OutputOptions, classifier: Any, *, record_pat
     if options.fhir is not None:
         steps.append(FhirStep(Naming(options.fhir, ".json", root=out), **identity, keep_phi=options.keep_phi))
     steps.append(RecordStep(record_path))
+    if trail is not None:
+        steps.append(TrailStep(trail))
     if outbox is not None:
         steps.append(ForwardStep(outbox, out))
     if heartbeat is not None:

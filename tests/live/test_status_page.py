@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from cxr_edge.runtime.live.status_page import ResultIndex, create_app, snapshot
 from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset, gradient, tiny_onnx
@@ -75,7 +76,7 @@ def test_a_technician_sees_results_arrive_opens_a_heatmap_and_reads_a_failure(tm
         wait_until_served(url + "api/status", page_server)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page = browser.new_page(viewport={"width": 1280, "height": 760}, bypass_csp=True)  # probes use eval
             page.goto(url)
             page.wait_for_selector("#health.ok", timeout=15_000)
             assert "watch running" in page.inner_text("#health")
@@ -215,3 +216,86 @@ def test_the_served_page_holds_the_latest_rows_and_their_thumbnails(tmp_path: Pa
     cat = served[served.index('data-name="cat.png"'):]
     cat = cat[:cat.index("</tr>")]
     assert "<td>-</td>" in cat and "90" not in cat and 'class="rejected"' in cat
+
+
+def test_the_login_the_headers_and_confined_paths(tmp_path: Path) -> None:
+    import base64
+
+    from starlette.testclient import TestClient
+
+    from cxr_edge.runtime.live.login import Login, make_token
+    from cxr_edge.runtime.outputs.trail import AuditTrail, read_trail
+
+    out = tmp_path / "out"
+    _record(out, "a.png")
+    secret = tmp_path / "page.token"
+    token = make_token(secret)
+    assert token not in secret.read_text() and oct(secret.stat().st_mode & 0o777) == "0o600"
+    trail = AuditTrail(tmp_path / "audit")
+    client = TestClient(create_app(out, login=Login(secret), https=True, trail=trail),
+                        client=("10.1.2.3", 5000))
+    refused = client.get("/")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+    assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    basic = base64.b64encode(f"anyone:{token}".encode()).decode()
+    page = client.get("/", headers={"Authorization": f"Basic {basic}"})
+    assert page.status_code == 200 and "a.png" in page.text
+    assert client.get("/api/status", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    for name, value in (("x-frame-options", "DENY"), ("x-content-type-options", "nosniff"),
+                        ("referrer-policy", "no-referrer"), ("strict-transport-security", "max-age=31536000")):
+        assert page.headers[name] == value
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    allowed = {"Authorization": f"Bearer {token}"}
+    for path in ("/../secret.png", "/cam/../../secret.png", "/%2e%2e/%2e%2e/etc/passwd", "/results/a.png.json"):
+        assert client.get(path, headers=allowed).status_code == 404, path
+    events = [e["event"] for e in read_trail(tmp_path / "audit")]
+    # a request without credentials is the browser's first knock, not a failed login; the rest were remembered
+    assert events.count("login-refused") == 1 and events.count("login-accepted") == 1
+    assert all(e["peer"] == "10.1.2.3" for e in read_trail(tmp_path / "audit"))
+
+
+def test_the_page_refuses_the_network_without_https_and_a_login(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "status-page", str(tmp_path), "--host", "0.0.0.0",
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 2, run.stderr  # the start line, the error
+    assert "without --tls-cert/--tls-key and --login" in run.stderr and "--insecure" in run.stderr
+
+
+def test_the_page_over_https_with_its_certificate_and_login(tmp_path: Path) -> None:
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from cxr_edge.runtime.live.login import make_token
+    from tests.certificates import Authority
+
+    ca = Authority(tmp_path / "pki")
+    site = ca.issue("workstation")
+    token = make_token(tmp_path / "page.token")
+    out, port = tmp_path / "out", free_port()
+    _record(out, "a.png")
+    server = start(["status-page", str(out), "--host", "0.0.0.0", "--port", str(port), "--tls-cert", str(site.cert),
+                    "--tls-key", str(site.key), "--login", str(tmp_path / "page.token")])
+    try:
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        url = f"https://127.0.0.1:{port}/api/status"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, context=context, timeout=5)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401  # served, over TLS, and asking for the login
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.2)
+        request = urllib.request.Request(url, headers={
+            "Authorization": "Basic " + base64.b64encode(f"tech:{token}".encode()).decode()})
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+            assert answer.status == 200 and json.loads(answer.read())["latest"][0]["name"] == "a.png"
+        with pytest.raises(urllib.error.URLError):  # a client that does not trust the site's CA gets nothing
+            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
