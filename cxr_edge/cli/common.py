@@ -32,12 +32,19 @@ def engine_choices() -> list[str]:
 
 
 def server_options(command: Any) -> Any:
-    """``--server`` and ``--model-name``: inference on a KServe v2 server (Triton, OpenVINO Model Server)."""
+    """``--server``, ``--model-name``, ``--token-file`` and ``--server-ca``: inference on a KServe v2 server (Triton,
+    OpenVINO Model Server); the command receives them as one ``remote`` mapping."""
+    command = click.option("--server-ca", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+                           help="With an https:// --server: the CA (PEM) its certificate is checked against (default: "
+                                "the system's CAs; certificates are always checked).")(command)
+    command = click.option("--token-file", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+                           help="With an https:// --server: send the bearer token this file holds with every "
+                                "request (never on the command line).")(command)
     command = click.option("--model-name", default=None, metavar="NAME",
                            help="The server's name for the model (default: as export-repository names it: "
                                 "cxr-edge, or cxr-edge-openvino for an IR).")(command)
     return click.option("--server", default=None, metavar="URL",
-                        help="With --backend kserve: the inference server, http://HOST:PORT. Decoding, the "
+                        help="With --backend kserve: the inference server, http(s)://HOST:PORT. Decoding, the "
                              "contract, the gate and outputs stay here; --model supplies the contract the "
                              "server's model is checked against.")(command)
 

@@ -63,7 +63,7 @@ REFERENCE = "torch"
 def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
             cam_dir: str | None, sr_dir: str | None, sr_kind: str, fhir_dir: str | None, recursive: bool,
             batch_size: int | None, show_phi: bool, group: str | None, gate: str, strict: bool,
-            server: str | None, model_name: str | None) -> int:
+            server: str | None, model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """Classify X-rays: files, folders and glob patterns of PNG, JPEG, JPEG 2000, BMP, TIFF or DICOM.
 
     Every input gets a result in input order: its finding (normal, covid19, or pneumonia with the subtype as the
@@ -90,7 +90,7 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
     err = Console(stderr=True, highlight=False)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads,
                                  mode="throughput" if many else "latency", gate=gate, server=server,
-                                 model_name=model_name)
+                                 model_name=model_name, token_file=token_file, server_ca=server_ca)
     if cam_dir is not None and not classifier.has_cam:
         raise CxrEdgeError(f"{classifier.path}: the model has no 'cam' output, so --cam-dir cannot draw heatmaps")
     outputs = file_steps(classifier, cam_dir=_path(cam_dir), sr_dir=_path(sr_dir), sr_kind=sr_kind,
@@ -187,7 +187,7 @@ def info(model: str | None, as_json: bool) -> int:
 def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str, ...], backends: tuple[str, ...],
           precisions: tuple[str, ...], batches: tuple[int, ...], threads: int | None, runs: int, warmup: int,
           e2e: bool, json_out: str | None, plot_out: str | None, markdown_out: str | None, server: str | None,
-          model_name: str | None) -> int:
+          model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """How fast, how accurate, how much headroom: every engine and precision side by side.
 
     With no arguments: the shipped model, FP32 and INT8, on ONNX Runtime and OpenVINO, on synthetic input.
@@ -218,7 +218,7 @@ def bench(models: tuple[str, ...], checkpoint: str | None, data_dirs: tuple[str,
                            backends=backends, precisions=precisions, batches=batches, threads=threads, runs=runs,
                            warmup=warmup, end_to_end=end_to_end_files(roots) if e2e else (),
                            on_progress=lambda text: bar.update(task, description=text), server=server,
-                           model_name=model_name)
+                           model_name=model_name, token_file=token_file, server_ca=server_ca)
     bench_table(result, Console(highlight=False))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")

@@ -44,7 +44,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
           poll: float | None, once: bool, cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None,
           keep_phi: bool, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
           forward_cert: str | None, forward_key: str | None, gate: str, server: str | None,
-          model_name: str | None) -> int:
+          model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
     A file counts as arrived when its writer closes or renames it (names like *.part, *.tmp and dot-files are
@@ -64,7 +64,8 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     targets = destinations(forward, forward_ca, forward_cert, forward_key)
     outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch", group)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
-                                 gate=gate, server=server, model_name=model_name)
+                                 gate=gate, server=server, model_name=model_name,
+                                 token_file=token_file, server_ca=server_ca)
 
     def show(record: dict, repeated: bool) -> None:
         click.echo(live_line(record, Path(record["path"]).name, at=utc_now() if repeated else None,
@@ -109,7 +110,8 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
                  allow: tuple[str, ...], host: str, cam: bool, sc: bool, sr_kind: str, fhir_dir: str | None,
                  keep_phi: bool, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
                  forward_cert: str | None, forward_key: str | None, tls_cert: str | None, tls_key: str | None,
-                 tls_ca: str | None, gate: str, server: str | None, model_name: str | None) -> int:
+                 tls_ca: str | None, gate: str, server: str | None, model_name: str | None,
+                 token_file: str | None, server_ca: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
@@ -134,7 +136,8 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen", group)
     tls = _server_tls(tls_cert, tls_key, tls_ca)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
-                                 gate=gate, server=server, model_name=model_name)
+                                 gate=gate, server=server, model_name=model_name,
+                                 token_file=token_file, server_ca=server_ca)
 
     def show(record: dict) -> None:
         click.echo(live_line(record, record["sop_instance_uid"], latency_ms=record.get("arrival_to_result_ms")))
@@ -223,6 +226,36 @@ def status_page_token(file: str) -> int:
     return EXIT_OK
 
 
+@click.command("audit-log")
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only events from then on: an ISO date or time (2026-12-01, 2026-12-01T08:00) or a span back from "
+                   "now (30m, 12h, 7d).")
+@click.option("--event", "events", multiple=True, metavar="NAME",
+              help="Only events of this kind (repeatable): start, stop, association-accepted, association-refused, "
+                   "instance-received, result-written, report-forwarded, report-refused, login-accepted, "
+                   "login-refused.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of the table.")
+def audit_log(out_dir: str, since: str | None, events: tuple[str, ...], as_json: bool) -> int:
+    """Show a live mode's audit trail (OUT_DIR/audit): who sent what to whom, and what came of it.
+
+    Every event names images by SOP Instance UID (or SHA-256), never by patient; peers by AE title and address.
+    """
+    import json
+
+    from rich.console import Console
+
+    from cxr_edge.runtime.outputs.trail import read_trail, render_trail, since_time
+
+    chosen = [e for e in read_trail(Path(out_dir) / "audit", since_time(since)) if not events or e["event"] in events]
+    if as_json:
+        for event in chosen:
+            click.echo(json.dumps(event))
+    else:
+        render_trail(chosen, Console(highlight=False))
+    return EXIT_OK
+
+
 def _server_tls(cert: str | None, key: str | None, ca: str | None) -> Any:
     """The DICOM node's TLS from its options, or None for plain TCP."""
     if cert is None and key is None and ca is None:
@@ -254,4 +287,4 @@ class StopOnSignals:
             signal.signal(sig, previous)
 
 
-COMMANDS = (watch, dicom_listen, status_page, status_page_token)
+COMMANDS = (watch, dicom_listen, status_page, status_page_token, audit_log)

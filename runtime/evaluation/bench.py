@@ -212,7 +212,7 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
               backends: Sequence[str] = (*local_engines(), "torch"), precisions: Sequence[str] = ("fp32", "int8"),
               batches: Sequence[int] = (1, 8, 32), threads: int | None = None, runs: int = 100, warmup: int = 10,
               end_to_end: Sequence[Path] = (), on_progress: Callable[[str], None] | None = None,
-              server: str | None = None, model_name: str | None = None) -> dict:
+              **remote: Any) -> dict:
     """Benchmark models on every requested engine and precision; returns the JSON-ready result.
 
     Args:
@@ -226,9 +226,9 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
         runs, warmup: timed and untimed batch-1 runs per row.
         end_to_end: image files to time through decode, preprocess, inference and post-processing.
         on_progress: called with a short description as work advances.
-        server, model_name: an inference server for the remote engine's rows (``kserve`` in `backends`): the
-            INT8 models run there too, and each such row reports its network and serialisation cost per image
-            over the same model run here.
+        remote: an inference server for the remote engine's rows (``kserve`` in `backends`): ``server``,
+            ``model_name``, ``token_file``, ``server_ca``; the INT8 models run there too, and each such row reports
+            its network and serialisation cost per image over the same model run here.
     """
     progress = on_progress or (lambda _: None)
     load_before = os.getloadavg()[0]  # before this benchmark loads the machine itself
@@ -236,7 +236,7 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
     models = [Path(m) for m in models] or shipped_models()
     if not models:
         raise CxrEdgeError("no model to benchmark: pass --model FILE (this installation ships none)")
-    opener = _Opener(threads, server, model_name)
+    opener = _Opener(threads, remote)
     rows, contract = _engine_rows(models, backends, precisions, opener, threads, progress)
     if reference is not None and reference.backend in backends:
         rows.append(_reference_row(reference, contract, threads))
@@ -273,14 +273,13 @@ def run_bench(models: Sequence[Path] = (), *, reference: Reference | None = None
 class _Opener:
     """Opens each model once per engine, with the benchmark's threads and server."""
 
-    def __init__(self, threads: int, server: str | None, model_name: str | None) -> None:
-        self.threads, self.server, self.model_name = threads, server, model_name
+    def __init__(self, threads: int, remote: dict[str, Any]) -> None:
+        self.threads, self.remote = threads, remote
         self.opened: dict[tuple[Path, str], Classifier] = {}
 
     def open(self, path: Path, backend: str) -> Classifier:
         if (path, backend) not in self.opened:
-            self.opened[path, backend] = Classifier.open(path, backend=backend, threads=self.threads,
-                                                         server=self.server, model_name=self.model_name)
+            self.opened[path, backend] = Classifier.open(path, backend=backend, threads=self.threads, **self.remote)
         return self.opened[path, backend]
 
     def precision_of(self, path: Path) -> str:

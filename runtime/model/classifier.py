@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -128,8 +129,7 @@ class Classifier:
 
     @classmethod
     def open(cls, path: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-             mode: str = "latency", gate: str = "reject", server: str | None = None,
-             model_name: str | None = None) -> Classifier:
+             mode: str = "latency", gate: str = "reject", **remote: Any) -> Classifier:
         """Open a model and check its contract.
 
         Args:
@@ -138,9 +138,10 @@ class Classifier:
             threads: inference threads (default: every core).
             mode: ``latency`` for single images, ``throughput`` for folders.
             gate: ``reject`` (default), ``warn`` or ``off``; see `cxr_edge.runtime.model.gate`.
-            server: with ``backend="kserve"``, the inference server's URL; the model file then supplies the
-                contract the server's model is checked against.
-            model_name: the server's name for the model (default: as `cxr-edge export-repository` names it).
+            remote: with ``backend="kserve"``: ``server`` (the inference server's URL; the model file then supplies
+                the contract the server's model is checked against), ``model_name`` (the server's name for the
+                model), ``token_file`` (a bearer token) and ``server_ca`` (the CA its HTTPS certificate is checked
+                against).
 
         Raises:
             ModelError: the file is missing, not a model, or disagrees with its contract.
@@ -148,7 +149,7 @@ class Classifier:
         """
         model_path = resolve_model(path)
         name, reason = resolve_backend(model_path, backend, threads=threads)
-        engine = open_backend(model_path, name, threads=threads, mode=mode, server=server, model_name=model_name)
+        engine = open_backend(model_path, name, threads=threads, mode=mode, **remote)
         try:
             contract = Contract.from_metadata(engine.io.metadata)
         except ContractError as exc:

@@ -167,7 +167,7 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "cxr_edge.runtime.model.backends.openvino:OpenVinoBackend", "openvino", writes="openvino"),
     Engine("kserve", "KServe v2 server", "KServe", ("onnx", "openvino"),
            "cxr_edge.runtime.model.backends.kserve:KServeBackend", "tritonclient", remote=True,
-           options=("server", "model_name")),
+           options=("server", "model_name", "token_file", "server_ca")),
 )}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..files import make_private, private_dir, utc_now
 
-__all__ = ["AuditTrail", "read_trail", "EVENTS", "TRAIL_FILE"]
+__all__ = ["AuditTrail", "read_trail", "render_trail", "since_time", "EVENTS", "TRAIL_FILE"]
 
 TRAIL_FILE = "audit.jsonl"
 EVENTS = ("start", "stop", "association-accepted", "association-refused", "instance-received", "result-written",
@@ -87,3 +87,41 @@ def read_trail(folder: Path, since: datetime | None = None) -> Iterator[dict[str
                 continue
             if since is None or when >= since:
                 yield event
+
+
+def since_time(text: str | None) -> datetime | None:
+    """``--since``: an ISO date or time (UTC where no zone is given), or a span back from now (``30m``, ``12h``,
+    ``7d``); None for everything."""
+    import re
+    from datetime import UTC, timedelta
+
+    from ..errors import CxrEdgeError
+
+    if text is None:
+        return None
+    span = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if span:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[span[2]]
+        return datetime.now(UTC) - timedelta(**{unit: int(span[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CxrEdgeError(f"--since {text!r}: give an ISO date or time, or a span such as 30m, 12h or 7d") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def render_trail(events: list[dict[str, Any]], console: Any) -> None:
+    """The events as a table: time, event, and its details as key=value."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..errors import printable
+
+    table = Table(title=f"audit trail: {len(events)} events", title_justify="left")
+    for column in ("time", "event", "details"):
+        table.add_column(column, no_wrap=column != "details", overflow="fold")
+    for event in events:
+        details = "  ".join(f"{key}={value}" for key, value in event.items()
+                            if key not in ("at", "event", "pid") and value not in (None, [], {}, ""))
+        table.add_row(event["at"][:19].replace("T", " "), event["event"], escape(printable(details)))
+    console.print(table)

@@ -95,3 +95,51 @@ def test_forwarding_reaches_a_tls_pacs_only_with_its_ca(tmp_path: Path, pki: dic
         pacs.terminate()
         pacs.wait(timeout=30)
     assert len(list(received.iterdir())) == 1
+
+
+def test_the_audit_trail_names_every_event_and_no_patient(tmp_path: Path, pki: dict) -> None:
+    """Associations accepted and refused, instances received, results written, reports forwarded and refused,
+    the configuration at start: one line each, images by UID, never a patient; `audit-log` prints them."""
+    from pynetdicom import AE as Peer
+    from pynetdicom import evt
+
+    from cxr_edge.runtime.outputs.trail import read_trail
+    from tests.factories import PATIENT_ID, PATIENT_NAME
+    from tests.live.test_dicom_listener import associate
+    from tests.processes import run_cli
+
+    refusing = Peer(ae_title="PACS")  # a PACS that refuses everything it is sent
+    refusing.add_supported_context("1.2.840.10008.5.1.4.1.1.88.34", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    pacs = refusing.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0xC001)])
+    classifier = Classifier.open(tiny_onnx(tmp_path / "tiny.onnx", size=64), backend="ort")
+    out = tmp_path / "out"
+    node = DicomListener(out, classifier, port=0, host="127.0.0.1", allow=["XRAYROOM1"],
+                         outputs=OutputOptions(sr="tid1500"),
+                         forward=[parse_destination(f"PACS@127.0.0.1:{pacs.server_address[1]}")])
+    node.start()
+    try:
+        image = pydicom.dcmread(write_dicom(tmp_path / "film.dcm", gradient(128, 128)))
+        assoc = associate(node.port, ae_title="XRAYROOM1")
+        assert assoc.send_c_store(image).Status == 0
+        assoc.release()
+        assert not associate(node.port, ae_title="STRANGER").is_established
+        assert node.wait_idle()
+        deadline = time.monotonic() + 30
+        while not list((out / "outbox").glob("*/refused/*.reason.txt")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        node.stop()
+        pacs.shutdown()
+    trail = list(read_trail(out / "audit"))
+    kinds = [e["event"] for e in trail]
+    for kind in ("start", "association-accepted", "association-refused", "instance-received", "result-written",
+                 "report-refused", "stop"):
+        assert kind in kinds, (kind, kinds)
+    received = next(e for e in trail if e["event"] == "instance-received")
+    assert received["sop_instance_uid"] == image.SOPInstanceUID and received["calling_ae"] == "XRAYROOM1"
+    assert next(e for e in trail if e["event"] == "association-refused")["calling_ae"] == "STRANGER"
+    text = (out / "audit" / "audit.jsonl").read_text()
+    assert PATIENT_NAME not in text and PATIENT_ID not in text and "Doe" not in text
+    shown = run_cli("audit-log", out, "--since", "1h", "--event", "instance-received", env={"COLUMNS": "200"})
+    assert shown.returncode == 0 and image.SOPInstanceUID in shown.stdout and "result-written" not in shown.stdout

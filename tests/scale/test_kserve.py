@@ -154,3 +154,72 @@ def test_watch_and_bench_run_on_the_server(triton: TritonServer, films: list[Pat
     rows = {row["backend"]: row for row in bench["rows"]}
     assert "error" not in rows["kserve"] and rows["kserve"]["remote_overhead_ms"] > 0
     assert "load_s" in rows["ort"] and "load_s" not in rows["kserve"]  # a server's start-up is its own
+
+
+class _GuardedProxy:
+    """An HTTPS front to the real Triton server, as a hospital's gateway would be: TLS with a certificate of the
+    test CA, and a bearer token required on every request; what passes is forwarded to Triton unchanged."""
+
+    def __init__(self, upstream: int, cert: Path, key: Path, token: str) -> None:
+        import http.client
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                connection = http.client.HTTPConnection("127.0.0.1", upstream, timeout=30)
+                connection.request(self.command, self.path, body,
+                                   {k: v for k, v in self.headers.items() if k.lower() != "authorization"})
+                answer = connection.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_the_remote_engine_over_https_with_a_token(triton: TritonServer, films: list[Path], tmp_path: Path) -> None:
+    from tests.certificates import Authority
+
+    ca, other = Authority(tmp_path / "ca"), Authority(tmp_path / "other", "another CA")
+    site = ca.issue("models")
+    token = "s3cret-token-for-tests"
+    (tmp_path / "token").write_text(token + "\n")
+    proxy = _GuardedProxy(triton.port, site.cert, site.key, token)
+    url = f"https://127.0.0.1:{proxy.port}"
+    try:
+        remote = Classifier.open(SHIPPED, backend="kserve", server=url, token_file=tmp_path / "token",
+                                 server_ca=ca.cert)
+        local = Classifier.open(SHIPPED, backend="ort", threads=1)
+        assert_same_results(remote.predict(films[:2]), local.predict(films[:2]), int8_rerun_bound(SHIPPED))
+        (tmp_path / "wrong").write_text("not-the-token")
+        with pytest.raises(ModelError, match="no inference server answers|401"):
+            Classifier.open(SHIPPED, backend="kserve", server=url, token_file=tmp_path / "wrong", server_ca=ca.cert)
+        with pytest.raises(ModelError, match="no inference server answers"):  # the certificate is checked
+            Classifier.open(SHIPPED, backend="kserve", server=url, token_file=tmp_path / "token",
+                            server_ca=other.cert)
+        with pytest.raises(ModelError, match="needs an https:// server"):  # a token is never sent in clear
+            Classifier.open(SHIPPED, backend="kserve", server=triton.url, token_file=tmp_path / "token")
+    finally:
+        proxy.server.shutdown()

@@ -39,6 +39,21 @@ COOLDOWN_S = 5.0
 """After a batch failed every retry, later batches fail at once for this long, then the server is tried again."""
 
 
+def _authorization(token_file: str | Path | None, https: bool) -> dict[str, str] | None:
+    """The bearer token's header; a token is never sent in clear text."""
+    if token_file is None:
+        return None
+    if not https:
+        raise ModelError("--token-file needs an https:// server: a token sent over plain HTTP is a token given away")
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise ModelError(f"--token-file {token_file}: {exc.strerror or exc}") from exc
+    if not token:
+        raise ModelError(f"--token-file {token_file}: the file is empty")
+    return {"Authorization": f"Bearer {token}"}
+
+
 def default_model_name(path: Path) -> str:
     """How `cxr-edge export-repository` names the model of this file: ``cxr-edge``, or ``cxr-edge-openvino``."""
     return "cxr-edge" if model_format(path) == "onnx" else "cxr-edge-openvino"
@@ -51,15 +66,18 @@ class KServeBackend:
         path: the local model file: its contract, gate policy and output shapes describe the served model.
         threads: unused (the server has its own).
         mode: unused (the server batches).
-        server: ``http://host:port`` (or ``host:port``; ``https://`` for TLS).
+        server: ``http://host:port`` (or ``host:port``; ``https://`` for TLS, the server's certificate checked).
         model_name: the server's name for the model (default: `default_model_name`).
+        token_file: a file holding a bearer token, sent with every request (over HTTPS only).
+        server_ca: the CA (PEM) the server's HTTPS certificate is checked against (default: the system's).
     """
 
     name = "kserve"
     remote = True
 
     def __init__(self, path: Path, *, threads: int | None = None, mode: str = "latency", server: str,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, token_file: str | Path | None = None,
+                 server_ca: str | Path | None = None) -> None:
         from . import open_backend
 
         self.path = Path(path)
@@ -69,6 +87,10 @@ class KServeBackend:
         if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
             raise ModelError(f"--server {server!r}: give http://HOST:PORT (the server's HTTP port)")
         self._url, self._ssl = f"{parsed.hostname}:{parsed.port}", parsed.scheme == "https"
+        self._headers = _authorization(token_file, self._ssl)
+        self._ca = str(server_ca) if server_ca is not None else None
+        if self._ca is not None and not (self._ssl and Path(self._ca).is_file()):
+            raise ModelError(f"--server-ca {server_ca}: needs an https:// server and an existing CA file")
         self._local = threading.local()  # tritonclient's HTTP client is gevent-based: one per thread
         self._down_until = 0.0
         local = open_backend(self.path, reader_engine(model_format(self.path)).name, threads=1)
@@ -89,20 +111,22 @@ class KServeBackend:
         if client is None:
             import tritonclient.http as http
 
+            options = {"ca_certs": self._ca} if self._ca is not None else None  # else the system's CAs
             client = http.InferenceServerClient(self._url, connection_timeout=CONNECT_TIMEOUT_S,
-                                                network_timeout=REQUEST_TIMEOUT_S, ssl=self._ssl)
+                                                network_timeout=REQUEST_TIMEOUT_S, ssl=self._ssl,
+                                                ssl_options=options, insecure=False)
             self._local.client = client
         return client
 
     def _metadata(self) -> dict[str, Any]:
         try:
-            live = self._client().is_server_live()
+            live = self._client().is_server_live(headers=self._headers)
         except Exception as exc:
             raise ModelError(f"{self.server}: no inference server answers ({_reason(exc)})") from exc
         if not live:
             raise ModelError(f"{self.server}: the server says it is not live")
         try:
-            return self._client().get_model_metadata(self.model_name)
+            return self._client().get_model_metadata(self.model_name, headers=self._headers)
         except Exception as exc:
             raise ModelError(f"{self.server}: no model {self.model_name!r} is ready there ({_reason(exc)}); "
                              "give --model-name") from exc
@@ -141,7 +165,7 @@ class KServeBackend:
         wanted = [http.InferRequestedOutput(name, binary_data=True) for name in outputs]
         for attempt in range(RETRIES + 1):
             try:
-                result = self._client().infer(self.model_name, [request], outputs=wanted)
+                result = self._client().infer(self.model_name, [request], outputs=wanted, headers=self._headers)
                 break
             except Exception as exc:
                 if attempt == RETRIES or not _retryable(exc):
