@@ -227,3 +227,78 @@ def tiny_int8(fp32: Path, out: Path, seed: int = 0) -> Path:
         entry.key, entry.value = key, value
     onnx.save(model, str(out))
     return out
+
+
+def htj2k_codestream(stored: np.ndarray) -> bytes:
+    """A High-Throughput JPEG 2000 codestream made by OpenJPH (through imagecodecs), lossless, five levels."""
+    import imagecodecs
+
+    return bytes(imagecodecs.htj2k_encode(stored, resolutions=6))
+
+
+def jph_file(path: Path, stored: np.ndarray) -> Path:
+    """A .jph file (ISO/IEC 15444-15 file format): the JP2 boxes around an HTJ2K codestream, brand 'jph '."""
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+    bits = stored.dtype.itemsize * 8  # OpenJPH codes 16-bit words as 16-bit samples
+    header = box(b"ihdr", struct.pack(">IIHBBBB", *stored.shape[:2], 1, bits - 1, 7, 0, 0))
+    colour = box(b"colr", struct.pack(">BBBI", 1, 0, 0, 17))  # enumerated, greyscale
+    path.write_bytes(box(b"jP  ", b"\r\n\x87\n") + box(b"ftyp", b"jph " + struct.pack(">I", 0) + b"jph ")
+                     + box(b"jp2h", header + colour) + box(b"jp2c", htj2k_codestream(stored)))
+    return path
+
+
+def every_syntax(stored: np.ndarray, folder: Path, **attributes: object) -> dict[str, Path]:
+    """One 15- or 16-bit radiograph in every transfer syntax the runtime reads, written by real encoders: pydicom
+    (RLE, JPEG 2000, deflate), dcmtk (JPEG lossless and extended, JPEG-LS) and OpenJPH (HTJ2K).
+
+    Returns file paths by transfer syntax UID; the syntaxes whose encoder is not installed are missing.
+    """
+    import shutil
+    import subprocess
+
+    from pydicom.uid import (
+        JPEG2000,
+        DeflatedExplicitVRLittleEndian,
+        HTJ2KLossless,
+        ImplicitVRLittleEndian,
+        JPEG2000Lossless,
+        RLELossless,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    def save(name: str, ds: Dataset, syntax: str | None = None) -> Path:
+        path = folder / f"{name}.dcm"
+        if syntax is not None:
+            ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian or None)
+        files[str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)] = path
+        return path
+
+    plain = save("explicit", dicom_dataset(stored, **attributes))
+    save("implicit", dicom_dataset(stored, **attributes), ImplicitVRLittleEndian)
+    save("deflated", dicom_dataset(stored, **attributes), DeflatedExplicitVRLittleEndian)
+    for name, syntax, extra in (("rle", RLELossless, {}), ("j2k-lossless", JPEG2000Lossless, {}),
+                                ("j2k", JPEG2000, {"j2k_cr": [15]})):
+        ds = dicom_dataset(stored, **attributes)
+        ds.compress(syntax, stored, **extra)
+        save(name, ds)
+    ds = dicom_dataset(stored, **attributes)
+    ds.PixelData = encapsulate([htj2k_codestream(stored)])
+    ds["PixelData"].is_undefined_length = True
+    save("htj2k", ds, HTJ2KLossless)
+    twelve = folder / ".twelve.dcm"
+    unwindowed = {key: value for key, value in attributes.items() if not key.startswith("Window")}
+    dicom_dataset((stored >> max(0, int(stored.max()).bit_length() - 12)).astype(np.uint16),
+                  **(unwindowed | {"bits_stored": 12})).save_as(twelve, enforce_file_format=True)
+    for tool, option, source in (("dcmcjpeg", "+e1", plain), ("dcmcjpeg", "+el", plain),
+                                 ("dcmcjpeg", "+ee", twelve), ("dcmcjpls", "+el", plain), ("dcmcjpls", "+en", plain)):
+        if shutil.which(tool):
+            out = folder / f"{tool}{option.strip('+')}.dcm"
+            subprocess.run([tool, option, str(source), str(out)], check=True, capture_output=True)
+            files[str(pydicom.dcmread(out, stop_before_pixels=True).file_meta.TransferSyntaxUID)] = out
+    twelve.unlink()
+    return files

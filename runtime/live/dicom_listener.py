@@ -51,6 +51,7 @@ from ..outputs.records import LiveSummary, live_record
 from ..outputs.reports import SR_KINDS
 from ..outputs.steps import Outcome, OutputOptions, live_steps, study_header_of
 from ..outputs.trail import AuditTrail
+from ..reading import codecs
 from ..reading.dicom_image import RAW_DETECTOR_WARNING, quiet_pydicom
 
 __all__ = ["DicomListener", "SR_KINDS", "STORAGE_CLASSES", "TRANSFER_SYNTAXES", "Status", "valid_ae_title", "PER_PEER"]
@@ -67,18 +68,9 @@ STORAGE_CLASSES = {
 
 FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",     # Explicit VR Little Endian
-    "1.2.840.10008.1.2",       # Implicit VR Little Endian
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8 bit)
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12 bit)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, first-order prediction (SV1)
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",     # RLE Lossless
-]
-"""What the runtime's loader decodes (pydicom with the pylibjpeg plugins)."""
+TRANSFER_SYNTAXES = list(codecs.TRANSFER_SYNTAXES)
+"""What the runtime's loader decodes: uncompressed, RLE, JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 and
+High-Throughput JPEG 2000 (`cxr_edge.runtime.reading.codecs`)."""
 
 MAX_ASSOCIATIONS = 32
 """Associations open at once, from every peer together."""

@@ -198,7 +198,7 @@ def create_app(out_dir: str | Path, *, login: Any = None, https: bool = False, i
     login; `trail` records the logins accepted and refused."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
     out = Path(out_dir).resolve()
@@ -224,6 +224,23 @@ def create_app(out_dir: str | Path, *, login: Any = None, https: bool = False, i
     async def state(request: Request) -> JSONResponse:
         return JSONResponse(await current())
 
+    events = _events(current)
+    heatmap, thumbnail = _heatmap_routes(out)
+    app = Starlette(routes=[Route("/", page), Route("/api/status", state), Route("/events", events),
+                            Route("/cam/{name}", heatmap), Route("/thumb/{name}", thumbnail)])
+
+    def audited(accepted: bool, peer: str) -> None:
+        if trail is not None:
+            trail.record("login-accepted" if accepted else "login-refused", peer=peer)
+
+    return Guard(app, login, https=https, on_login=audited)
+
+
+def _events(current: Any) -> Any:
+    """The server-sent event stream: a snapshot whenever it changes, a comment line to keep idle proxies open."""
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+
     async def events(request: Request) -> StreamingResponse:
         async def stream() -> Any:
             last = None
@@ -243,6 +260,13 @@ def create_app(out_dir: str | Path, *, login: Any = None, https: bool = False, i
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return events
+
+
+def _heatmap_routes(out: Path) -> tuple[Any, Any]:
+    """The heatmap and its thumbnail, served only from the output's cam/ folder, by a plain file name."""
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, Response
 
     def heatmap_path(name: str) -> Path | None:
         path = out / "cam" / name
@@ -267,15 +291,7 @@ def create_app(out_dir: str | Path, *, login: Any = None, https: bool = False, i
         if data is None:
             return Response("unreadable heatmap", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/jpeg", headers=immutable)
-
-    app = Starlette(routes=[Route("/", page), Route("/api/status", state), Route("/events", events),
-                            Route("/cam/{name}", heatmap), Route("/thumb/{name}", thumbnail)])
-
-    def audited(accepted: bool, peer: str) -> None:
-        if trail is not None:
-            trail.record("login-accepted" if accepted else "login-refused", peer=peer)
-
-    return Guard(app, login, https=https, on_login=audited)
+    return heatmap, thumbnail
 
 
 def result_text(row: dict[str, Any]) -> str:

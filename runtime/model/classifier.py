@@ -330,16 +330,14 @@ def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
-REDUCED_FORMATS = ("jpeg", "jpeg2000", "dicom")
-"""Formats the loader may decode below their full resolution (JPEG's DCT scales, JPEG 2000's levels)."""
 
 
 def _display_pixels(item: str | Path | np.ndarray, pixels: np.ndarray, fmt: str | None) -> np.ndarray:
     """The image a heatmap is drawn over: the film at up to `DISPLAY_MAX_SIDE` pixels. The model's decode stops at
-    the input size where a format allows (JPEG's DCT scales, JPEG 2000's levels); a picture a person looks at needs
-    more, so such a file is decoded a second time, at display size, only when a heatmap is asked for. The model's
-    input is never taken from this decode: it must be the pixels training saw."""
-    if isinstance(item, np.ndarray) or fmt not in REDUCED_FORMATS or max(pixels.shape) >= DISPLAY_MAX_SIDE:
+    the input size (JPEG's DCT scales, JPEG 2000's levels, the early block mean of every other format); a picture a
+    person looks at needs more, so the file is decoded a second time, at display size, only when a heatmap is asked
+    for. The model's input is never taken from this decode: it must be the pixels training saw."""
+    if isinstance(item, np.ndarray) or fmt is None or max(pixels.shape) >= DISPLAY_MAX_SIDE:
         return pixels
     from ..reading.images import read_image
 

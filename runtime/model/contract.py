@@ -18,7 +18,8 @@ from ..errors import ContractError
 from .classes import FINDING_GROUPS, KNOWN_CLASSES, Code, Finding, private_code
 from .model_file import CONTRACT_KEY, VERSION_KEY
 
-__all__ = ["Contract", "Finding", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES", "OUTPUT_KINDS"]
+__all__ = ["Contract", "Finding", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES", "OUTPUT_KINDS",
+           "READ_TOLERANCE"]
 
 FORMAT_VERSION = 3
 """Version of the contract's layout; a runtime refuses a model whose contract is newer than it understands.
@@ -28,6 +29,15 @@ the vocabulary's names and codes (`cxr_edge.runtime.model.classes`)."""
 
 OUTPUT_KINDS = ("softmax",)
 """What the probabilities output holds: one distribution over the classes."""
+
+READ_TOLERANCE = 0.01
+"""How far a faster read of a file may move the image the network sees: the mean absolute difference, in grey
+levels of [0, 1], between the image from the faster read and from the full-size read, both resized to the input
+size by the contract's resampling (before intensity standardisation). Decoding at a lower resolution (JPEG DCT
+scaling, JPEG 2000 levels) and reducing before the value mapping (`reading.shrink`) are kept only within it.
+Measured on real films with the shipped model's probabilities beside it (``benchmarks/decode/reduced.md``): the
+largest film's difference lies well inside it, and the median change of a probability is below the INT8 model's
+own change against FP32."""
 
 RESAMPLING = ("area", "linear", "cubic", "lanczos", "nearest")
 """Names of OpenCV interpolation modes a contract may ask for."""

@@ -2,9 +2,9 @@
 
 Order of work, so that a hostile or broken file costs little: the header is parsed without the pixel data and
 checked (pixel data present, one frame, a size under the limit, a photometric interpretation this reads), then
-the pixel data is decoded by the fastest decoder that is exact for it (libjpeg-turbo through simplejpeg for
-8-bit JPEG baseline, OpenJPEG at a reduced resolution for JPEG 2000, pydicom's plugins for the rest), then the
-stored values pass through PS3.3 C.11: modality LUT, VOI LUT or window, MONOCHROME1 inversion.
+the pixel data is decoded by the fastest decoder measured for its transfer syntax (`codecs`; JPEG 2000 and HTJ2K
+at a reduced resolution), then the stored values pass through PS3.3 C.11: modality LUT, VOI LUT or window,
+MONOCHROME1 inversion.
 
 pydicom's own warnings and log lines quote header values, patient fields among them, and are never passed on;
 a decoder's failure is reported by its own message ("pylibjpeg: ..."), not pydicom's summary of all plugins.
@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..errors import ImageError, first_line
-from . import jpeg2000
+from . import codecs, shrink
 from .header import HeaderFacts
 
 __all__ = ["read_dicom", "quiet_pydicom", "dicom_grayscale", "RAW_DETECTOR_WARNING", "looks_like_dicom"]
@@ -110,7 +110,7 @@ def read_dicom(path: Any, handle: IO[bytes], size: int, min_size: tuple[int, int
         gray = cv2.cvtColor(stored[..., :3], cv2.COLOR_RGB2GRAY)
         pixels = gray.astype(np.float32) / np.float32(np.iinfo(gray.dtype).max if gray.dtype.kind == "u" else 1)
     elif stored.ndim == 2:
-        pixels = dicom_grayscale(stored, ds)
+        pixels = dicom_grayscale(stored, ds, min_size)
     else:
         raise ImageError(path, f"unexpected DICOM pixel array shape {stored.shape}")
     patient = {"name": str(ds.get("PatientName", "") or ""), "id": str(ds.get("PatientID", "") or "")}
@@ -150,17 +150,24 @@ def _decode(path: Any, ds: Any, rows: int, cols: int, min_size: tuple[int, int] 
     try:
         if syntax in _JPEG_SYNTAXES:
             _check_jpeg_fragment(path, ds)
-        stored = _jpeg_baseline_gray(ds, rows, cols)
-        if stored is None and min_size is not None:
-            stored = _jpeg2000_reduced(ds, min_size)
-        if stored is None:
-            stored = ds.pixel_array
+        frame = codecs.Frame(ds, syntax, _first_frame(ds, syntax), rows, cols, _integer(ds, "BitsStored", 0), min_size)
+        stored, decoder = codecs.decode_stored(frame, syntax)
+        log.debug("%s: %s decoded %s pixels", getattr(path, "name", path), decoder, "x".join(map(str, stored.shape)))
     except ImageError:
         raise
     except Exception as exc:
         name = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", None) or "unknown transfer syntax"
         raise ImageError(path, f"cannot decode DICOM pixel data ({name}): {_decoder_reason(exc)}") from exc
     return stored
+
+
+def _first_frame(ds: Any, syntax: str) -> bytes:
+    """The encoded frame of an encapsulated syntax, or the pixel data as stored for a native one."""
+    if syntax in _NATIVE_SYNTAXES:
+        return ds.PixelData
+    from pydicom.encaps import generate_frames
+
+    return next(generate_frames(ds.PixelData, number_of_frames=1), b"")
 
 
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
@@ -202,51 +209,11 @@ def _check_jpeg_fragment(path: Any, ds: Any) -> None:
         raise ImageError(path, "truncated JPEG data in the DICOM file: the end-of-image marker is missing")
 
 
-def _jpeg_baseline_gray(ds: Any, rows: int, cols: int) -> np.ndarray | None:
-    """Decode a single-frame 8-bit grayscale JPEG Baseline DICOM with libjpeg-turbo (simplejpeg, strict: a
-    corrupt entropy-coded segment is an error, not a grey smear), or None to let pydicom do it.
-
-    pydicom's plugins decoded 1024 px chest images in 9-22 ms here; libjpeg-turbo takes 1-2 ms, releases the GIL
-    and yields the same stored values (the same baseline IDCT, within 1).
-    """
-    from pydicom.encaps import generate_frames
-    from pydicom.uid import JPEGBaseline8Bit
-
-    if (ds.file_meta.get("TransferSyntaxUID") != JPEGBaseline8Bit or int(ds.get("SamplesPerPixel", 1)) != 1
-            or int(ds.get("BitsAllocated", 0)) != 8):
-        return None
-    import simplejpeg
-
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1), None)
-    if frame is None:
-        return None
-    decoded = simplejpeg.decode_jpeg(frame, colorspace="GRAY", strict=True)[..., 0]
-    return decoded if decoded.shape == (rows, cols) else None
-
-
-def _jpeg2000_reduced(ds: Any, min_size: tuple[int, int]) -> np.ndarray | None:
-    """A single-frame grayscale JPEG 2000 DICOM decoded at the smallest resolution level that still covers
-    `min_size` (`cxr_edge.runtime.reading.jpeg2000`), or None to let pydicom decode it in full.
-
-    The stored values keep their meaning at any level, so the modality LUT, VOI and MONOCHROME1 steps that follow
-    are the same as for the full image.
-    """
-    from pydicom.encaps import generate_frames
-
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    if (syntax not in jpeg2000.J2K_TRANSFER_SYNTAXES or int(ds.get("SamplesPerPixel", 1)) != 1
-            or int(ds.get("NumberOfFrames", 1) or 1) != 1):
-        return None
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1), None)
-    if not frame:
-        return None
-    return jpeg2000.decode(frame, min_size, bits_stored=int(ds.get("BitsStored", 0)) or None,
-                           signed=int(ds.get("PixelRepresentation", 0)) == 1)
-
-
-def dicom_grayscale(stored: np.ndarray, ds: Any) -> np.ndarray:
+def dicom_grayscale(stored: np.ndarray, ds: Any, min_size: tuple[int, int] | None = None) -> np.ndarray:
     """Stored DICOM values to display values in [0, 1], in the order PS3.3 C.11 defines.
 
+    0. Fewer pixels first (`shrink`, towards `min_size`): the area average of stored values, or of modality values
+       where a modality LUT table (not a linear rescale) maps them.
     1. Modality LUT (rescale slope/intercept or a LUT; signed pixels handled by pydicom).
     2. VOI: a VOI LUT if present, else the first window; without either, the actual data range.
     3. MONOCHROME1 inversion over the VOI *output* range (here always [0, 1]), never over BitsStored, which a VOI
@@ -255,21 +222,29 @@ def dicom_grayscale(stored: np.ndarray, ds: Any) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     with np.errstate(over="ignore", invalid="ignore"):  # a slope of inf or NaN: the sanity check names it
-        values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)  # float32 is exact up to 24 bits
-        shown = _apply_voi(values, ds)
+        table = "ModalityLUTSequence" in ds
+        if table:  # a table indexed by stored values: map first, then average
+            stored = apply_modality_lut(stored, ds)
+        extent = np.array([stored.min(), stored.max()])  # every pixel's range, before averaging narrows it
+        values = shrink.shrink(stored, min_size)
+        if not table:  # a linear rescale commutes with the average
+            values, extent = apply_modality_lut(values, ds), apply_modality_lut(extent, ds)
+        shown = _apply_voi(values.astype(np.float32, copy=False), ds, extent)  # float32: exact up to 24 bits
     if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
         shown = np.float32(1.0) - shown
     return shown.astype(np.float32, copy=False)
 
 
-def _apply_voi(values: np.ndarray, ds: Any) -> np.ndarray:
+def _apply_voi(values: np.ndarray, ds: Any, extent: np.ndarray) -> np.ndarray:
+    """The VOI step; without a LUT or window, the stretch uses `extent`, the range of every pixel's value (the
+    reduced image's own range is narrower: averaging smooths the extremes away)."""
     voi_luts = ds.get("VOILUTSequence")
     if voi_luts:
         return _voi_lut(values, voi_luts[0])
     window = _first_window(ds)
     if window is not None:
         return _window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
-    return _min_max(values)
+    return _min_max(values, extent)
 
 
 def _voi_lut(values: np.ndarray, item: Any) -> np.ndarray:
@@ -328,13 +303,15 @@ def _window(values: np.ndarray, centre: float, width: float, function: str) -> n
     return np.clip((values - np.float32(centre - 0.5)) * scale + np.float32(0.5), 0.0, 1.0)
 
 
-def _min_max(pixels: np.ndarray) -> np.ndarray:
-    """Stretch to [0, 1] by the data's own range (non-finite values are left for the sanity check to refuse)."""
+def _min_max(pixels: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    """Stretch to [0, 1] by the data's range (non-finite values are left for the sanity check to refuse)."""
     pixels = pixels.astype(np.float32, copy=False)
     finite = pixels[np.isfinite(pixels)]
     if not finite.size:
         return pixels
     lo, hi = float(finite.min()), float(finite.max())
+    if np.isfinite(extent).all():
+        lo, hi = min(lo, float(extent.min())), max(hi, float(extent.max()))
     if hi <= lo:
         return np.full_like(pixels, 0.5, dtype=np.float32)
     return np.clip((pixels - np.float32(lo)) * np.float32(1 / (hi - lo)), 0.0, 1.0)  # rounding strays by 1e-7

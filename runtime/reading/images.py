@@ -27,10 +27,11 @@ import cv2
 import numpy as np
 
 from ..errors import ImageError, first_line, os_reason
-from . import jpeg2000
+from . import jpeg2000, shrink
 from .dicom_image import looks_like_dicom, read_dicom
 from .header import HeaderFacts
 from .jpeg2000 import J2K_SIGNATURES
+from .shrink import MIN_SIDE
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -45,8 +46,8 @@ __all__ = [
     "check_usable",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".jp2", ".j2k", ".j2c", ".dcm",
-                            ".dicom"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".jp2", ".j2k", ".j2c", ".jph", ".jhc",
+                            ".dcm", ".dicom"})
 """File name endings the dataset reader and folder walkers treat as images (content decides the decoder)."""
 
 MAX_PIXELS = 50_000_000
@@ -66,9 +67,6 @@ MIN_FLOAT_SPAN, MAX_FLOAT_SPAN = 1e-12, 1e12
 physical units (up to tens of thousands). Ranges below or above these are damaged data: values of 1e-40
 (denormals) or of +-3e38 would also overflow single precision when scaled."""
 
-MIN_SIDE = 32
-"""Images smaller than this on either side are refused: the network sees 1/32 of its input per feature, and
-nothing of a chest survives below it (a 16 x 16 DICOM thumbnail is not a radiograph)."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +231,8 @@ def _read_raster(path: Path, handle: IO[bytes], size: int, fmt: str,
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _GRAY_AS_STORED)
     if pixels is None or pixels.size == 0:
         raise ImageError(path, f"corrupt or truncated {fmt.upper()}: the decoder could not read the pixel data")
-    unit, warnings = _to_unit_range(path, pixels)
+    turned = orientation in (5, 6, 7, 8)
+    unit, warnings = _to_unit_range(path, pixels, min_size[::-1] if turned and min_size else min_size)
     return LoadedImage(upright(unit, orientation), fmt, warnings)
 
 
@@ -250,7 +249,7 @@ def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> t
                                "console writes that many; decoding it would take minutes")
     try:
         height, width = simplejpeg.decode_jpeg_header(data, strict=True)[:2]
-        factor = _jpeg_factor(height, width, min_size)
+        factor = shrink.factor(height, width, min_size)
         decoded = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=math.ceil(height / factor),
                                          min_width=math.ceil(width / factor), strict=True)
     except ValueError as exc:
@@ -261,16 +260,6 @@ def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> t
                 return _to_unit_range(path, pixels)
         raise ImageError(path, f"corrupt or truncated JPEG: {reason}") from exc
     return decoded[..., 0].astype(np.float32) * np.float32(1 / 255), ()
-
-
-def _jpeg_factor(height: int, width: int, min_size: tuple[int, int] | None) -> int:
-    """The largest of 8, 4, 2 and 1 that keeps the image at least `min_size` when divided by it.
-
-    libjpeg-turbo can also scale by 3/8, 5/8 and the like; only powers of two are used, the scales the shipped
-    model's training images were decoded at, so that training and the edge see the same pixels.
-    """
-    min_h, min_w = min_size or (height, width)
-    return next(f for f in (8, 4, 2, 1) if math.ceil(height / f) >= min_h and math.ceil(width / f) >= min_w)
 
 
 def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int, int] | None) -> LoadedImage:
@@ -290,8 +279,9 @@ def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int
         raise ImageError(path, "corrupt or truncated JPEG 2000: the decoder could not read the pixel data")
     precision = jpeg2000.precision(path)
     if precision and pixels.dtype.kind in "ui" and precision < pixels.dtype.itemsize * 8:
-        return LoadedImage(np.clip(pixels.astype(np.float32) / np.float32(2**precision - 1), 0, 1), "jpeg2000")
-    unit, warnings = _to_unit_range(path, pixels)
+        reduced = shrink.shrink(pixels, min_size).astype(np.float32, copy=False)
+        return LoadedImage(np.clip(reduced / np.float32(2**precision - 1), 0, 1), "jpeg2000")
+    unit, warnings = _to_unit_range(path, pixels, min_size)
     return LoadedImage(unit, "jpeg2000", warnings)
 
 
@@ -332,8 +322,10 @@ def _check_pixel_count(path: Path, width: int, height: int) -> None:
         )
 
 
-def _to_unit_range(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer images scale by their type's full range, float images (rare TIFFs) by their own finite range.
+def _to_unit_range(path: Path, pixels: np.ndarray,
+                   min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer images scale by their type's full range, float images (rare TIFFs) by their own finite range;
+    integer images are first reduced towards `min_size` (`shrink`), their depth judged on every pixel.
 
     A 16-bit image whose values all fit in 10, 12 or 14 bits and fill that depth is a detector's data in 16-bit
     words (a common PNG export): it is scaled by that depth, with a warning, rather than shown nearly black.
@@ -341,7 +333,7 @@ def _to_unit_range(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, tuple[st
     if pixels.ndim == 3:  # OpenCV keeps channels for a few exotic layouts; average them to gray
         pixels = pixels[..., :3].mean(axis=2)
     if pixels.dtype == np.uint8:
-        out = pixels.astype(np.float32)
+        out = shrink.shrink(pixels, min_size).astype(np.float32)
         out *= np.float32(1 / 255)
         return out, ()
     if pixels.dtype == np.uint16:
@@ -351,7 +343,7 @@ def _to_unit_range(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, tuple[st
         if bits in (10, 12, 14):
             depth = bits
             note = (f"16-bit image whose values stop at {top}: read as {bits}-bit data",)
-        out = pixels.astype(np.float32)
+        out = shrink.shrink(pixels, min_size).astype(np.float32)
         out *= np.float32(1 / (2**depth - 1))
         return out, note
     pixels = pixels.astype(np.float32)

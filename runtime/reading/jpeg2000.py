@@ -23,11 +23,14 @@ import os
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .shrink import FULL_DECODE_ENV, full_size_only
+
 __all__ = ["J2K_SIGNATURES", "reduction", "decode", "precision", "available", "J2K_TRANSFER_SYNTAXES",
-           "FULL_DECODE_ENV"]
+           "FULL_DECODE_ENV", "codestream_levels"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,12 @@ _SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm
 """glymur reads files only; a codestream from a DICOM fragment goes through RAM, not the disk."""
 
 
-FULL_DECODE_ENV = "CXR_EDGE_FULL_DECODE"
-"""Set to 1 to decode every JPEG 2000 image in full (to compare, or to rule the reduced path out)."""
 
 
 @cache
 def available() -> str | None:
     """None if reduced decoding works here, else why not."""
-    if os.environ.get(FULL_DECODE_ENV, "") not in ("", "0"):
+    if full_size_only():
         return f"{FULL_DECODE_ENV} is set"
     try:
         import glymur
@@ -77,14 +78,14 @@ def precision(path: Path) -> int | None:
     import glymur
 
     try:
-        return int(glymur.Jp2k(str(path)).codestream.segment[1].bitdepth[0])
+        return int(_segments(glymur.Jp2k(str(path)))["SIZ"].bitdepth[0])
     except Exception as exc:
         log.debug("JPEG 2000 precision unknown: %s", exc)
         return None
 
 
 def decode(source: bytes | Path, min_size: tuple[int, int], *, bits_stored: int | None = None,
-           signed: bool | None = None) -> np.ndarray | None:
+           signed: bool | None = None, bits_allocated: int | None = None) -> np.ndarray | None:
     """Decode one grayscale JPEG 2000 image at the smallest resolution level that is still big enough.
 
     Args:
@@ -92,6 +93,8 @@ def decode(source: bytes | Path, min_size: tuple[int, int], *, bits_stored: int 
         min_size: (height, width) the image will be resized to.
         bits_stored, signed: what a DICOM header says of the stored values; a codestream that disagrees is left to
             the full decoder, which knows how to reconcile them.
+        bits_allocated: the header's word size, also accepted as the codestream's precision (encoders such as
+            OpenJPH write 15-bit values in 16-bit words as a 16-bit codestream: the numbers are the same).
 
     Returns:
         The stored values at the reduced size, or None (full decoding should be used; the reason is logged).
@@ -112,13 +115,14 @@ def decode(source: bytes | Path, min_size: tuple[int, int], *, bits_stored: int 
         else:
             path = Path(source)
         image = glymur.Jp2k(str(path))
-        siz = image.codestream.segment[1]
-        cod = image.codestream.segment[2]
+        segments = _segments(image)
+        siz, cod = segments["SIZ"], segments["COD"]
         if siz.Csiz != 1:
             log.debug("JPEG 2000 at full size: %d components", siz.Csiz)
             return None
         precision, is_signed = int(siz.bitdepth[0]), bool(siz.signed[0])
-        if (bits_stored is not None and precision != bits_stored) or (signed is not None and is_signed != signed):
+        if ((bits_stored is not None and precision not in (bits_stored, bits_allocated))
+                or (signed is not None and is_signed != signed)):
             log.debug("JPEG 2000 at full size: the codestream's %d-bit %s values differ from the header's", precision,
                       "signed" if is_signed else "unsigned")
             return None
@@ -134,3 +138,27 @@ def decode(source: bytes | Path, min_size: tuple[int, int], *, bits_stored: int 
     finally:
         if scratch is not None:
             os.unlink(scratch.name)
+
+
+def _segments(image: Any) -> dict[str, Any]:
+    """The main header's marker segments by name (HTJ2K puts a CAP segment between SIZ and COD)."""
+    return {getattr(segment, "marker_id", ""): segment for segment in image.codestream.segment}
+
+
+def codestream_levels(data: bytes) -> int | None:
+    """The decomposition levels a codestream's COD segment declares, read from its main header (None if absent).
+
+    Cheap (a few markers of the header): the reduced HTJ2K decoder needs it before decoding a byte of tiles.
+    """
+    start = data.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: a bare codestream, or one inside JP2 boxes
+    if start < 0:
+        return None
+    position = start + 2
+    while position + 4 <= len(data):
+        marker, length = int.from_bytes(data[position:position + 2]), int.from_bytes(data[position + 2:position + 4])
+        if marker == 0xFF52 and position + 9 < len(data):  # COD: Lcod, Scod, SGcod (4 bytes), then the levels
+            return data[position + 9]
+        if marker in (0xFF90, 0xFF93) or marker < 0xFF00 or length < 2:  # SOT, SOD or garbage: header ended
+            return None
+        position += 2 + length
+    return None

@@ -18,6 +18,7 @@ from cxr_edge.runtime.model.preprocess import preprocess
 from cxr_edge.runtime.model.stream import predict_stream
 from cxr_edge.runtime.reading.images import load_image
 from cxr_edge.runtime.reading.paths import InputError, expand_inputs
+from cxr_edge.runtime.reading.shrink import FULL_DECODE_ENV
 from tests.factories import CLASSES, gradient, tiny_onnx, write_compressed_dicom, write_dicom, write_jpeg_dicom
 
 
@@ -115,9 +116,10 @@ def test_monochrome1_predicts_like_the_same_pixels_in_monochrome2(tmp_path, mode
     assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
 
 
-def test_12bit_dicom_with_window_predicts_the_windowed_image(tmp_path, model):
+def test_12bit_dicom_with_window_predicts_the_windowed_image(tmp_path, model, monkeypatch):
     stored = gradient(200, 160, top=4095)
     path = write_dicom(tmp_path / "w.dcm", stored, bits_stored=12, WindowCenter=1800, WindowWidth=1600)
+    monkeypatch.setenv(FULL_DECODE_ENV, "1")  # the window on every pixel (reduced reads: tests/runtime/test_codecs)
     classifier = Classifier.open(model, backend="ort")
     windowed = np.clip((stored - (1800 - 0.5)) / (1600 - 1) + 0.5, 0, 1).astype(np.float32)
     from_file, from_array = classifier.predict([path, windowed])

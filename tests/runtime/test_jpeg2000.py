@@ -12,16 +12,18 @@ from pydicom.uid import JPEG2000, JPEG2000Lossless
 from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.reading import jpeg2000
 from cxr_edge.runtime.reading.images import load_image, read_image
+from cxr_edge.runtime.reading.shrink import FULL_DECODE_ENV
 from tests.factories import gradient, write_compressed_dicom
 
 
 @pytest.fixture()
 def full_decode(monkeypatch):
-    """Turn the reduced path off, as on a machine without libopenjp2."""
+    """Turn every reduced read off, as `CXR_EDGE_FULL_DECODE=1` does."""
     def off():
+        monkeypatch.setenv(FULL_DECODE_ENV, "1")
         jpeg2000.available.cache_clear()
-        monkeypatch.setattr(jpeg2000, "available", lambda: "turned off by the test")
-    return off
+    yield off
+    jpeg2000.available.cache_clear()
 
 
 def _cr(film: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

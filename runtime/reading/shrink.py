@@ -1,0 +1,64 @@
+"""Fewer pixels as early as possible: the power-of-two reduction every reader applies before the costly steps.
+
+The model reads a few hundred pixels a side; a detector image has two thousand. Formats that can decode at a lower
+resolution do (JPEG by DCT scaling, JPEG 2000 by resolution level); for the others the decoded stored values are
+area-averaged by the same power of two here, before value mapping (DICOM modality LUT, VOI, inversion; PNG and
+TIFF depth scaling), which then touches a sixty-fourth of the pixels. Area averaging commutes with the linear
+steps; where a window clips or a VOI LUT bends, the average of mapped values and the mapping of an average part
+only at edges of the clip, and the model input stays within the tolerance `tests/runtime/test_codecs.py` states
+(measured on real films in ``benchmarks/decode/``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import cv2
+import numpy as np
+
+__all__ = ["factor", "shrink", "FULL_DECODE_ENV", "full_size_only", "MIN_SIDE"]
+
+MIN_SIDE = 32
+"""Images smaller than this on either side are refused (`images.check_usable`), and no reduction goes below it:
+the network sees 1/32 of its input per feature, and nothing of a chest survives below it (a 16 x 16 DICOM
+thumbnail is not a radiograph)."""
+
+FULL_DECODE_ENV = "CXR_EDGE_FULL_DECODE"
+"""Set to 1 to read every image at full size (to compare with the reduced reads, or to rule them out)."""
+
+FACTORS = (8, 4, 2, 1)
+"""Power-of-two steps only: the scales libjpeg-turbo decodes at, so every format is reduced alike."""
+
+
+def factor(height: int, width: int, min_size: tuple[int, int] | None) -> int:
+    """The largest of 8, 4, 2 and 1 that keeps the image at least `min_size` (height, width) when divided by it."""
+    if min_size is None or full_size_only():
+        return 1
+    min_h, min_w = max(min_size[0], MIN_SIDE), max(min_size[1], MIN_SIDE)
+    return next((f for f in FACTORS if math.ceil(height / f) >= min_h and math.ceil(width / f) >= min_w), 1)
+
+
+def full_size_only() -> bool:
+    """Whether `FULL_DECODE_ENV` asks for full-size reads (read per call: a test or benchmark may set it)."""
+    return os.environ.get(FULL_DECODE_ENV, "") not in ("", "0")
+
+
+def shrink(pixels: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray:
+    """Average each `factor` x `factor` block of a 2-D image (float32 out, so no average is rounded); unchanged
+    when the factor is 1.
+
+    Blocks sit on the exact grid, as a JPEG decoder's DCT scaling puts them; a partial last block is completed by
+    repeating the edge row or column, as JPEG pads its edge blocks. On the exact grid OpenCV's area resampling is
+    a plain block mean, four times faster than a fractional scale (0.8 ms against 3.3 ms for 1955 x 1841).
+    """
+    height, width = pixels.shape[:2]
+    step = factor(height, width, min_size)
+    if step == 1 or pixels.ndim != 2:
+        return pixels
+    padded_h, padded_w = math.ceil(height / step) * step, math.ceil(width / step) * step
+    values = np.empty((padded_h, padded_w), np.float32)
+    values[:height, :width] = pixels
+    values[height:, :width] = values[height - 1:height, :width]
+    values[:, width:] = values[:, width - 1:width]
+    return cv2.resize(values, (padded_w // step, padded_h // step), interpolation=cv2.INTER_AREA)
