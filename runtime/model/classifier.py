@@ -24,9 +24,10 @@ from ..errors import ContractError, ImageError, InferenceError, ModelError
 from ..reading.header import HeaderFacts
 from .backends import Backend, check_io, open_backend, resolve_backend
 from .contract import Contract
+from .facts import device_facts, image_facts, model_facts
 from .gate import GATE_MODES, GatePolicy, judge
-from .model_file import CAM, GATE_SCORE, ORIENTATION, PROBABILITIES, resolve_model
-from .preprocess import load_for_contract, preprocess, stack
+from .model_file import CAM, FEATURES, GATE_SCORE, ORIENTATION, PROBABILITIES, resolve_model
+from .preprocess import load_for_contract, resize, stack, to_input
 
 __all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE"]
 
@@ -51,6 +52,7 @@ class Prepared:
     patient: dict[str, str] | None = None
     display: np.ndarray | None = None
     header: HeaderFacts | None = None
+    image: dict[str, Any] | None = None
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Prediction:
         patient: DICOM patient name and ID; printed only when a user asks.
         display: the grayscale image (shrunk) for drawing the activation map, when asked for.
         flagged: the gate objected to the input (rejected, or with ``--gate warn`` kept with a warning).
+        monitor: what monitoring reads (`cxr_edge.runtime.model.facts`): image, model and device facts.
     """
 
     path: str
@@ -89,6 +92,7 @@ class Prediction:
     finding: str | None = None
     finding_probability: float | None = None
     flagged: bool = False
+    monitor: dict[str, Any] | None = None
 
     @property
     def top(self) -> str | None:
@@ -104,7 +108,7 @@ class Prediction:
         return {"path": self.path, "label": self.label, "finding": self.finding,
                 "finding_probability": self.finding_probability, "probabilities": self.probabilities,
                 "latency_ms": self.latency_ms, "error": self.error, "status": self.status, "gate": self.gate,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "monitor": self.monitor}
 
 
 class Classifier:
@@ -121,9 +125,9 @@ class Classifier:
         self.policy = policy
         self.gate = gate
         present = set(backend.io.outputs)
-        self.outputs = tuple(name for name in (PROBABILITIES, GATE_SCORE, ORIENTATION) if name in present
-                             and (name == PROBABILITIES or gate != "off"))
-        """What every inference asks the engine for (the activation maps only when wanted)."""
+        self.outputs = tuple(name for name in (PROBABILITIES, GATE_SCORE, ORIENTATION, FEATURES) if name in present)
+        """What every inference asks the engine for (the activation maps only when wanted): the gate's outputs and
+        the pooled features feed monitoring even with the gate off."""
         self._engine_lock = threading.Lock()  # an engine's request object is not safe to share between threads
         self._last_run = time.monotonic()
 
@@ -202,7 +206,7 @@ class Classifier:
         """
         label = name or (str(item) if not isinstance(item, np.ndarray) else "array")
         start = time.perf_counter()
-        fmt = None
+        fmt, stored = None, None
         if isinstance(item, np.ndarray):
             pixels, warnings, patient, header = np.asarray(item, np.float32), (), None, None
         else:
@@ -211,12 +215,14 @@ class Classifier:
             except ImageError as exc:
                 return Prepared(label, error=exc.reason, decode_ms=_ms(start))
             pixels, warnings, patient, header = loaded.pixels, loaded.warnings, loaded.patient, loaded.header
-            fmt = loaded.format
+            fmt, stored = loaded.format, loaded.stored
         decoded = time.perf_counter()
-        tensor = preprocess(pixels, self.contract)
+        resized = resize(pixels, self.contract)
+        tensor = to_input(resized, self.contract)
+        image = image_facts(resized, stored[:2] if stored else pixels.shape[:2], stored[2] if stored else None)
         display = _shrink(_display_pixels(item, pixels, fmt)) if keep_display else None
         return Prepared(label, tensor, None, (decoded - start) * 1000, _ms(decoded), warnings, patient, display,
-                        header)
+                        header, image)
 
     def run(self, batch: np.ndarray, *, cam: bool = False) -> dict[str, np.ndarray]:
         """The model's outputs for a preprocessed batch: probabilities, the gate's outputs, and maps if asked.
@@ -291,10 +297,14 @@ class Classifier:
                         finding_of={name: self.contract.finding_of(name) for name in probabilities})
         maps = outputs.get(CAM)
         shown = finding if verdict.label is not None else (None, None)
+        picked = {name: outputs[name][index] if name in outputs else None for name in (GATE_SCORE, ORIENTATION,
+                                                                                       FEATURES)}
+        monitor = {"image": item.image, "model": model_facts(picked[GATE_SCORE], picked[ORIENTATION],
+                                                             picked[FEATURES]), "device": device_facts(item.header)}
         return Prediction(item.path, verdict.label, probabilities, latency, None, verdict.status, verdict.gate,
                           verdict.warnings, maps[index, int(np.argmax(row))] if maps is not None else None,
                           item.patient, item.display, shown[0], None if shown[1] is None else round(shown[1], 6),
-                          verdict.flagged)
+                          verdict.flagged, monitor)
 
     def predict(self, items: Iterable[str | Path | np.ndarray], *, cam: bool = False,
                 batch_size: int = 1) -> list[Prediction]:

@@ -29,13 +29,29 @@ class HeaderFacts:
     body_part: str = ""
     view_position: str = ""
     age_years: float | None = None
+    manufacturer: str = ""
+    model_name: str = ""
+    software: str = ""
+    pixel_spacing: float | None = None
+    photometric: str = ""
+    transfer_syntax: str = ""
+    kvp: float | None = None
+    rows: int = 0
+    columns: int = 0
+    bits_stored: int | None = None
 
     @classmethod
     def from_dataset(cls, ds: Any) -> HeaderFacts:
-        return cls(modality=str(ds.get("Modality", "") or "").strip().upper(),
-                   body_part=str(ds.get("BodyPartExamined", "") or "").strip().upper(),
-                   view_position=str(ds.get("ViewPosition", "") or "").strip().upper(),
-                   age_years=age_years(str(ds.get("PatientAge", "") or "")))
+        meta = getattr(ds, "file_meta", None)
+        return cls(modality=_text(ds, "Modality").upper(), body_part=_text(ds, "BodyPartExamined").upper(),
+                   view_position=_text(ds, "ViewPosition").upper(), age_years=age_years(_text(ds, "PatientAge")),
+                   manufacturer=_text(ds, "Manufacturer"), model_name=_text(ds, "ManufacturerModelName"),
+                   software=_text(ds, "SoftwareVersions"),
+                   pixel_spacing=_number(ds, "PixelSpacing") or _number(ds, "ImagerPixelSpacing"),
+                   photometric=_text(ds, "PhotometricInterpretation").upper(),
+                   transfer_syntax=str(meta.get("TransferSyntaxUID", "") if meta is not None else ""),
+                   kvp=_number(ds, "KVP"), rows=int(_number(ds, "Rows") or 0),
+                   columns=int(_number(ds, "Columns") or 0), bits_stored=int(_number(ds, "BitsStored") or 0) or None)
 
     def refusal(self) -> str | None:
         """Why the header alone says this is not a frontal chest radiograph, or None."""
@@ -59,6 +75,27 @@ class HeaderFacts:
             found.append(f"view position is {self.view_position}: a lateral view; the model was trained on "
                          "frontal films")
         return found
+
+
+def _text(ds: Any, keyword: str) -> str:
+    """A header value as text, several values joined by a backslash as DICOM writes them; never raises."""
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # a value pydicom cannot convert
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v).strip() for v in value)[:128]
+    return str(value or "").strip()[:128]
+
+
+def _number(ds: Any, keyword: str) -> float | None:
+    """The first value of a numeric header field, or None where it is absent or not a finite number."""
+    text = _text(ds, keyword).split("\\")[0]
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return round(value, 6) if value == value and abs(value) < 1e9 else None
 
 
 def age_years(text: str) -> float | None:

@@ -78,7 +78,9 @@ class LoadedImage:
         format: ``png``, ``jpeg``, ``bmp``, ``tiff``, ``jpeg2000`` or ``dicom``.
         warnings: reasons to doubt the result that do not stop it (wrong modality, raw detector data, ...).
         patient: DICOM patient identifiers; kept apart so that nothing prints them unless a user asks.
-        header: what a DICOM header says about the image (modality, body part, view, age), for the gate.
+        header: what a DICOM header says about the image (modality, body part, view, age, device), for the gate
+            and for monitoring.
+        stored: (height, width, bits) of the image as stored, before any reduced read (for monitoring).
     """
 
     pixels: np.ndarray
@@ -86,6 +88,7 @@ class LoadedImage:
     warnings: tuple[str, ...] = ()
     patient: dict[str, str] | None = None
     header: HeaderFacts | None = None
+    stored: tuple[int, int, int | None] | None = None
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -130,7 +133,8 @@ def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> 
                                        f"{_looks_like(head + handle.read(380))}")
             if fmt == "dicom":
                 pixels, warnings, patient, header = read_dicom(path, handle, size, min_size, MAX_PIXELS)
-                loaded = LoadedImage(pixels, "dicom", warnings, patient, header)
+                loaded = LoadedImage(pixels, "dicom", warnings, patient, header,
+                                     (header.rows, header.columns, header.bits_stored))
             else:
                 loaded = _read_raster(path, handle, size, fmt, min_size)
     except ImageError:
@@ -227,13 +231,13 @@ def _read_raster(path: Path, handle: IO[bytes], size: int, fmt: str,
     if fmt == "jpeg":
         turned = orientation in (5, 6, 7, 8)  # the DCT scale is chosen for the stored shape
         pixels, notes = _decode_jpeg(path, data, min_size[::-1] if turned and min_size else min_size)
-        return LoadedImage(upright(pixels, orientation), fmt, notes)
+        return LoadedImage(upright(pixels, orientation), fmt, notes, stored=(height, width, 8))
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _GRAY_AS_STORED)
     if pixels is None or pixels.size == 0:
         raise ImageError(path, f"corrupt or truncated {fmt.upper()}: the decoder could not read the pixel data")
     turned = orientation in (5, 6, 7, 8)
     unit, warnings = _to_unit_range(path, pixels, min_size[::-1] if turned and min_size else min_size)
-    return LoadedImage(upright(unit, orientation), fmt, warnings)
+    return LoadedImage(upright(unit, orientation), fmt, warnings, stored=(height, width, pixels.dtype.itemsize * 8))
 
 
 def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -278,11 +282,12 @@ def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int
     if pixels is None or pixels.size == 0:
         raise ImageError(path, "corrupt or truncated JPEG 2000: the decoder could not read the pixel data")
     precision = jpeg2000.precision(path)
+    stored = (height, width, precision or pixels.dtype.itemsize * 8)
     if precision and pixels.dtype.kind in "ui" and precision < pixels.dtype.itemsize * 8:
         reduced = shrink.shrink(pixels, min_size).astype(np.float32, copy=False)
-        return LoadedImage(np.clip(reduced / np.float32(2**precision - 1), 0, 1), "jpeg2000")
+        return LoadedImage(np.clip(reduced / np.float32(2**precision - 1), 0, 1), "jpeg2000", stored=stored)
     unit, warnings = _to_unit_range(path, pixels, min_size)
-    return LoadedImage(unit, "jpeg2000", warnings)
+    return LoadedImage(unit, "jpeg2000", warnings, stored=stored)
 
 
 def _raster_header(path: Path, handle: IO[bytes], fmt: str) -> tuple[int, int, int, int]:

@@ -42,7 +42,10 @@ def test_jsonl_has_exactly_the_documented_keys_in_input_order(setup):
     assert [r["path"] for r in records] == [str(p) for p in order]
     for record in records:
         assert list(record) == ["path", "label", "finding", "finding_probability", "probabilities", "latency_ms",
-                                "error", "status", "gate", "warnings"]
+                                "error", "status", "gate", "warnings", "monitor"]
+        assert list(record["monitor"]) == ["image", "model", "device"] and record["monitor"]["device"] is None
+        assert list(record["monitor"]["image"]) == ["mean", "spread", "edges", "width", "height", "bits"]
+        assert record["monitor"]["image"]["width"] == 240 and record["monitor"]["image"]["bits"] == 8
         assert record["label"] in CLASSES and record["error"] is None
         assert (record["status"], record["gate"], record["warnings"]) == ("classified", None, [])  # no gate here
         assert list(record["probabilities"]) == list(CLASSES)

@@ -23,7 +23,7 @@ from cxr_edge.runtime.outputs.steps import OutputOptions
 from tests.factories import gradient, truncated, write_dicom
 
 RECORD_KEYS = {"path", "label", "finding", "finding_probability", "probabilities", "latency_ms", "error", "status",
-               "gate", "sha256", "arrived", "finished", "warnings", "model", "moved_to"}
+               "monitor", "gate", "sha256", "arrived", "finished", "warnings", "model", "moved_to"}
 
 
 def png_bytes(seed: int) -> bytes:

@@ -124,12 +124,34 @@ class KServeBackend:
         except Exception as exc:
             raise ModelError(f"{self.server}: no inference server answers ({_reason(exc)})") from exc
         if not live:
-            raise ModelError(f"{self.server}: the server says it is not live")
+            raise ModelError(f"{self.server}: {self._refusal()}")
         try:
             return self._client().get_model_metadata(self.model_name, headers=self._headers)
         except Exception as exc:
             raise ModelError(f"{self.server}: no model {self.model_name!r} is ready there ({_reason(exc)}); "
                              "give --model-name") from exc
+
+    def _refusal(self) -> str:
+        """Why a server answered but not 'live': a gateway refusing the token (HTTP 401 or 403), or not ready."""
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.server.rstrip('/')}/v2/health/live", headers=self._headers or {})
+        context = None
+        if self._ssl:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self._ca) if self._ca else None)
+        try:
+            with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S, context=context) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except Exception as exc:
+            return f"the server says it is not live ({first_line(exc)})"
+        if status in (401, 403):
+            return f"the server refused the request (HTTP {status}): check --token-file"
+        return f"the server says it is not live (HTTP {status})"
 
     def _check(self, served: dict[str, Any], local: ModelIO) -> None:
         """Refuse a served model that would read images differently from the local contract."""
