@@ -24,7 +24,7 @@ from pathlib import Path
 
 __all__ = ["TEMP_PREFIX", "write_atomic", "write_json_atomic", "json_bytes", "move_to", "free_name", "fit_name",
            "remove_stale_temps", "replace_json", "same_file", "utc_now", "fsync_dir", "share_with", "private_dir",
-           "make_private", "file_mode", "dir_mode", "warn_if_open"]
+           "make_private", "file_mode", "dir_mode", "warn_if_open", "replace_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,16 @@ def replace_json(path: Path, record: dict, *, best_effort: bool = False) -> None
     status is rewritten every few seconds and a lost one is replaced by the next; a cache entry that fails to land
     only makes the next start slower (`best_effort` then swallows the error). Results use `write_atomic`, which
     makes the opposite promises: never replaces, durable before it returns."""
+    replace_bytes(path, (json.dumps(record, indent=2) + "\n").encode(), best_effort=best_effort)
+
+
+def replace_bytes(path: Path, data: bytes, *, best_effort: bool = False) -> None:
+    """Replace a file whole (rename over it), private; see `replace_json`."""
     temp = path.parent / fit_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             make_private(handle.fileno())
-            handle.write(json.dumps(record, indent=2) + "\n")
+            handle.write(data)
         os.replace(temp, path)
     except OSError:
         if not best_effort:

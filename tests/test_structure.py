@@ -102,7 +102,7 @@ def test_the_import_graph_has_no_cycle():
     assert _cycles(graph) == []
 
 
-ROOMS = ("reading", "model", "outputs", ("live", "scale", "evaluation"))
+ROOMS = ("reading", "model", "outputs", "monitoring", ("live", "scale", "evaluation"))
 """The rooms of the runtime from the bottom up; modules at the top of `runtime/` (errors, files, cache, cpu,
 timing, extras) are the floor under all of them. A room imports only from rooms below it and from itself, and the
 top rooms (arrival modes, scale-out, measuring) not from each other."""

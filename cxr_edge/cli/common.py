@@ -128,8 +128,9 @@ def apply_group(group: str | None) -> None:
 
 
 def live_output_options(sr_default: str | None, sr_note: str) -> Any:
-    """``--cam``, ``--sc``, ``--sr``, ``--fhir`` and ``--keep-phi``: what a live mode writes per image beside its
-    record, the same options in both live modes (`predict` takes folders for them instead)."""
+    """``--cam``, ``--sc``, ``--sr``, ``--fhir``, ``--keep-phi`` and ``--drift-baseline``: what a live mode writes
+    per image beside its record and how it watches the stream, the same options in both live modes (`predict`
+    takes folders for them instead)."""
 
     def decorate(command: Any) -> Any:
         for option in reversed((
@@ -150,6 +151,10 @@ def live_output_options(sr_default: str | None, sr_note: str) -> Any:
                               "'cxr-edge[fhir]'."),
             click.option("--keep-phi", is_flag=True,
                          help="Also write patient name and ID into the JSON results and the FHIR subject."),
+            click.option("--drift-baseline", type=click.IntRange(20, None), default=200, show_default=True,
+                         metavar="N",
+                         help="Results forming the site's drift baseline (kept in OUT/drift/); later images are "
+                              "compared with it and an alarm is logged when they differ (see cxr-edge drift)."),
             group_option,
         )):
             command = option(command)
@@ -192,7 +197,7 @@ def destinations(forward: tuple[str, ...], ca: str | None, cert: str | None, key
 
 
 def output_options(cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None, keep_phi: bool,
-                   command: str, group: str | None = None) -> Any:
+                   command: str, group: str | None = None, drift_baseline: int = 200) -> Any:
     """The live output options as the runtime's `OutputOptions`, after checking the extras they need and opening
     the outputs to ``--group``."""
     from pathlib import Path
@@ -204,4 +209,4 @@ def output_options(cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | Non
     if fhir_dir is not None:
         require("fhir", purpose=f"{command} --fhir")
     return OutputOptions(cam=cam, sc=sc, sr=sr_kind, fhir=Path(fhir_dir) if fhir_dir is not None else None,
-                         keep_phi=keep_phi)
+                         keep_phi=keep_phi, drift_baseline=drift_baseline)

@@ -42,7 +42,7 @@ __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
 @server_options
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, settle: float,
           poll: float | None, once: bool, cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None,
-          keep_phi: bool, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
+          keep_phi: bool, drift_baseline: int, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
           forward_cert: str | None, forward_key: str | None, gate: str, server: str | None,
           model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
@@ -62,7 +62,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.outputs.records import live_line
 
     targets = destinations(forward, forward_ca, forward_cert, forward_key)
-    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch", group)
+    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch", group, drift_baseline)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name,
                                  token_file=token_file, server_ca=server_ca)
@@ -108,8 +108,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 @server_options
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
                  allow: tuple[str, ...], host: str, cam: bool, sc: bool, sr_kind: str, fhir_dir: str | None,
-                 keep_phi: bool, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
-                 forward_cert: str | None, forward_key: str | None, tls_cert: str | None, tls_key: str | None,
+                 keep_phi: bool, drift_baseline: int, group: str | None, forward: tuple[str, ...],
+                 forward_ca: str | None, forward_cert: str | None, forward_key: str | None, tls_cert: str | None,
+                 tls_key: str | None,
                  tls_ca: str | None, gate: str, server: str | None, model_name: str | None,
                  token_file: str | None, server_ca: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
@@ -133,7 +134,7 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     from cxr_edge.runtime.outputs.records import live_line
 
     targets = destinations(forward, forward_ca, forward_cert, forward_key)
-    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen", group)
+    outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen", group, drift_baseline)
     tls = _server_tls(tls_cert, tls_key, tls_ca)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name,
@@ -234,7 +235,7 @@ def status_page_token(file: str) -> int:
 @click.option("--event", "events", multiple=True, metavar="NAME",
               help="Only events of this kind (repeatable): start, stop, association-accepted, association-refused, "
                    "instance-received, result-written, report-forwarded, report-refused, login-accepted, "
-                   "login-refused.")
+                   "login-refused, drift-alarm, drift-alarm-end, drift-device.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of the table.")
 def audit_log(out_dir: str, since: str | None, events: tuple[str, ...], as_json: bool) -> int:
     """Show a live mode's audit trail (OUT_DIR/audit): who sent what to whom, and what came of it.

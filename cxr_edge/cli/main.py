@@ -12,7 +12,7 @@ import click
 
 from cxr_edge.runtime.errors import CxrEdgeError, first_line, printable
 
-from . import build, edge, live, scale
+from . import build, edge, live, monitor, scale
 from .common import EXIT_ERROR, EXIT_OK
 
 __all__ = ["cli", "main", "CxrEdgeGroup"]
@@ -132,7 +132,7 @@ def quiet_libraries(debug: bool) -> None:
         warnings.simplefilter("ignore")
 
 
-for room in (build, edge, live, scale):
+for room in (build, edge, live, monitor, scale):
     for command in room.COMMANDS:
         cli.add_command(command)
 

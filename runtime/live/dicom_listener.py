@@ -44,6 +44,8 @@ from ..errors import CxrEdgeError, first_line
 from ..files import move_to, private_dir, remove_stale_temps, utc_now, warn_if_open, write_atomic
 from ..model.classifier import Classifier, Prepared
 from ..model.model_file import file_sha256
+from ..monitoring.drift import DriftConfig
+from ..monitoring.live import DriftStep, open_monitor
 from ..outputs.ae_title import valid_ae_title
 from ..outputs.health import Heartbeat
 from ..outputs.outbox import Destination, Outbox
@@ -159,9 +161,11 @@ class DicomListener:
         self.trail = AuditTrail(self.out / "audit")
         self.outbox = Outbox(self.out, list(forward), calling_ae=ae_title.strip(" "), trail=self.trail) \
             if forward else None
+        self.drift = open_monitor(self.out, DriftConfig.for_baseline(outputs.drift_baseline))
         self.heartbeat = Heartbeat(self.out, "dicom-listen", self._snapshot)
         self.outputs = live_steps(self.out, outputs, classifier, outbox=self.outbox, heartbeat=self.heartbeat,
-                                  trail=self.trail, record_path=lambda outcome: self.results / f"{outcome.name}.json")
+                                  trail=self.trail, watchers=[DriftStep(self.drift, self.out, trail=self.trail)],
+                                  record_path=lambda outcome: self.results / f"{outcome.name}.json")
         self._last_arrival: str | None = None
         self._last_result: str | None = None
         self.classifier = classifier
@@ -264,7 +268,7 @@ class DicomListener:
             in_flight = len(self._inflight)
         return {"listening": f"{self.ae_title} on port {self.port}", "model": self.classifier.path.name,
                 "queue": in_flight, "last_arrival": self._last_arrival, "last_result": self._last_result,
-                "counts": self.summary.as_dict(), "quarantined": self.quarantined,
+                "counts": self.summary.as_dict(), "quarantined": self.quarantined, "drift": self.drift.status(),
                 "outbox_backlog": self.outbox.backlog() if self.outbox is not None else None}
 
     def wait_idle(self, timeout: float = 30.0) -> bool:

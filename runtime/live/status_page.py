@@ -28,6 +28,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from ..monitoring.live import read_history
 from ..outputs.health import STALE_S, STATUS_FILE
 from ..outputs.outbox import outbox_status
 from .page_guard import Guard, check_exposure
@@ -40,6 +41,10 @@ LATEST = 50
 """Results shown in the table."""
 
 FAILURES = 20
+DRIFT_DAYS = 3
+"""Days of drift statistics the page draws."""
+DRIFT_POINTS = 240
+"""Points per drift signal on the page: enough for a line over three days, little to send each update."""
 """Failures (and quarantined datasets) shown with their reasons."""
 
 STAMP_SETTLE_NS = 2_000_000_000
@@ -161,7 +166,7 @@ def health(out: Path, now: datetime | None = None) -> dict[str, Any]:
         age = float("inf")
     running = status.get("state") == "running" and age <= STALE_S
     keep = ("mode", "state", "started", "updated", "last_arrival", "last_result", "queue", "outbox_backlog",
-            "watching", "listening", "model", "blocked", "quarantined")
+            "watching", "listening", "model", "blocked", "quarantined", "drift")
     shown = {k: status.get(k) for k in keep if k in status}
     if status.get("state") == "running" and not running:
         shown["state"] = f"not responding (last heartbeat {age:.0f} s ago)"
@@ -188,7 +193,17 @@ def snapshot(out: Path, index: ResultIndex, now: datetime | None = None) -> dict
                                               "last_error", "last_error_at", "next_attempt")}
                        for s in outbox_status(out)],
             "counts": counts, "total": len(records), "per_hour": list(hours),
-            "last_hour": hours[-1], "latest": [_row(r) for r in records[:LATEST]], "failures": failures}
+            "last_hour": hours[-1], "latest": [_row(r) for r in records[:LATEST]], "failures": failures,
+            "drift": _drift_history(out, now)}
+
+
+def _drift_history(out: Path, now: datetime) -> list[dict[str, Any]]:
+    """The drift statistics of the last `DRIFT_DAYS` days, at most `DRIFT_POINTS` points (evenly thinned)."""
+    points = read_history(out, since=(now - timedelta(days=DRIFT_DAYS)).isoformat(timespec="seconds"))
+    step = max(1, len(points) // DRIFT_POINTS)
+    kept = points[::step] + ([points[-1]] if points and (len(points) - 1) % step else [])
+    return [{"at": p.get("at"), "statistics": p.get("statistics", {}), "alarms": p.get("alarms", []),
+             "changes": [c for c in p.get("changes", []) if c.get("kind") in ("alarm", "device")]} for p in kept]
 
 
 def create_app(out_dir: str | Path, *, login: Any = None, https: bool = False, insecure: bool = False,
@@ -380,6 +395,10 @@ PAGE = """<!doctype html>
  .classified{color:#14632f} .uncertain{color:#8a5a00} .rejected{color:#6b6b6b} .failed,.quarantined{color:#a11}
  .pill{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-weight:600}
  .ok{background:#d9f2e1;color:#14632f} .bad{background:#f8d7d7;color:#a11}
+ .signal{display:grid;grid-template-columns:6.5rem 1fr 5.5rem;gap:.4rem;align-items:center;font-size:.85rem}
+ .signal.alarm{color:#a11;font-weight:600} .spark{width:100%;height:2rem}
+ .spark .value{fill:none;stroke:#1f5f8b;stroke-width:1.2} .spark .threshold{stroke:#c0392b;stroke-dasharray:3 2}
+ .events{font-size:.85rem;padding-left:1.1rem}
  img.thumb{height:48px;border-radius:3px;cursor:zoom-in} dl{display:grid;grid-template-columns:auto 1fr;
  gap:.2rem .6rem;margin:0;font-size:.85rem} dt{color:#555} dd{margin:0;overflow-wrap:anywhere}
  .bars{display:flex;align-items:flex-end;gap:2px;height:70px} .bars div{flex:1;background:#4a7bd0;min-height:1px}
@@ -404,6 +423,8 @@ PAGE = """<!doctype html>
   <section><h2>Images per hour (last 24 h)</h2><div class="bars" id="hours"></div>
    <dl id="counts" style="margin-top:.6rem"></dl></section>
   <section><h2>Forwarding</h2><dl id="outbox"></dl></section>
+  <section><h2>Drift</h2><p><span id="drift-state" class="pill">...</span></p>
+   <div id="drift-signals"></div><ul id="drift-events" class="events"></ul></section>
  </div>
 </main>
 <dialog id="viewer"><img id="viewer-img" alt="heatmap"><form method="dialog"><button>close</button></form></dialog>
@@ -482,10 +503,48 @@ function render(s) {
     pairs($('counts'), [['this hour', s.last_hour], ['classified', s.counts.classified],
       ['uncertain', s.counts.uncertain], ['rejected', s.counts.rejected], ['failed', s.counts.failed]]);
   }
+  if (changed('drift', [h.drift, s.drift])) renderDrift(h.drift, s.drift);
   if (changed('outbox', s.outbox)) {
     pairs($('outbox'), s.outbox.length ? s.outbox.flatMap(o => [[o.destination, `${o.backlog} waiting, `
       + `${o.sent} sent` + (o.refused ? `, ${o.refused} refused` : '')], ['last error', o.last_error
       ? `${o.last_error} (next try ` + clock(o.next_attempt) + ')' : 'none']]) : [['PACS', 'not forwarding']]);
+  }
+}
+const SVG = 'http://www.w3.org/2000/svg';
+function sparkline(values, threshold) {
+  const svg = document.createElementNS(SVG, 'svg'); svg.setAttribute('viewBox', '0 0 200 32');
+  svg.setAttribute('class', 'spark'); const top = Math.max(threshold || 1, ...values) * 1.1;
+  const y = (v) => (32 - 32 * v / top).toFixed(1);
+  const line = document.createElementNS(SVG, 'polyline');
+  line.setAttribute('points', values.map((v, i) => `${(200 * i / Math.max(1, values.length - 1)).toFixed(1)},${y(v)}`)
+    .join(' '));
+  line.setAttribute('class', 'value'); svg.append(line);
+  if (threshold) { const t = document.createElementNS(SVG, 'line'); t.setAttribute('x1', 0); t.setAttribute('x2', 200);
+    t.setAttribute('y1', y(threshold)); t.setAttribute('y2', y(threshold)); t.setAttribute('class', 'threshold');
+    svg.append(t); }
+  return svg;
+}
+function renderDrift(state, history) {
+  const badge = $('drift-state');
+  if (!state) { badge.textContent = 'no live mode'; badge.className = 'pill'; return; }
+  const alarms = state.alarms.map(a => a.signal);
+  badge.textContent = !state.baseline.complete ? `learning the baseline: ${state.baseline.images} of `
+    + `${state.baseline.needed}` : (alarms.length ? 'ALARM: ' + alarms.join(', ') : 'no drift');
+  badge.className = 'pill ' + (alarms.length ? 'bad' : (state.baseline.complete ? 'ok' : ''));
+  const signals = $('drift-signals'); signals.replaceChildren();
+  for (const [name, threshold] of Object.entries(state.thresholds)) {
+    const row = document.createElement('div'); row.className = 'signal' + (alarms.includes(name) ? ' alarm' : '');
+    const now = state.statistics[name];
+    row.append(text(name), sparkline(history.map(p => p.statistics[name] ?? 0), threshold),
+      text(now == null ? '-' : `${now.toFixed(1)} / ${threshold.toFixed(1)}`));
+    signals.append(row);
+  }
+  const list = $('drift-events'); list.replaceChildren();
+  for (const c of history.flatMap(p => p.changes).slice(-6).reverse()) {
+    const item = document.createElement('li');
+    item.textContent = `${clock(c.at)} ` + (c.kind === 'device' ? `new device: ${c.device}`
+      : `alarm on ${c.signal} (${c.statistic} over ${c.threshold})`);
+    list.append(item);
   }
 }
 fetch('api/status').then(r => r.json()).then(render);

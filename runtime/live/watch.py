@@ -46,6 +46,8 @@ from ..files import (
 )
 from ..model.classifier import Classifier
 from ..model.model_file import file_sha256
+from ..monitoring.drift import DriftConfig
+from ..monitoring.live import DriftStep, open_monitor
 from ..outputs.health import Heartbeat
 from ..outputs.outbox import Destination, Outbox
 from ..outputs.records import LiveSummary, live_record
@@ -163,9 +165,10 @@ class FolderWatcher:
         self.options = outputs
         self.trail = AuditTrail(self.layout.out / "audit")
         self.outbox = Outbox(self.layout.out, list(forward), trail=self.trail) if forward else None
+        self.drift = open_monitor(self.layout.out, DriftConfig.for_baseline(outputs.drift_baseline))
         self.heartbeat = Heartbeat(self.layout.out, "watch", self._snapshot)
         self.outputs = live_steps(self.layout.out, outputs, classifier, outbox=self.outbox, heartbeat=self.heartbeat,
-                                  trail=self.trail,
+                                  trail=self.trail, watchers=[DriftStep(self.drift, self.layout.out, trail=self.trail)],
                                   record_path=lambda outcome: self.layout.results / f"{outcome.name}.json")
         self._waiting = 0
         self._last_arrival: str | None = None
@@ -281,7 +284,7 @@ class FolderWatcher:
         """What `status.json` says beside mode and times (inputs are named by file name only)."""
         return {"watching": str(self.in_dir), "model": self.classifier.path.name, "queue": self._waiting,
                 "last_arrival": self._last_arrival, "last_result": self._last_result,
-                "counts": self.summary.as_dict(), "blocked": self.blocked,
+                "counts": self.summary.as_dict(), "blocked": self.blocked, "drift": self.drift.status(),
                 "outbox_backlog": self.outbox.backlog() if self.outbox is not None else None}
 
     def _start(self) -> bool:

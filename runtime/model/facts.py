@@ -1,4 +1,4 @@
-"""What each result says about the image itself, for monitoring a site without labels (`evaluation.drift`).
+"""What each result says about the image itself, for monitoring a site without labels (`monitoring.drift`).
 
 Three groups, each computed from what the pipeline already holds, at a few microseconds per image:
 

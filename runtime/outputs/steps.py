@@ -395,6 +395,7 @@ class OutputOptions:
         sr: a report in the study (DICOM inputs): one of `reports.SR_KINDS`, or None.
         fhir: a FHIR bundle per input, into this folder.
         keep_phi: patient name and ID in the records and the FHIR subject.
+        drift_baseline: results forming the drift baseline (`cxr_edge.runtime.monitoring`).
     """
 
     cam: bool = False
@@ -402,6 +403,7 @@ class OutputOptions:
     sr: str | None = None
     fhir: Path | None = None
     keep_phi: bool = False
+    drift_baseline: int = 200
 
 
 def _identity(classifier: Any) -> dict[str, str]:
@@ -412,9 +414,11 @@ def _identity(classifier: Any) -> dict[str, str]:
 
 
 def live_steps(out: Path, options: OutputOptions, classifier: Any, *, record_path: Callable[[Outcome], Path],
-               outbox: Any = None, heartbeat: Any = None, trail: Any = None) -> OutputSteps:
-    """The steps of a live mode writing under `out`: cam/, sc/, sr/, the FHIR folder, the record, the outbox and
-    the heartbeat, each where asked for; files are named by the mode's own unique name of the input."""
+               outbox: Any = None, heartbeat: Any = None, trail: Any = None,
+               watchers: Sequence[Step] = ()) -> OutputSteps:
+    """The steps of a live mode writing under `out`: cam/, sc/, sr/, the FHIR folder, the record, the outbox,
+    the `watchers` of the stream (drift monitoring) and the heartbeat, each where asked for; files are named by the
+    mode's own unique name of the input."""
     identity = _identity(classifier)
     steps: list[Step] = []
     if options.cam or options.sc:
@@ -430,6 +434,7 @@ def live_steps(out: Path, options: OutputOptions, classifier: Any, *, record_pat
         steps.append(TrailStep(trail))
     if outbox is not None:
         steps.append(ForwardStep(outbox, out))
+    steps.extend(watchers)
     if heartbeat is not None:
         steps.append(HeartbeatStep(heartbeat))
     return OutputSteps(steps)

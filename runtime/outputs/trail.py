@@ -24,7 +24,8 @@ __all__ = ["AuditTrail", "read_trail", "render_trail", "since_time", "EVENTS", "
 
 TRAIL_FILE = "audit.jsonl"
 EVENTS = ("start", "stop", "association-accepted", "association-refused", "instance-received", "result-written",
-          "report-forwarded", "report-refused", "login-accepted", "login-refused")
+          "report-forwarded", "report-refused", "login-accepted", "login-refused", "drift-alarm", "drift-alarm-end",
+          "drift-device")
 """Every event the trail records."""
 FORBIDDEN = ("patient", "PatientName", "PatientID", "name", "path")
 """Fields an event may never carry."""
