@@ -36,6 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..runtime.evaluation.calibration import (
+    ABSTAIN_SHARE,
+    abstention,
+    expected_calibration_error,
+    finding_confidence,
+)
 from ..runtime.evaluation.dataset import Sample
 from ..runtime.model.contract import Contract
 from ..runtime.model.preprocess import to_input
@@ -59,8 +65,6 @@ FINAL_MARGIN = 2.5
 """The same for the distance of the pooled features."""
 UPRIGHT_MIN = 0.5
 """Below this probability of ``upright``, an input is refused as rotated or inverted."""
-ABSTAIN_SHARE = 0.1
-"""Share of the validation images, the least sure, that the abstention threshold flags as uncertain."""
 _PARTS = ("mid", "final")
 
 
@@ -147,19 +151,6 @@ class GateHead(nn.Module):
         return score, orientation
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bins' sizes."""
-    confidence = probabilities.max(axis=1)
-    hits = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            error += inside.mean() * abs(hits[inside].mean() - confidence[inside].mean())
-    return float(error)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -180,24 +171,6 @@ def _fit_temperature(logits: np.ndarray, allowed: np.ndarray) -> float:
 
     optimizer.step(closure)
     return float(min(10.0, max(0.1, math.exp(float(log_t.detach())))))
-
-
-def finding_confidence(probabilities: np.ndarray, contract: Contract) -> np.ndarray:
-    """Per image, the probability of its most probable finding (a finding sums its classes)."""
-    return np.asarray([contract.finding(dict(zip(contract.class_names, row, strict=True)))[1]
-                       for row in probabilities])
-
-
-def _abstention(confidence: np.ndarray, hits: np.ndarray) -> tuple[float, dict[str, Any]]:
-    """The threshold that flags the `ABSTAIN_SHARE` least sure validation images, and the error rates on both
-    sides of it (a threshold that flags nothing, or flags where errors are no likelier, says nothing)."""
-    threshold = float(np.quantile(confidence, ABSTAIN_SHARE))
-    flagged = confidence < threshold
-    figures = {"abstain_below": threshold, "uncertain_share": float(flagged.mean()),
-               "error_when_uncertain": float(1 - hits[flagged].mean()) if flagged.any() else None,
-               "error_when_not_uncertain": float(1 - hits[~flagged].mean()) if (~flagged).any() else None,
-               "accuracy_when_not_uncertain": float(hits[~flagged].mean()) if (~flagged).any() else None}
-    return threshold, figures
 
 
 def _part_statistics(values: np.ndarray, labels: np.ndarray, rank: int | None) -> dict[str, np.ndarray]:
@@ -284,7 +257,7 @@ def fit_reliability(model: CamClassifier, arch: str, contract: Contract, train_x
     temperature = _fit_temperature(described_val["logits"], allowed)
     before, after = _softmax(described_val["logits"]), _softmax(described_val["logits"] / temperature)
     hits = allowed[np.arange(len(after)), after.argmax(axis=1)]
-    abstain, abstention = _abstention(finding_confidence(after, contract), hits)
+    abstain, abstained = abstention(finding_confidence(after, contract), hits)
 
     parameters: dict[str, Any] = {}
     for part, rank in (("mid", None), ("final", GATE_RANK)):
@@ -308,7 +281,7 @@ def fit_reliability(model: CamClassifier, arch: str, contract: Contract, train_x
     figures = {
         "fitted_on": fitted_on, "images": len(val), "temperature": temperature,
         "ece_before": expected_calibration_error(before[exact], val_y[exact]),
-        "ece_after": expected_calibration_error(after[exact], val_y[exact]), **abstention,
+        "ece_after": expected_calibration_error(after[exact], val_y[exact]), **abstained,
         "gate_threshold": GATE_MARGIN, "gate_quantiles": quantiles,
         "gate_refused_share": float(refused.mean()),
         "orientation_upright_share": float(np.mean(val_orientation.argmax(axis=1) == 0)),

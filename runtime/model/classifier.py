@@ -29,7 +29,7 @@ from .gate import GATE_MODES, GatePolicy, judge
 from .model_file import CAM, FEATURES, GATE_SCORE, ORIENTATION, PROBABILITIES, resolve_model
 from .preprocess import load_for_contract, resize, stack, to_input
 
-__all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE"]
+__all__ = ["Classifier", "Prediction", "Prepared", "DISPLAY_MAX_SIDE", "rescale"]
 
 DISPLAY_MAX_SIDE = 1024
 """Images kept for heatmap overlays are shrunk to this, so that memory does not grow with detector size."""
@@ -288,6 +288,8 @@ class Classifier:
             return Prediction(item.path, latency_ms=latency, warnings=item.warnings,
                               error=f"the model produced no valid probabilities ({np.array2string(row, precision=3)});"
                                     " the model file may be damaged")
+        if self.policy is not None and self.policy.site_scale != 1.0:
+            row = rescale(row, self.policy.site_scale)
         probabilities = {name: float(p) for name, p in zip(self.contract.class_names, row, strict=True)}
         finding = self.contract.finding(probabilities)
         verdict = judge(probabilities, policy=self.policy, mode=self.gate,
@@ -328,6 +330,15 @@ class Classifier:
         return {"model": str(self.path), "backend": self.backend.name, "backend_reason": self.backend_reason,
                 "settings": self.backend.settings, "contract": self.contract.to_dict(), "gate": self.gate,
                 "policy": None if self.policy is None else asdict(self.policy)}
+
+
+def rescale(probabilities: np.ndarray, scale: float) -> np.ndarray:
+    """Probabilities under a second temperature: softmax(scale x log p), row by row (a site's refitted
+    calibration; `GatePolicy.site_scale`)."""
+    logits = np.log(np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0)) * scale
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    return (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _is_distribution(row: np.ndarray) -> bool:

@@ -52,6 +52,8 @@ class GatePolicy:
         populations: class -> age groups it had in training (``child``, ``adult``, ``unknown``).
         fitted_on: what the thresholds were fitted on.
         validation_images: how many.
+        site_scale: what a site's own films refitted the calibration by (`cxr-edge validate --write-site-model`):
+            probabilities become softmax(site_scale x log p), a second temperature of 1 / site_scale; 1 as shipped.
     """
 
     gate_threshold: float | None = None
@@ -63,6 +65,7 @@ class GatePolicy:
     populations: Mapping[str, Sequence[str]] = field(default_factory=dict)
     fitted_on: str = ""
     validation_images: int = 0
+    site_scale: float = 1.0
 
     def to_metadata(self) -> dict[str, str]:
         return {GATE_KEY: json.dumps(asdict(self), sort_keys=True)}
