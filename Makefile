@@ -41,13 +41,17 @@ runtime-libs:
 	@/sbin/ldconfig -p | grep -q libopenjp2.so.7 || { echo "make: installing from Debian: libopenjp2-7"; \
 	  $(call APT_INSTALL,libopenjp2-7); }
 
-# Real peers for the tests, from Debian, as package:command pairs; a package is installed only when its command is
-# missing: dcmtk (storescu, storescp, echoscu, dsrdump), dicom3tools (dciodvfy, the IOD checker), chromium (the
-# headless browser the status-page tests drive), systemd (systemd-analyze checks the service units; Debian
-# machines have it, so it is installed only where it is missing). docs/install.md lists what this installs.
-TEST_TOOLS := dcmtk:storescu dicom3tools:dciodvfy chromium:chromium systemd:systemd-analyze
+# Real peers for the tests, from Debian, as package:command (or package:file) pairs; a package is installed only
+# when its command or file is missing: dcmtk (storescu, storescp, echoscu, dsrdump), dicom3tools (dciodvfy, the IOD
+# checker), chromium (the headless browser the status-page tests drive), systemd (systemd-analyze checks the
+# service units; Debian machines have it), Orthanc with its Python and DICOMweb plugins (the PACS the plugin runs
+# in). docs/install.md lists what this installs.
+ORTHANC_PLUGINS := /usr/share/orthanc/plugins
+TEST_TOOLS := dcmtk:storescu dicom3tools:dciodvfy chromium:chromium systemd:systemd-analyze orthanc:/usr/sbin/Orthanc \
+	orthanc-python:$(ORTHANC_PLUGINS)/libOrthancPython.so orthanc-dicomweb:$(ORTHANC_PLUGINS)/libOrthancDicomWeb.so
 system-tools: runtime-libs
-	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; \
+	@missing=""; for pair in $(TEST_TOOLS); do probe=$${pair#*:}; \
+	  command -v $$probe >/dev/null || [ -e "$$probe" ] || missing="$$missing $${pair%%:*}"; \
 	done; if [ -n "$$missing" ]; then echo "make: installing from Debian:$$missing"; $(call APT_INSTALL,$$missing); fi
 
 test: $(VENV)/.dev-installed system-tools $(TRITON_VENV)/.installed

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from cxr_edge.runtime.choices import SR_KINDS
+
 from .common import (
     EXIT_OK,
     destinations,
@@ -17,6 +19,7 @@ from .common import (
     forward_option,
     gate_option,
     live_output_options,
+    model_option,
     output_options,
     remote_if_server,
     server_options,
@@ -211,6 +214,40 @@ def status_page(out_dir: str, port: int, host: str, tls_cert: str | None, tls_ke
     return EXIT_OK
 
 
+@click.command("orthanc-config")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8042, show_default=True,
+              help="Orthanc's REST API and DICOMweb (served on 127.0.0.1 only).")
+@click.option("--dicom-port", type=click.IntRange(1, 65535), default=4242, show_default=True,
+              help="Orthanc's DICOM port (C-STORE from the modalities).")
+@click.option("--aet", default="ORTHANC", show_default=True, help="Orthanc's AE title.")
+@click.option("--storage", type=click.Path(file_okay=False), default=None,
+              help="Orthanc's storage and index folder (default: FOLDER/storage).")
+@model_option
+@click.option("--backend", default="auto", show_default=True, help="Inference engine (see predict --help).")
+@click.option("--sr", "sr_kind", type=click.Choice(SR_KINDS), default="tid1500", show_default=True,
+              help="The report stored into each study: a coded TID 1500 SR, or a Basic Text SR.")
+@click.option("--sc", is_flag=True, help="Also store the heatmap as a Secondary Capture in the study.")
+@click.option("--drift-baseline", type=click.IntRange(20, None), default=200, show_default=True, metavar="N",
+              help="Results forming the drift baseline (see cxr-edge drift).")
+def orthanc_config(folder: str, http_port: int, dicom_port: int, aet: str, storage: str | None, model: str | None,
+                   backend: str, sr_kind: str, sc: bool, drift_baseline: int) -> int:
+    """Write an Orthanc configuration that classifies every CR and DX image Orthanc stores.
+
+    FOLDER gets orthanc.json and the plugin loader; start Orthanc with `Orthanc FOLDER/orthanc.json`. Each stored
+    radiograph is classified by cxr-edge inside Orthanc's Python plugin and its coded SR (and with --sc its
+    heatmap) is stored into the same study; GET /cxr-edge/status on the HTTP port shows the queue and the last
+    results. Needs Debian's orthanc, orthanc-python and orthanc-dicomweb.
+    """
+    from cxr_edge.runtime.live.orthanc import write_config
+
+    path = write_config(Path(folder), http_port=http_port, dicom_port=dicom_port, aet=aet,
+                        storage=Path(storage) if storage else None, model=model, backend=backend, sr=sr_kind, sc=sc,
+                        drift_baseline=drift_baseline)
+    click.echo(f"wrote {path}; start Orthanc with: Orthanc {path}")
+    return EXIT_OK
+
+
 @click.command("status-page-token")
 @click.argument("file", type=click.Path(dir_okay=False))
 def status_page_token(file: str) -> int:
@@ -288,4 +325,4 @@ class StopOnSignals:
             signal.signal(sig, previous)
 
 
-COMMANDS = (watch, dicom_listen, status_page, status_page_token, audit_log)
+COMMANDS = (watch, dicom_listen, status_page, status_page_token, audit_log, orthanc_config)

@@ -1,0 +1,147 @@
+"""cxr-edge inside a real Orthanc (Debian's, with its Python and DICOMweb plugins), started by the test on
+loopback ports with a temporary storage folder: films sent by C-STORE get coded SRs in their studies, and an
+Orthanc killed with SIGKILL mid-queue loses nothing and doubles nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_edge.runtime.live.orthanc import write_config
+from cxr_edge.runtime.reading.images import load_image
+from tests.factories import PATIENT_ID, PATIENT_NAME, dicom_dataset
+
+ORTHANC = "/usr/sbin/Orthanc"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR (TID 1500)
+FILMS = 10
+DEADLINE_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Orthanc:
+    """One Orthanc process on a configuration `cxr-edge orthanc-config` wrote."""
+
+    def __init__(self, folder: Path, model: Path | None) -> None:
+        self.http, self.dicom = _free_port(), _free_port()
+        self.config = write_config(folder, http_port=self.http, dicom_port=self.dicom, aet="ORTHANC",
+                                   model=str(model) if model else None, backend="ort")
+        self.log = folder / "orthanc.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Orthanc:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.get("/cxr-edge/status")
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"Orthanc did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def instances_of_class(self, sop_class: str) -> list[str]:
+        found = []
+        for instance in self.get("/instances"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/instances/{instance}/metadata/SopClassUid",
+                                        timeout=10) as answer:
+                if answer.read().decode().strip() == sop_class:
+                    found.append(instance)
+        return found
+
+    def wait_for_reports(self, count: int, seconds: float = DEADLINE_S) -> list[str]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            reports = self.instances_of_class(SR_CLASS)
+            if len(reports) >= count:
+                return reports
+            time.sleep(0.5)
+        return self.instances_of_class(SR_CLASS)
+
+
+@pytest.fixture()
+def films(data_dirs, tmp_path) -> list[Path]:
+    """Ten real chest films as 12-bit CR DICOM with a patient's name and ID, each its own study."""
+    from cxr_edge.runtime.evaluation.dataset import scan_dataset
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    paths = []
+    for index, sample in enumerate(scan_dataset(data_dirs).samples[::97][:FILMS]):
+        stored = np.rint(load_image(sample.path) * 4095).astype(np.uint16)
+        ds = dicom_dataset(stored, bits_stored=12, modality="CR", sop_class="1.2.840.10008.5.1.4.1.1.1")
+        paths.append(folder / f"{index:02d}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+@pytest.fixture()
+def orthanc(tmp_path):
+    server = Orthanc(tmp_path / "orthanc", None)
+    yield server
+    server.stop()
+
+
+def _send(server: Orthanc, paths: list[Path]) -> None:
+    subprocess.run(["storescu", "-aec", "ORTHANC", "127.0.0.1", str(server.dicom), *map(str, paths)], check=True,
+                   capture_output=True, timeout=120)
+
+
+def test_films_sent_to_orthanc_get_coded_reports_in_their_studies(orthanc, films):
+    orthanc.start()
+    started = time.monotonic()
+    _send(orthanc, films)
+    reports = orthanc.wait_for_reports(FILMS)
+    assert len(reports) == FILMS and time.monotonic() - started < DEADLINE_S
+    for report in reports:
+        study = orthanc.get(f"/instances/{report}/study")["ID"]
+        assert len(orthanc.get(f"/studies/{study}/instances")) == 2  # the film and its report
+    status = orthanc.get("/cxr-edge/status")
+    assert status["counts"]["classified"] + status["counts"]["uncertain"] + status["counts"]["rejected"] == FILMS
+    assert all(row["finding"] or row["status"] == "rejected" for row in status["latest"])
+    for text in (orthanc.log.read_text(errors="replace"), json.dumps(status)):
+        assert PATIENT_ID not in text and PATIENT_NAME.split("^")[0] not in text
+
+
+def test_an_orthanc_killed_mid_queue_ends_with_exactly_one_report_per_film(orthanc, films):
+    orthanc.start()
+    _send(orthanc, films)
+    orthanc.kill()  # at once: whatever the worker had reached (often mid-queue), the end must be the same
+    orthanc.start()
+    reports = orthanc.wait_for_reports(FILMS)
+    time.sleep(3)  # anything doubled would arrive now
+    reports = orthanc.instances_of_class(SR_CLASS)
+    assert len(reports) == FILMS
+    results = list((orthanc.config.parent / "cxr-edge" / "results").glob("*.json"))
+    assert len(results) == FILMS
+    assert not list((orthanc.config.parent / "cxr-edge" / "queue").glob("*.json"))
