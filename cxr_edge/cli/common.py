@@ -171,9 +171,12 @@ def forward_option(command: Any) -> Any:
                      help="Send every report (and Secondary Capture) to this PACS by C-STORE, from a durable outbox "
                           "(OUT/outbox/): retried with backoff while the PACS is down, kept across restarts. "
                           "Repeatable."),
+        click.option("--stow", multiple=True, metavar="URL",
+                     help="Send every report (and Secondary Capture) to this DICOMweb service by STOW-RS "
+                          "(https://pacs/dicom-web), from the same durable outbox as --forward. Repeatable."),
         click.option("--forward-ca", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                     help="Forward over TLS (DICOM's secure transport, TLS 1.2 or newer), checking the PACS's "
-                          "certificate against this CA (PEM) and its host name."),
+                     help="Forward over TLS (DICOM's secure transport, TLS 1.2 or newer; HTTPS for --stow), checking "
+                          "the PACS's certificate against this CA (PEM) and its host name."),
         click.option("--forward-cert", type=click.Path(dir_okay=False), default=None, metavar="FILE",
                      help="With --forward-ca: this node's certificate (PEM), for a PACS that asks for one."),
         click.option("--forward-key", type=click.Path(dir_okay=False), default=None, metavar="FILE",
@@ -183,17 +186,20 @@ def forward_option(command: Any) -> Any:
     return command
 
 
-def destinations(forward: tuple[str, ...], ca: str | None, cert: str | None, key: str | None) -> list[Any]:
-    """The ``--forward`` destinations, each with the TLS the ``--forward-*`` options ask for."""
+def destinations(forward: tuple[str, ...], ca: str | None, cert: str | None, key: str | None,
+                 stow: tuple[str, ...] = ()) -> list[Any]:
+    """The ``--forward`` and ``--stow`` destinations, each with the TLS the ``--forward-*`` options ask for."""
     from dataclasses import replace
 
     from cxr_edge.runtime.outputs.outbox import parse_destination
+    from cxr_edge.runtime.outputs.stow import parse_web_destination
     from cxr_edge.runtime.outputs.tls import client_context
 
     if (cert is None) != (key is None) or (cert is not None and ca is None):
         raise click.UsageError("--forward-cert and --forward-key go together, and need --forward-ca")
     tls = client_context(ca, cert, key) if ca is not None else None
-    return [replace(parse_destination(text), tls=tls) for text in forward]
+    web = [parse_web_destination(url, tls if url.startswith("https://") else None) for url in stow]
+    return [replace(parse_destination(text), tls=tls) for text in forward] + web
 
 
 def output_options(cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None, keep_phi: bool,

@@ -49,6 +49,10 @@ REFERENCE = "torch"
                    "--sr-kind; never replaces a file.")
 @click.option("--sr-kind", type=click.Choice(SR_KINDS), default="tid1500", show_default=True,
               help="tid1500: a coded Comprehensive 3D SR; basic: a Basic Text SR.")
+@click.option("--stow", multiple=True, metavar="URL",
+              help="With --sr: also send the reports to this DICOMweb service by STOW-RS (https://pacs/dicom-web), "
+                   "from a durable outbox in the --sr folder; what is not sent within a minute stays there. "
+                   "Repeatable.")
 @click.option("--fhir", "fhir_dir", type=click.Path(file_okay=False), default=None,
               help="Write a FHIR R5 Bundle per image here (<input name>.fhir.json); needs pip install "
                    "'cxr-edge[fhir]'.")
@@ -61,7 +65,8 @@ REFERENCE = "torch"
 @click.option("--strict", is_flag=True, help="Exit with 3 when any image is rejected or uncertain.")
 @server_options
 def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: int | None, fmt: str | None,
-            cam_dir: str | None, sr_dir: str | None, sr_kind: str, fhir_dir: str | None, recursive: bool,
+            cam_dir: str | None, sr_dir: str | None, sr_kind: str, stow: tuple[str, ...], fhir_dir: str | None,
+            recursive: bool,
             batch_size: int | None, show_phi: bool, group: str | None, gate: str, strict: bool,
             server: str | None, model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """Classify X-rays: files, folders and glob patterns of PNG, JPEG, JPEG 2000, BMP, TIFF or DICOM.
@@ -84,6 +89,8 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
 
     if fhir_dir is not None:
         require("fhir", purpose="predict --fhir")
+    if stow and sr_dir is None:
+        raise click.UsageError("--stow sends the reports --sr writes: give --sr DIR too")
     apply_group(group)
     items = expand_inputs(paths, recursive=recursive)
     many = len(items) > 1
@@ -100,7 +107,7 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
                          title=f"{classifier.path.name} on {classifier.backend.name}")
     click.echo(f"cxr-edge: model {classifier.path} on {classifier.backend.name} ({classifier.backend_reason})",
                err=True)
-    summary = Summary()
+    summary, reports = Summary(), []
     bar = progress(err, len(items))
     with bar:
         task = bar.add_task("classifying", total=len(items))
@@ -111,11 +118,30 @@ def predict(paths: tuple[str, ...], model: str | None, backend: str, threads: in
                 _say_problems(prediction)
             summary.add(prediction)
             writer.write(prediction, record)
+            reports += [Path(record["sr"])] if record.get("sr") else []
             bar.advance(task)
     writer.close(summary)
+    if stow:
+        _stow(stow, Path(sr_dir), reports)
     if summary.failures:
         return EXIT_PARTIAL
     return EXIT_DOUBTFUL if strict and summary.doubtful else EXIT_OK
+
+
+def _stow(urls: tuple[str, ...], sr_dir: Path, reports: list[Path]) -> None:
+    """Send the reports by STOW-RS from a durable outbox in the --sr folder; say what was sent and what waits."""
+    from cxr_edge.runtime.outputs.outbox import Outbox, outbox_status
+    from cxr_edge.runtime.outputs.stow import parse_web_destination
+
+    outbox = Outbox(sr_dir, [parse_web_destination(url) for url in urls])
+    for report in reports:
+        outbox.put(report)
+    outbox.start()
+    outbox.wait_empty(timeout=60)
+    outbox.stop()
+    for status in outbox_status(sr_dir):
+        click.echo(f"cxr-edge: {status['destination']}: {status['sent']} sent, {status['refused']} refused, "
+                   f"{status['backlog']} waiting in {sr_dir / 'outbox'}", err=True)
 
 
 def _path(text: str | None) -> Path | None:

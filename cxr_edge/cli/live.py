@@ -45,8 +45,8 @@ __all__ = ["COMMANDS", "watch", "dicom_listen", "status_page"]
 @server_options
 def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: int | None, settle: float,
           poll: float | None, once: bool, cam: bool, sc: bool, sr_kind: str | None, fhir_dir: str | None,
-          keep_phi: bool, drift_baseline: int, group: str | None, forward: tuple[str, ...], forward_ca: str | None,
-          forward_cert: str | None, forward_key: str | None, gate: str, server: str | None,
+          keep_phi: bool, drift_baseline: int, group: str | None, forward: tuple[str, ...], stow: tuple[str, ...],
+          forward_ca: str | None, forward_cert: str | None, forward_key: str | None, gate: str, server: str | None,
           model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """Classify every image that arrives in IN_DIR, exactly once, until stopped (Ctrl-C or SIGTERM).
 
@@ -64,7 +64,7 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
     from cxr_edge.runtime.model.classifier import Classifier
     from cxr_edge.runtime.outputs.records import live_line
 
-    targets = destinations(forward, forward_ca, forward_cert, forward_key)
+    targets = destinations(forward, forward_ca, forward_cert, forward_key, stow)
     outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "watch", group, drift_baseline)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",
                                  gate=gate, server=server, model_name=model_name,
@@ -112,10 +112,9 @@ def watch(in_dir: str, out_dir: str, model: str | None, backend: str, threads: i
 def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, backend: str, threads: int | None,
                  allow: tuple[str, ...], host: str, cam: bool, sc: bool, sr_kind: str, fhir_dir: str | None,
                  keep_phi: bool, drift_baseline: int, group: str | None, forward: tuple[str, ...],
-                 forward_ca: str | None, forward_cert: str | None, forward_key: str | None, tls_cert: str | None,
-                 tls_key: str | None,
-                 tls_ca: str | None, gate: str, server: str | None, model_name: str | None,
-                 token_file: str | None, server_ca: str | None) -> int:
+                 stow: tuple[str, ...], forward_ca: str | None, forward_cert: str | None, forward_key: str | None,
+                 tls_cert: str | None, tls_key: str | None, tls_ca: str | None, gate: str, server: str | None,
+                 model_name: str | None, token_file: str | None, server_ca: str | None) -> int:
     """Receive radiographs over DICOM (C-STORE) and classify each one, until stopped (Ctrl-C or SIGTERM).
 
     Accepts Computed Radiography, Digital X-Ray (for presentation and for processing) and Secondary Capture
@@ -136,7 +135,7 @@ def dicom_listen(port: int, ae_title: str, out_dir: str, model: str | None, back
     from cxr_edge.runtime.model.classifier import Classifier
     from cxr_edge.runtime.outputs.records import live_line
 
-    targets = destinations(forward, forward_ca, forward_cert, forward_key)
+    targets = destinations(forward, forward_ca, forward_cert, forward_key, stow)
     outputs = output_options(cam, sc, sr_kind, fhir_dir, keep_phi, "dicom-listen", group, drift_baseline)
     tls = _server_tls(tls_cert, tls_key, tls_ca)
     classifier = Classifier.open(model, backend=remote_if_server(backend, server), threads=threads, mode="latency",

@@ -43,6 +43,7 @@ from ..files import (
     write_atomic,
 )
 from .ae_title import valid_ae_title
+from .stow import WebDestination, store
 
 __all__ = ["Destination", "Outbox", "parse_destination", "MAX_BACKOFF_S", "outbox_status"]
 
@@ -101,7 +102,7 @@ def outbox_status(out_dir: Path) -> list[dict[str, Any]]:
 
 
 class Outbox:
-    """Durable C-STORE forwarding to one or more destinations.
+    """Durable forwarding to one or more destinations: C-STORE (`Destination`) or STOW-RS (`WebDestination`).
 
     Args:
         out_dir: the live mode's output folder; the outbox lives in ``out_dir/outbox``.
@@ -234,7 +235,35 @@ class _Sender:
         return [path for _, path in sorted(entries)]
 
     def _send(self, files: list[Path]) -> None:
-        """Send pending files over one association; raises `_Unreachable` when the PACS cannot take them now."""
+        """Send pending files; raises `_Unreachable` (or `WebUnreachable`) when the PACS cannot take them now."""
+        if isinstance(self.destination, WebDestination):
+            self._stow(files)
+        else:
+            self._c_store(files)
+
+    def _stow(self, files: list[Path]) -> None:
+        """STOW-RS, one object per request: stored, refused for what it is, or everything stays pending."""
+        for path in files:
+            if self._stopping.is_set():
+                return
+            reason = store(self.destination, path)
+            if reason is None:
+                uid = _instance_uid(path)
+                path.unlink(missing_ok=True)
+                self._sent(uid)
+            else:
+                self._refuse(path, reason, None)
+            self._write_status()
+
+    def _sent(self, uid: str) -> None:
+        self._status["sent"] += 1
+        self._status["last_sent"] = utc_now()
+        if self.trail is not None:
+            self.trail.record("report-forwarded", destination=str(self.destination), sop_instance_uid=uid,
+                              tls=self.destination.tls is not None)
+
+    def _c_store(self, files: list[Path]) -> None:
+        """Send pending files over one association."""
         import pydicom
         from pynetdicom import AE
 
@@ -272,11 +301,7 @@ class _Sender:
                     raise _Unreachable(f"{self.destination}: no answer to C-STORE of {ds.SOPInstanceUID}")
                 if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
                     path.unlink(missing_ok=True)
-                    self._status["sent"] += 1
-                    self._status["last_sent"] = utc_now()
-                    if self.trail is not None:
-                        self.trail.record("report-forwarded", destination=str(self.destination),
-                                          sop_instance_uid=str(ds.SOPInstanceUID), tls=self.destination.tls is not None)
+                    self._sent(str(ds.SOPInstanceUID))
                 elif 0xA700 <= code <= 0xA7FF:  # out of resources: try again later
                     raise _Unreachable(f"{self.destination}: out of resources (0x{code:04X})")
                 else:
@@ -304,6 +329,16 @@ class _Sender:
             replace_json(self.folder / "status.json", self._status)
         except OSError as exc:
             log.debug("cannot write %s: %s", self.folder / "status.json", exc)
+
+
+def _instance_uid(path: Path) -> str | None:
+    """The SOP Instance UID of a queued object (what the audit trail names it by; never its file name)."""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:
+        return None
 
 
 class _Unreachable(Exception):

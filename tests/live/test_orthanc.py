@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -145,3 +146,35 @@ def test_an_orthanc_killed_mid_queue_ends_with_exactly_one_report_per_film(ortha
     results = list((orthanc.config.parent / "cxr-edge" / "results").glob("*.json"))
     assert len(results) == FILMS
     assert not list((orthanc.config.parent / "cxr-edge" / "queue").glob("*.json"))
+
+
+def test_watch_sends_its_reports_to_orthanc_by_stow_rs(orthanc, films, tmp_path):
+    """DICOMweb out: the same durable outbox as C-STORE, to Orthanc's STOW-RS endpoint."""
+    from cxr_edge.runtime.live.watch import FolderWatcher
+    from cxr_edge.runtime.model.classifier import Classifier
+    from cxr_edge.runtime.outputs.steps import OutputOptions
+    from cxr_edge.runtime.outputs.stow import parse_web_destination
+
+    orthanc.start()
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    for path in films[:3]:
+        (inbox / path.name).write_bytes(path.read_bytes())
+    destination = parse_web_destination(f"http://127.0.0.1:{orthanc.http}/dicom-web")
+    FolderWatcher(inbox, out, Classifier.open(None, backend="ort"), outputs=OutputOptions(sr="tid1500"),
+                  settle_s=0.05, forward=[destination]).run(once=True)
+    (status,) = [json.loads(p.read_text()) for p in (out / "outbox").glob("*/status.json")]
+    assert (status["sent"], status["refused"], status["backlog"]) == (3, 0, 0)
+    assert len(orthanc.instances_of_class(SR_CLASS)) == 3
+    trail = (out / "audit" / "audit.jsonl").read_text()
+    assert trail.count('"report-forwarded"') == 3 and PATIENT_NAME.split("^")[0] not in trail
+
+
+def test_predict_sends_its_reports_by_stow_rs_and_says_so(orthanc, films, tmp_path):
+    orthanc.start()
+    result = subprocess.run([sys.executable, "-m", "cxr_edge.cli", "predict", *map(str, films[:2]), "--sr",
+                             str(tmp_path / "sr"), "--stow", f"http://127.0.0.1:{orthanc.http}/dicom-web",
+                             "--format", "jsonl"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "2 sent, 0 refused, 0 waiting" in result.stderr
+    assert len(orthanc.instances_of_class(SR_CLASS)) == 2
