@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_OK, EXIT_PARTIAL, backend_option, gate_option, model_option
+from .common import EXIT_OK, EXIT_PARTIAL, backend_option, csv_list, gate_option, model_option
 
 __all__ = ["COMMANDS", "export_repository_command", "score_archive_command"]
 
@@ -49,7 +49,7 @@ def export_repository_command(out: str, models: tuple[str, ...], fmt: str, name:
 
 
 @click.command("score-archive")
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Results folder: parts/*.parquet (one row per image); a rerun continues where the last stopped.")
 @model_option
@@ -62,10 +62,16 @@ def export_repository_command(out: str, models: tuple[str, ...], fmt: str, name:
               help="local: a Ray instance for this job; auto: the cluster this machine joined (`ray start`); or "
                    "a cluster address such as ray://head:10001.")
 @click.option("--jsonl", is_flag=True, help="Also append every row to OUT/results.jsonl.")
+@click.option("--modality", "modalities", default="CR,DX", show_default=True, callback=csv_list(str),
+              help="With a DICOMweb SOURCE: the modalities QIDO-RS asks for.")
+@click.option("--study-date", default=None, metavar="RANGE",
+              help="With a DICOMweb SOURCE: only studies of these dates (20240101-20241231, 20240101-, 20240315).")
 @gate_option
 def score_archive_command(source: str, out_dir: str, model: str | None, backend: str, workers: int,
-                          batch_size: int, address: str, jsonl: bool, gate: str) -> int:
-    """Score a whole archive on Ray: SOURCE is a folder tree or a CSV/TSV manifest of paths.
+                          batch_size: int, address: str, jsonl: bool, modalities: tuple[str, ...],
+                          study_date: str | None, gate: str) -> int:
+    """Score a whole archive on Ray: SOURCE is a folder tree, a CSV/TSV manifest of paths, or a PACS's DICOMweb
+    service (dicomweb+https://pacs/dicom-web: instances found by QIDO-RS, fetched by WADO-RS as stored).
 
     Each image gets one row (the predict record, its SHA-256, size and time stamp, the model's SHA-256) in
     OUT/parts/*.parquet, written batch by batch as results arrive. Run it again after a crash or kill and it
@@ -90,7 +96,7 @@ def score_archive_command(source: str, out_dir: str, model: str | None, backend:
 
         summary = score_archive(source, out_dir, model=model, backend=backend, workers=workers,
                                 batch_size=batch_size, address=address, jsonl=jsonl, gate=gate,
-                                on_progress=advance)
+                                on_progress=advance, modalities=modalities, study_date=study_date)
     click.echo(f"cxr-edge: {summary.line()}; results in {Path(out_dir) / 'parts'}", err=True)
     return EXIT_PARTIAL if summary.statuses.get("failed") else EXIT_OK
 

@@ -28,6 +28,7 @@ from ..errors import CxrEdgeError, os_reason
 from ..files import private_dir, remove_stale_temps, warn_if_open, write_atomic
 from ..model.model_file import file_sha256, resolve_model
 from ..reading.paths import InputError, expand_inputs
+from . import dicomweb
 
 __all__ = ["ArchiveSummary", "score_archive", "archive_inputs", "read_results", "PARTS_DIR", "ADDRESSES"]
 
@@ -62,10 +63,17 @@ class ArchiveSummary:
                 f"{self.seconds:.1f} s, {rate}; Ray started in {self.ray_start_s:.1f} s")
 
 
-def archive_inputs(source: str | Path) -> list[tuple[str, str | None]]:
-    """(path, error) of every image under a folder (recursively), or of every path a CSV/TSV manifest lists
-    (a column named ``path``, else the first; relative paths are relative to the manifest)."""
+def archive_inputs(source: str | Path, *, modalities: Sequence[str] = ("CR", "DX"),
+                   study_date: str | None = None) -> list[tuple[str, str | None]]:
+    """(path, error) of every image under a folder (recursively), of every path a CSV/TSV manifest lists (a column
+    named ``path``, else the first; relative paths are relative to the manifest), or the WADO-RS address of every
+    instance a DICOMweb PACS finds (``dicomweb+https://host/dicom-web``, `modalities`, `study_date`)."""
+    if dicomweb.is_dicomweb(str(source)):
+        return [(url, None) for url in dicomweb.query_instances(str(source), modalities=modalities,
+                                                                 study_date=study_date)]
     source = Path(source)
+    if not source.exists():
+        raise CxrEdgeError(f"{source}: no such folder or manifest")
     if source.is_dir():
         items = expand_inputs([str(source)], recursive=True)
     elif source.suffix.lower() in (".csv", ".tsv", ".txt"):
@@ -108,11 +116,13 @@ def read_results(out: str | Path) -> Any:
 
 def score_archive(source: str | Path, out: str | Path, *, model: str | Path | None = None, backend: str = "auto",
                   workers: int = 2, batch_size: int = 16, address: str = "local", jsonl: bool = False,
-                  gate: str = "reject", on_progress: Callable[[int, int], None] | None = None) -> ArchiveSummary:
+                  gate: str = "reject", on_progress: Callable[[int, int], None] | None = None,
+                  modalities: Sequence[str] = ("CR", "DX"), study_date: str | None = None) -> ArchiveSummary:
     """Score every image of `source` not already scored by this model into `out`.
 
     Args:
-        source: a folder tree or a CSV/TSV manifest of paths.
+        source: a folder tree, a CSV/TSV manifest of paths, or a DICOMweb service (``dicomweb+https://...``,
+            queried for `modalities` and `study_date`).
         out: the results folder (``parts/*.parquet``; ``results.jsonl`` too with `jsonl`).
         model: model file (default: the shipped INT8 model).
         backend: engine inside each actor.
@@ -129,7 +139,7 @@ def score_archive(source: str | Path, out: str | Path, *, model: str | Path | No
     private_dir(out / PARTS_DIR)
     remove_stale_temps(out / PARTS_DIR)  # parts a killed run was writing
     summary = ArchiveSummary()
-    inputs = archive_inputs(source)
+    inputs = archive_inputs(source, modalities=modalities, study_date=study_date)
     summary.inputs = len(inputs)
     done_files, done_contents = _already_scored(out, model_id)
     todo = []
@@ -171,6 +181,8 @@ def score_archive(source: str | Path, out: str | Path, *, model: str | Path | No
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
+    if path.startswith(("http://", "https://")):  # a WADO-RS address names its instance for good
+        return (0, 0)
     try:
         info = os.stat(path)
     except OSError:
@@ -270,12 +282,15 @@ class _Scorer:
                 digests.append("")
                 continue
             try:
-                digests.append(file_sha256(path))
+                item, digest = self._fetch(path)
             except OSError as exc:
                 prepared.append(Prepared(path, error=os_reason(exc, path)))
                 digests.append("")
                 continue
-            prepared.append(self.classifier.prepare(path))
+            digests.append(digest)
+            prepared.append(self.classifier.prepare(item, name=path))
+            if item != path:
+                Path(item).unlink(missing_ok=True)
         rows: list[dict[str, Any]] = []
         outputs = OutputSteps([RowStep(rows, self.classifier.contract.class_names)])
         for i, prediction in enumerate(self.classifier.infer(prepared)):
@@ -284,6 +299,20 @@ class _Scorer:
                 "model": self.model_name, "model_sha256": self.model_id}
             outputs.deliver(Outcome(prediction, record, Path(prediction.path).name, None, self.classifier.contract))
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+    @staticmethod
+    def _fetch(path: str) -> tuple[str, str]:
+        """The file to read and its SHA-256; a WADO-RS address is fetched into a private temporary file."""
+        if not path.startswith(("http://", "https://")):
+            return path, file_sha256(path)
+        import hashlib
+        import tempfile
+
+        data = dicomweb.fetch_instance(path)
+        with tempfile.NamedTemporaryFile(suffix=".dcm", delete=False) as handle:
+            handle.write(data)
+        return handle.name, hashlib.sha256(data).hexdigest()
 
 
 def _scored_batches(todo: Sequence[dict[str, Any]], model: Path, backend: str, workers: int, batch_size: int,

@@ -178,3 +178,34 @@ def test_predict_sends_its_reports_by_stow_rs_and_says_so(orthanc, films, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "2 sent, 0 refused, 0 waiting" in result.stderr
     assert len(orthanc.instances_of_class(SR_CLASS)) == 2
+
+
+def test_score_archive_over_orthancs_dicomweb_equals_the_same_files_in_a_folder(orthanc, films, tmp_path):
+    """DICOMweb in: QIDO-RS finds the films, WADO-RS fetches them as stored, Ray scores them as from a folder; a
+    second run fetches and scores nothing."""
+    import pydicom
+
+    from cxr_edge.runtime.model.model_file import resolve_model
+    from cxr_edge.runtime.scale.archive import read_results, score_archive
+    from tests.numerics import int8_rerun_bound
+
+    bound = int8_rerun_bound(resolve_model(None))
+    orthanc.start()
+    _send(orthanc, films[:4])
+    source = f"dicomweb+http://127.0.0.1:{orthanc.http}/dicom-web"
+    web = score_archive(source, tmp_path / "web", backend="ort", workers=1, batch_size=2)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for path in films[:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    local = score_archive(folder, tmp_path / "local", backend="ort", workers=1, batch_size=2)
+    assert (web.inputs, web.scored, local.scored) == (4, 4, 4)
+    by_uid = {}
+    for row in read_results(tmp_path / "local").to_pylist():
+        by_uid[str(pydicom.dcmread(row["path"], stop_before_pixels=True).SOPInstanceUID)] = row
+    for row in read_results(tmp_path / "web").to_pylist():
+        twin = by_uid[row["path"].rsplit("/", 1)[-1]]
+        assert row["label"] == twin["label"]  # Orthanc rewrites the file meta header: the pixels are the same
+        assert all(abs(row[key] - twin[key]) <= bound for key in row if key.startswith("p_"))
+    again = score_archive(source, tmp_path / "web", backend="ort", workers=1, batch_size=2)
+    assert (again.inputs, again.skipped, again.scored) == (4, 4, 0)
