@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import click
 import pytest
 
 from tests.processes import run_cli
@@ -76,3 +77,32 @@ def test_debug_shows_the_cause_of_an_error(tmp_path):
     debug = _run("--debug", "predict", str(tmp_path), "--model", str(broken), "--backend", "ort")
     assert "The above exception was the direct cause of the following exception" in debug.stderr
     assert "ModelError" in debug.stderr and "ONNX Runtime cannot load it" in debug.stderr
+
+
+def _documented_commands() -> list[str]:
+    """Every `$ cxr-edge ...` line of the README's and the docs' console examples."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    lines = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```console\n(.*?)```", page.read_text(), flags=re.S):
+            lines += [line[2:].strip() for line in block.splitlines() if line.startswith("$ cxr-edge ")]
+    return lines
+
+
+@pytest.mark.parametrize("line", _documented_commands())
+def test_every_documented_command_parses(line):
+    """The examples a user copies name commands and options that exist, with values of the right kind."""
+    import shlex
+
+    from cxr_edge.cli.main import cli
+
+    words = shlex.split(line)[1:]
+    command = cli.get_command(click.Context(cli), words[0])
+    assert command is not None, f"no command {words[0]!r}"
+    try:
+        command.make_context(words[0], words[1:], resilient_parsing=False)
+    except click.BadParameter as exc:  # the examples' folders (/srv/...) need not exist here; all else must parse
+        assert "does not exist" in str(exc), exc
