@@ -148,9 +148,10 @@ def _decode(path: Any, ds: Any, rows: int, cols: int, min_size: tuple[int, int] 
     if syntax in _NATIVE_SYNTAXES:
         _check_native_length(path, ds, rows, cols)
     try:
+        data = _first_frame(ds, syntax)
         if syntax in _JPEG_SYNTAXES:
-            _check_jpeg_fragment(path, ds)
-        frame = codecs.Frame(ds, syntax, _first_frame(ds, syntax), rows, cols, _integer(ds, "BitsStored", 0), min_size)
+            _check_jpeg_fragment(path, data)
+        frame = codecs.Frame(ds, syntax, data, rows, cols, _integer(ds, "BitsStored", 0), min_size)
         stored, decoder = codecs.decode_stored(frame, syntax)
         log.debug("%s: %s decoded %s pixels", getattr(path, "name", path), decoder, "x".join(map(str, stored.shape)))
     except ImageError:
@@ -200,24 +201,25 @@ def _decoder_reason(exc: BaseException) -> str:
     return first_line(exc)
 
 
-def _check_jpeg_fragment(path: Any, ds: Any) -> None:
+def _check_jpeg_fragment(path: Any, frame: bytes) -> None:
     """A JPEG frame must end with its end-of-image marker (a fragment may carry one byte of padding after it)."""
-    from pydicom.encaps import generate_frames
-
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
-    if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if not frame[-16:].rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageError(path, "truncated JPEG data in the DICOM file: the end-of-image marker is missing")
 
 
 def dicom_grayscale(stored: np.ndarray, ds: Any, min_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Stored DICOM values to display values in [0, 1], in the order PS3.3 C.11 defines.
+    """Stored DICOM values to display values in [0, 1], in the order PS3.3 C.11 defines, on fewer pixels where
+    that gives the same result.
 
-    0. Fewer pixels first (`shrink`, towards `min_size`): the area average of stored values, or of modality values
-       where a modality LUT table (not a linear rescale) maps them.
     1. Modality LUT (rescale slope/intercept or a LUT; signed pixels handled by pydicom).
     2. VOI: a VOI LUT if present, else the first window; without either, the actual data range.
     3. MONOCHROME1 inversion over the VOI *output* range (here always [0, 1]), never over BitsStored, which a VOI
        LUT or window has already left behind.
+
+    Towards `min_size` the image is averaged over blocks (`shrink`) as early as the result allows: before the
+    rescale and a linear window (both affine; the window's clipping is applied to every pixel first, in the
+    stored values, so that a block straddling the window's edge averages what the window would show), after a
+    modality LUT table, and after a VOI LUT table or a sigmoid window, which bend every value.
     """
     from pydicom.pixels import apply_modality_lut
 
@@ -226,13 +228,46 @@ def dicom_grayscale(stored: np.ndarray, ds: Any, min_size: tuple[int, int] | Non
         if table:  # a table indexed by stored values: map first, then average
             stored = apply_modality_lut(stored, ds)
         extent = np.array([stored.min(), stored.max()])  # every pixel's range, before averaging narrows it
-        values = shrink.shrink(stored, min_size)
-        if not table:  # a linear rescale commutes with the average
-            values, extent = apply_modality_lut(values, ds), apply_modality_lut(extent, ds)
-        shown = _apply_voi(values.astype(np.float32, copy=False), ds, extent)  # float32: exact up to 24 bits
+        if _bends(ds):
+            values = stored if table else apply_modality_lut(stored, ds)
+            shown = shrink.shrink(_apply_voi(values.astype(np.float32, copy=False), ds, extent), min_size)
+        else:
+            values = shrink.shrink(stored, min_size, clip=_window_bounds(ds, rescaled=table))
+            if not table:  # a linear rescale commutes with the average
+                values, extent = apply_modality_lut(values, ds), apply_modality_lut(extent, ds)
+            shown = _apply_voi(values.astype(np.float32, copy=False), ds, extent)  # float32: exact to 24 bits
     if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
         shown = np.float32(1.0) - shown
     return shown.astype(np.float32, copy=False)
+
+
+def _bends(ds: Any) -> bool:
+    """Whether the VOI step is non-linear inside its range (a VOI LUT table, a sigmoid window)."""
+    if ds.get("VOILUTSequence"):
+        return True
+    return _first_window(ds) is not None and str(ds.get("VOILUTFunction", "LINEAR")).upper() == "SIGMOID"
+
+
+def _window_bounds(ds: Any, *, rescaled: bool) -> tuple[float, float] | None:
+    """The values a linear window maps to 0 and 1, in stored values (or in modality values, `rescaled`), or None
+    without a window (or with a rescale that cannot be inverted: the sanity check refuses such a file)."""
+    window = _first_window(ds)
+    if window is None:
+        return None
+    centre, width = window
+    exact = str(ds.get("VOILUTFunction", "LINEAR")).upper() == "LINEAR_EXACT"
+    low, high = (centre - width / 2, centre + width / 2) if exact else \
+        (centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2)
+    if rescaled:
+        return low, high
+    try:
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        return None
+    ends = sorted(((low - intercept) / slope, (high - intercept) / slope))
+    return ends[0], ends[1]
 
 
 def _apply_voi(values: np.ndarray, ds: Any, extent: np.ndarray) -> np.ndarray:

@@ -44,9 +44,13 @@ def full_size_only() -> bool:
     return os.environ.get(FULL_DECODE_ENV, "") not in ("", "0")
 
 
-def shrink(pixels: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray:
+def shrink(pixels: np.ndarray, min_size: tuple[int, int] | None,
+           clip: tuple[float, float] | None = None) -> np.ndarray:
     """Average each `factor` x `factor` block of a 2-D image (float32 out, so no average is rounded); unchanged
     when the factor is 1.
+
+    `clip` (low, high) limits every value before it is averaged: the edges of a linear window, so that the block
+    mean of the clipped values is what the window would show of each block (exact, not an approximation).
 
     Blocks sit on the exact grid, as a JPEG decoder's DCT scaling puts them; a partial last block is completed by
     repeating the edge row or column, as JPEG pads its edge blocks. On the exact grid OpenCV's area resampling is
@@ -59,6 +63,8 @@ def shrink(pixels: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray:
     padded_h, padded_w = math.ceil(height / step) * step, math.ceil(width / step) * step
     values = np.empty((padded_h, padded_w), np.float32)
     values[:height, :width] = pixels
+    if clip is not None:
+        np.clip(values[:height, :width], clip[0], clip[1], out=values[:height, :width])
     values[height:, :width] = values[height - 1:height, :width]
     values[:, width:] = values[:, width - 1:width]
     return cv2.resize(values, (padded_w // step, padded_h // step), interpolation=cv2.INTER_AREA)
