@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import jpeg2000
+from . import jpeg2000, shrink
 
 __all__ = ["Decoder", "Frame", "DECODERS", "ORDER", "PYDICOM", "TRANSFER_SYNTAXES", "decode_stored", "candidates",
            "installed"]
@@ -135,7 +135,9 @@ def _openjph_reduced(frame: Frame) -> np.ndarray | None:
     if levels is None:
         return None
     skip = jpeg2000.reduction(frame.rows, frame.columns, frame.min_size, levels)
-    return imagecodecs.htj2k_decode(frame.data, skipres=skip) if skip else None
+    if not skip:
+        return None
+    return shrink.trim(imagecodecs.htj2k_decode(frame.data, skipres=skip), frame.rows, frame.columns, 2 ** skip)
 
 
 def _pydicom_plugin(plugin: str) -> Callable[[Frame], np.ndarray | None]:

@@ -103,6 +103,8 @@ def read_dicom(path: Any, handle: IO[bytes], size: int, min_size: tuple[int, int
         meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
         ds.file_meta = meta
     rows, cols = int(ds.Rows), int(ds.Columns)
+    if _first_window(ds) is not None:
+        min_size = shrink.oversampled(min_size)
     stored = _decode(path, ds, rows, cols, min_size)
     if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # colour secondary captures: pydicom gives RGB
         import cv2

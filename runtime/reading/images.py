@@ -263,7 +263,7 @@ def _decode_jpeg(path: Path, data: bytes, min_size: tuple[int, int] | None) -> t
             if pixels is not None:
                 return _to_unit_range(path, pixels)
         raise ImageError(path, f"corrupt or truncated JPEG: {reason}") from exc
-    return decoded[..., 0].astype(np.float32) * np.float32(1 / 255), ()
+    return shrink.trim(decoded[..., 0], height, width, factor).astype(np.float32) * np.float32(1 / 255), ()
 
 
 def _read_jpeg2000(path: Path, handle: IO[bytes], size: int, min_size: tuple[int, int] | None) -> LoadedImage:

@@ -18,7 +18,6 @@ header contradicts), `decode` returns None with the reason logged at debug level
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 from functools import cache
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .shrink import FULL_DECODE_ENV, full_size_only
+from .shrink import FULL_DECODE_ENV, full_size_only, kept_blocks, trim
 
 __all__ = ["J2K_SIGNATURES", "reduction", "decode", "precision", "available", "J2K_TRANSFER_SYNTAXES",
            "FULL_DECODE_ENV", "codestream_levels"]
@@ -65,8 +64,8 @@ def reduction(height: int, width: int, min_size: tuple[int, int], levels: int) -
     """The largest resolution level (0: full size) that keeps both sides at least `min_size` (height, width)."""
     min_h, min_w = min_size
     level = 0
-    while (level < levels and math.ceil(height / 2 ** (level + 1)) >= min_h
-           and math.ceil(width / 2 ** (level + 1)) >= min_w):
+    while (level < levels and kept_blocks(height, 2 ** (level + 1)) >= min_h
+           and kept_blocks(width, 2 ** (level + 1)) >= min_w):
         level += 1
     return level
 
@@ -131,7 +130,7 @@ def decode(source: bytes | Path, min_size: tuple[int, int], *, bits_stored: int 
         if level == 0:
             return None  # the full decoder is no slower
         step = 2 ** level
-        return np.ascontiguousarray(image[::step, ::step])
+        return np.ascontiguousarray(trim(image[::step, ::step], height, width, step))
     except Exception as exc:  # any refusal of the fast path leaves the image to the full decoder
         log.debug("JPEG 2000 at full size: %s: %s", type(exc).__name__, exc)
         return None
