@@ -13,7 +13,8 @@ pneumonias), then
 - a switch, after 100 more of the same, to another hospital's films (RSNA's re-processed NIH films, Hannover's
   COVID-19 films, the paediatric hospital) or to the same films processed differently: the delay of the first
   alarm after the switch, and any alarm before it;
-- a change of case mix at the same hospital (normals only, then pneumonias only): reported, never an alarm.
+- a change of case mix at the same hospital (15 % pneumonias, then a wave of 85 %; the same films can be drawn in
+  both parts): reported, never an alarm.
 
 Cost: the monitoring fields of a record (`facts`, timed on real images) and one `DriftMonitor.add`.
 """
@@ -34,9 +35,9 @@ import numpy as np
 
 from cxr_edge.runtime.evaluation.bench import machine_info, versions
 from cxr_edge.runtime.evaluation.dataset import resolve_data_dirs, scan_dataset
-from cxr_edge.runtime.monitoring.drift import DriftConfig, DriftMonitor, drift_report
 from cxr_edge.runtime.model.classifier import Classifier
 from cxr_edge.runtime.model.facts import image_facts, model_facts
+from cxr_edge.runtime.monitoring.drift import DriftConfig, DriftMonitor, drift_report
 from cxr_edge.runtime.reading.images import load_image
 
 HOME = "nih-cxr14"
@@ -110,14 +111,27 @@ def switch(home: list[dict], other: list[dict], shuffles: int, config: DriftConf
 
 
 def case_mix(normals: list[dict], pneumonias: list[dict], shuffles: int, config: DriftConfig) -> dict:
+    """A season at one hospital: a baseline with few pneumonias (15 %), then a wave of them (85 %)."""
     alarms = 0
     shares = []
     for seed in range(shuffles):
-        stream = _shuffled(normals, seed)[:config.baseline + 50] + _shuffled(pneumonias, seed)[:150]
+        rng = np.random.default_rng(seed)
+        calm, wave = _mix(normals, pneumonias, config.baseline + 50, 0.15, rng), _mix(normals, pneumonias, 150,
+                                                                                   0.85, rng)
+        stream = calm + wave
         report = drift_report(stream, DriftMonitor(config))
         alarms += len(report["alarms"])
         shares.append(report["windows"][-1]["case_mix"].get("pneumonia", {}).get("window", 0.0))
     return {"streams": shuffles, "alarms": alarms, "pneumonia_share_last_window": statistics.median(shares)}
+
+
+def _mix(normals: list[dict], pneumonias: list[dict], count: int, share: float,
+         rng: np.random.Generator) -> list[dict]:
+    """`count` films of which a `share` are pneumonias, drawn without regard to order."""
+    sick = int(round(count * share))
+    picked = [normals[i] for i in rng.choice(len(normals), count - sick, replace=False)]
+    picked += [pneumonias[i] for i in rng.choice(len(pneumonias), sick, replace=False)]
+    return [picked[i] for i in rng.permutation(len(picked))]
 
 
 def costs(roots: list[Path], home: list[dict], config: DriftConfig) -> dict:
@@ -155,7 +169,7 @@ def markdown(record: dict) -> str:
         lines.append(f"| {name} | {row['median_delay']} | {row['worst_delay']} | {row['missed']} of "
                      f"{row['streams']} | {row['alarm_before_switch']} of {row['streams']} |")
     mix = record["case_mix"]
-    lines += ["", f"Case mix (home normals, then home pneumonias only): {mix['alarms']} alarms in {mix['streams']} "
+    lines += ["", f"Case mix (home films with 15 % pneumonias, then 85 %): {mix['alarms']} alarms in {mix['streams']} "
               f"streams; the last window's pneumonia share {mix['pneumonia_share_last_window']:.0%} is reported.",
               "", f"Cost per image: monitoring fields {record['costs']['fields_ms']:.3f} ms, online update "
               f"{record['costs']['update_ms']:.3f} ms (bar: under 0.2 ms together)."]
