@@ -60,7 +60,8 @@ class Summary:
     def line(self) -> str:
         """``3 images, 0 failed (2 classified, 1 rejected)``: failures always, then every status that occurred."""
         counts = [f"{self.statuses[s]} {s}" for s in STATUSES if self.statuses[s] and s != "failed"]
-        return f"{self.images} images, {self.failures} failed" + (f" ({', '.join(counts)})" if counts else "")
+        noun = "image" if self.images == 1 else "images"
+        return f"{self.images} {noun}, {self.failures} failed" + (f" ({', '.join(counts)})" if counts else "")
 
 
 def budget_verdict(latency_ms: float) -> str:

@@ -81,7 +81,7 @@ def _measured_faster(path: Path, candidates: list[str], threads: int | None, run
     record = read_json(record_path) if record_path else {}
     if key in record:
         choice = record[key]
-        return choice["backend"], f"measured faster here ({choice['detail']}, remembered)"
+        return choice["backend"], f"measured faster here: {choice['detail']}, remembered"
     engines = {name: open_backend(path, name, threads=threads) for name in candidates}
     first = next(iter(engines.values()))
     shape = tuple(d or 1 for d in first.io.input_shape)
@@ -96,7 +96,7 @@ def _measured_faster(path: Path, candidates: list[str], threads: int | None, run
     if record_path is not None:
         record[key] = {"backend": best, "detail": detail}
         replace_json(record_path, record, best_effort=True)
-    return best, f"measured faster here ({detail})"
+    return best, f"measured faster here: {detail}"
 
 
 def _version(distribution: str) -> str:
