@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ContractError, ImageError, InferenceError, ModelError
 from ..reading.header import HeaderFacts
+from ..reading.images import warm_up
 from .backends import Backend, check_io, open_backend, resolve_backend
 from .contract import Contract
 from .facts import device_facts, image_facts, model_facts
@@ -152,6 +153,7 @@ class Classifier:
             ContractError: the model carries no contract this runtime understands.
         """
         model_path = resolve_model(path)
+        warm_up()
         name, reason = resolve_backend(model_path, backend, threads=threads)
         engine = open_backend(model_path, name, threads=threads, mode=mode, **remote)
         try:

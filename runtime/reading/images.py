@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import stat
 import struct
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -34,6 +35,7 @@ from .jpeg2000 import J2K_SIGNATURES
 from .shrink import MIN_SIDE
 
 __all__ = [
+    "warm_up",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "MAX_FILE_BYTES",
@@ -396,3 +398,18 @@ def check_usable(path: Path, pixels: np.ndarray) -> tuple[str, ...]:
         raise ImageError(path, f"almost no contrast: 99 % of the pixels lie within {high - low:.3f} of each other "
                                "(the window, rescale or bit depth of the file is wrong, or it is blank)")
     return ()
+
+
+def warm_up() -> threading.Thread:
+    """Import the decoders' libraries in a background thread and return it.
+
+    pydicom alone takes about 0.3 s to import; started while the engine loads its model, that time is hidden
+    instead of being counted against the first DICOM of a run. A read that comes first simply waits for the
+    import (Python's import lock), so nothing depends on the thread finishing."""
+    def load() -> None:
+        import pydicom.pixels  # noqa: F401
+        import simplejpeg  # noqa: F401
+
+    thread = threading.Thread(target=load, name="cxr-edge-warm-up", daemon=True)
+    thread.start()
+    return thread
