@@ -151,6 +151,48 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
     return EXIT_OK
 
 
+@click.command("adopt")
+@click.argument("source")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
+              help="The .onnx file to write (never overwritten).")
+@click.option("--contract", "contract_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="JSON: input_size, channels, mean and std (or value_range [low, high]), resampling, class_names "
+                   "(with display_names and codes), and source_outputs: logits or probabilities.")
+@click.option("--like", "like", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Copy the contract of this cxr-edge .onnx model instead (the source outputs logits).")
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="PyTorch state dict for a timm architecture or module:function source.")
+@click.option("--val", "val", type=click.Path(file_okay=False, exists=True), multiple=True,
+              help="Labelled local films in folders named as the classes: fit the temperature and the abstention "
+                   "threshold on them (repeat for several folders). Without it there is no abstention.")
+def adopt_command(source: str, out: str, contract_file: str | None, like: str | None, weights: str | None,
+                  val: tuple[str, ...]) -> int:
+    """Turn a classifier made elsewhere into a cxr-edge model file.
+
+    SOURCE is an ONNX file, a TorchScript file, a timm architecture name, or module:function returning a
+    torch.nn.Module. The contract travels inside the written model; its probabilities are proven within 1e-4 of
+    the source framework's on ONNX Runtime and OpenVINO. An adopted model has no gate: every record says so.
+    """
+    _require_build("adopt")
+    from cxr_edge.export.adopt import adopt, read_spec, spec_like
+
+    if (contract_file is None) == (like is None):
+        raise click.UsageError("give one of --contract FILE.json or --like MODEL")
+    spec = read_spec(contract_file) if contract_file else spec_like(like)
+    report = adopt(source, out, spec, weights=weights, val=[Path(v) for v in val])
+    for note in report.notes:
+        click.echo(f"cxr-edge: note: {note}", err=True)
+    if report.calibration:
+        fitted = report.calibration
+        click.echo(f"fitted on {', '.join(val)}: temperature x{fitted['temperature_factor']:.2f}, abstention below "
+                   f"{fitted['after']['abstain']['abstain_below']:.2f} (negative log-likelihood "
+                   f"{fitted['before']['nll']:.3f} -> {fitted['after']['nll']:.3f})")
+    click.echo(f"wrote {report.path}: {spec.contract.num_classes} classes ({', '.join(spec.contract.class_names)}); "
+               f"parity with the source on {report.inputs} inputs: max |difference| {report.max_diff_ort:.1e} "
+               f"(ONNX Runtime), {report.max_diff_openvino:.1e} (OpenVINO); no gate")
+    return EXIT_OK
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, exists=True))
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), required=True,
@@ -227,4 +269,4 @@ def calibration_manifest(data_dirs: tuple[str, ...], out: str, per_class: int, s
     return EXIT_OK
 
 
-COMMANDS = (train, export_command, quantize, calibration_manifest)
+COMMANDS = (train, export_command, adopt_command, quantize, calibration_manifest)

@@ -26,11 +26,26 @@ from .bench import label_figures
 from .calibration import abstention, expected_calibration_error, finding_confidence, fit_scale, partial_nll, scaled
 from .dataset import DatasetError, scan_dataset
 
-__all__ = ["validate_site", "write_site_model", "verdict_lines"]
+__all__ = ["validate_site", "write_site_model", "verdict_lines", "labelled_probabilities", "fit_calibration"]
 
 
 def validate_site(classifier: Classifier, data_dirs: Sequence[Path], *, engine_figures: str = "ort") -> dict[str, Any]:
     """Every figure of the acceptance check (see the module); `DatasetError` when the folders hold no labels."""
+    samples, probabilities, results = labelled_probabilities(classifier, data_dirs)
+    statuses = [r.status for r in results]
+    report = {"images": len(results), "unreadable": len(results) - len(samples),
+              "status": {k: statuses.count(k) for k in ("classified", "uncertain", "rejected", "failed")},
+              "figures": label_figures(samples, probabilities, classifier.contract),
+              "calibration": fit_calibration(samples, probabilities, classifier),
+              "distance": _distance([r for r in results if r.probabilities is not None], classifier.path)}
+    report["verdict"] = verdict_lines(report, _card_figures(classifier.path, engine_figures))
+    return report
+
+
+def labelled_probabilities(classifier: Classifier,
+                           data_dirs: Sequence[Path]) -> tuple[list[Any], np.ndarray, list[Any]]:
+    """The labelled films of class folders named as the model's classes, the probabilities of those that could be
+    read (rows in class order) and every result; `DatasetError` when the folders hold no labels."""
     names = classifier.contract.class_names
     dataset = scan_dataset(data_dirs, names)
     if not dataset.samples:
@@ -40,19 +55,11 @@ def validate_site(classifier: Classifier, data_dirs: Sequence[Path], *, engine_f
     read = [(s, r) for s, r in zip(dataset.samples, results, strict=True) if r.probabilities is not None]
     if not read:
         raise CxrEdgeError(f"none of the {len(dataset.samples)} labelled films could be read")
-    samples = [s for s, _ in read]
     probabilities = np.array([[r.probabilities[n] for n in names] for _, r in read])
-    statuses = [r.status for r in results]
-    report = {"images": len(dataset.samples), "unreadable": len(dataset.samples) - len(read),
-              "status": {k: statuses.count(k) for k in ("classified", "uncertain", "rejected", "failed")},
-              "figures": label_figures(samples, probabilities, classifier.contract),
-              "calibration": _calibration(samples, probabilities, classifier),
-              "distance": _distance([r for _, r in read], classifier.path)}
-    report["verdict"] = verdict_lines(report, _card_figures(classifier.path, engine_figures))
-    return report
+    return [s for s, _ in read], probabilities, results
 
 
-def _calibration(samples: Sequence[Any], probabilities: np.ndarray, classifier: Classifier) -> dict[str, Any]:
+def fit_calibration(samples: Sequence[Any], probabilities: np.ndarray, classifier: Classifier) -> dict[str, Any]:
     """Calibration before and after a second temperature fitted on these films, and the abstention refitted."""
     contract = classifier.contract
     allowed = np.array([[name in s.classes for name in contract.class_names] for s in samples], np.float64)

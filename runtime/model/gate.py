@@ -29,8 +29,11 @@ from ..errors import ContractError
 from ..reading.header import HeaderFacts
 from .model_file import GATE_KEY
 
-__all__ = ["GatePolicy", "Verdict", "judge", "GATE_MODES", "STATUSES", "NEAR_THRESHOLD",
+__all__ = ["GatePolicy", "Verdict", "judge", "GATE_MODES", "STATUSES", "NEAR_THRESHOLD", "NO_GATE",
            "ADULT_AGE_YEARS"]
+
+NO_GATE = "no gate: the model has no gate, so an image unlike its training films is classified too"
+"""Said in every record of a model without a gate threshold (an adopted model): nothing judged the input."""
 
 NEAR_THRESHOLD = 0.8
 """A gate score above this share of the threshold passes with a warning."""
@@ -129,8 +132,9 @@ def judge(probabilities: Mapping[str, float], *, policy: GatePolicy | None, mode
     said = list(warnings)
     gate, refusals, near = _gate_objections(policy, mode, gate_score, orientation, header)
     said += near
+    last = (NO_GATE,) if (policy is None or policy.gate_threshold is None) and mode != "off" else ()
     if refusals and mode == "reject":
-        return Verdict("rejected", None, gate, tuple([f"rejected: {r}" for r in refusals] + said), True)
+        return Verdict("rejected", None, gate, tuple([f"rejected: {r}" for r in refusals] + said) + last, True)
     said += [f"gate: {r}" for r in refusals]
     said += _age_doubts(label, policy, header, (finding_of or {}).get(label, label))
     name, confidence = finding if finding is not None and policy is not None and policy.abstain_on == "finding" \
@@ -138,8 +142,8 @@ def judge(probabilities: Mapping[str, float], *, policy: GatePolicy | None, mode
     if policy is not None and policy.abstain_below is not None and confidence < policy.abstain_below:
         said.append(f"uncertain: the probability of {name} ({confidence:.2f}) is below the model's abstention "
                     f"threshold {policy.abstain_below:.2f}")
-        return Verdict("uncertain", label, gate, tuple(said), bool(refusals))
-    return Verdict("classified", label, gate, tuple(said), bool(refusals))
+        return Verdict("uncertain", label, gate, tuple(said) + last, bool(refusals))
+    return Verdict("classified", label, gate, tuple(said) + last, bool(refusals))
 
 
 def _gate_objections(policy: GatePolicy | None, mode: str, gate_score: float | None, orientation: np.ndarray | None,

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cxr_edge.runtime.model.gate import NO_GATE
 from tests.factories import CLASSES, PATIENT_ID, PATIENT_NAME, bad_corpus, gradient, tiny_onnx, write_dicom
 
 
@@ -47,7 +48,7 @@ def test_jsonl_has_exactly_the_documented_keys_in_input_order(setup):
         assert list(record["monitor"]["image"]) == ["mean", "spread", "edges", "width", "height", "bits"]
         assert record["monitor"]["image"]["width"] == 240 and record["monitor"]["image"]["bits"] == 8
         assert record["label"] in CLASSES and record["error"] is None
-        assert (record["status"], record["gate"], record["warnings"]) == ("classified", None, [])  # no gate here
+        assert (record["status"], record["gate"], record["warnings"]) == ("classified", None, [NO_GATE])  # says so
         assert list(record["probabilities"]) == list(CLASSES)
         assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert list(record["latency_ms"]) == ["decode", "preprocess", "inference", "total"]
