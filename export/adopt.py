@@ -14,6 +14,7 @@ abstention threshold: the runtime classifies every image with it and says so in 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import tempfile
@@ -115,12 +116,13 @@ def spec_like(model_path: str | Path) -> AdoptSpec:
 
 
 def adopt(source: str, out: str | Path, spec: AdoptSpec, *, weights: str | Path | None = None,
-          val: Sequence[Path] = ()) -> AdoptReport:
+          val: Sequence[Path] = (), sensitivity: float | None = None) -> AdoptReport:
     """Write `out` from `source` with `spec`'s contract; refuse (and leave no file) when parity fails.
 
     With `val` (labelled class folders named as the contract's classes) the written model also carries a
     calibration fitted on those films (a temperature) and an abstention threshold, as `cxr-edge validate` fits
-    them for a site; it still has no gate.
+    them for a site; a multi-label model gets each finding's operating point instead (the Youden point, or the
+    highest threshold keeping `sensitivity`). It still has no gate.
 
     Raises:
         CxrEdgeError: the output exists, the source cannot be read, or it contradicts the contract.
@@ -147,23 +149,27 @@ def adopt(source: str, out: str | Path, spec: AdoptSpec, *, weights: str | Path 
     onnx.save(proto, str(out))
     try:
         inputs, diff_ort, diff_ov = _check_parity(source, out, spec.contract, reference)
-        calibration = _fit_on(out, val) if val else None
+        calibration = _fit_on(out, val, sensitivity) if val else None
     except Exception:
         out.unlink(missing_ok=True)
         raise
     return AdoptReport(out, source, inputs, diff_ort, diff_ov, notes, calibration)
 
 
-def _fit_on(model: Path, val: Sequence[Path]) -> dict[str, Any]:
-    """Fit the temperature and the abstention threshold on labelled films and write them into the model."""
+def _fit_on(model: Path, val: Sequence[Path], sensitivity: float | None = None) -> dict[str, Any]:
+    """Fit on labelled films and write into the model: a multi-label model's operating points, or a four-class
+    model's temperature and abstention threshold."""
     import onnx
 
     from ..runtime.evaluation.validate import fit_calibration, labelled_probabilities
     from ..runtime.model.classifier import Classifier
     from ..runtime.model.gate import GatePolicy
 
-    samples, probabilities, _ = labelled_probabilities(Classifier.open(model, backend="ort", gate="off"), val)
-    calibration = fit_calibration(samples, probabilities, Classifier.open(model, backend="ort", gate="off"))
+    classifier = Classifier.open(model, backend="ort", gate="off")
+    if classifier.contract.multi_label:
+        return _fit_operating_points(classifier, val, sensitivity)
+    samples, probabilities, _ = labelled_probabilities(classifier, val)
+    calibration = fit_calibration(samples, probabilities, classifier)
     policy = GatePolicy(abstain_below=calibration["after"]["abstain"]["abstain_below"], abstain_on="finding",
                         site_scale=calibration["scale"], validation_images=len(samples),
                         fitted_on=f"adopt --val: {len(samples)} labelled films")
@@ -171,6 +177,30 @@ def _fit_on(model: Path, val: Sequence[Path]) -> dict[str, Any]:
     set_onnx_metadata(proto, {p.key: p.value for p in proto.metadata_props} | policy.to_metadata())
     onnx.save(proto, str(model))
     return calibration
+
+
+def _fit_operating_points(classifier: Any, val: Sequence[Path], sensitivity: float | None) -> dict[str, Any]:
+    """Each finding's operating point from labelled folders (`cxr_edge.runtime.evaluation.findings`), written
+    into the model's contract, with the figures at those points."""
+    import onnx
+
+    from ..runtime.evaluation.findings import finding_figures, operating_point, read_finding_folders
+
+    contract = classifier.contract
+    labels = read_finding_folders(val, contract.class_names)
+    results = classifier.predict(list(labels.paths), batch_size=16)
+    read = np.array([r.probabilities is not None for r in results])
+    if not read.any():
+        raise CxrEdgeError(f"none of the {len(results)} labelled films could be read")
+    scores = np.array([[r.probabilities[n] for n in contract.class_names] for r in results if r.probabilities])
+    present = labels.present[read]
+    points = tuple(operating_point(scores[:, i], present[:, i], sensitivity) for i in range(contract.num_classes))
+    fitted = dataclasses.replace(contract, operating_points=points)
+    proto = onnx.load(str(classifier.path))
+    set_onnx_metadata(proto, {p.key: p.value for p in proto.metadata_props} | fitted.to_metadata())
+    onnx.save(proto, str(classifier.path))
+    return {"films": int(read.sum()), "rule": "Youden" if sensitivity is None else f"sensitivity {sensitivity}",
+            "findings": finding_figures(scores, present, points, contract.class_names)}
 
 
 def load_module(source: str, weights: str | Path | None, contract: Contract, notes: list[str]) -> nn.Module:
@@ -226,23 +256,25 @@ def _load_weights(module: nn.Module, path: Path) -> None:
 
 
 class _Adopted(nn.Module):
-    """The source network's first output, with a softmax when it gives logits."""
+    """The source network's first output, through the contract's softmax or sigmoid when it gives logits."""
 
-    def __init__(self, network: nn.Module, softmax: bool) -> None:
+    def __init__(self, network: nn.Module, squash: str | None) -> None:
         super().__init__()
-        self.network, self.softmax = network, softmax
+        self.network, self.squash = network, squash
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         output = self.network(image)
         if isinstance(output, (tuple, list)):
             output = output[0]
-        return torch.softmax(output, dim=1) if self.softmax else output
+        if self.squash == "softmax":
+            return torch.softmax(output, dim=1)
+        return torch.sigmoid(output) if self.squash == "sigmoid" else output
 
 
 def _from_torch(module: nn.Module, spec: AdoptSpec) -> tuple[Any, Callable[[np.ndarray], np.ndarray]]:
     """ONNX from a PyTorch network: torch.export for modules; a scripted one goes through the TorchScript
     exporter alone (it cannot be traced inside a wrapper) and gets its softmax as an ONNX node."""
-    wrapped = _Adopted(module, spec.source_outputs == "logits").eval()
+    wrapped = _Adopted(module, spec.contract.outputs if spec.source_outputs == "logits" else None).eval()
     example = torch.zeros(2, spec.contract.channels, *spec.contract.input_size)
     scripted = isinstance(module, torch.jit.ScriptModule)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
@@ -296,7 +328,9 @@ def _from_onnx(path: Path, spec: AdoptSpec) -> tuple[Any, Callable[[np.ndarray],
     source_output = graph.output[0].name
     if spec.source_outputs == "logits":
         _rename(graph, source_output, "logits")
-        graph.node.append(onnx.helper.make_node("Softmax", ["logits"], [PROBABILITIES], axis=1))
+        squash = onnx.helper.make_node("Sigmoid", ["logits"], [PROBABILITIES]) if spec.contract.multi_label \
+            else onnx.helper.make_node("Softmax", ["logits"], [PROBABILITIES], axis=1)
+        graph.node.append(squash)
         graph.output[0].name = PROBABILITIES
     else:
         _rename(graph, source_output, PROBABILITIES)
@@ -307,6 +341,8 @@ def _from_onnx(path: Path, spec: AdoptSpec) -> tuple[Any, Callable[[np.ndarray],
         scores = session.run([session.get_outputs()[0].name], {source_input: batch})[0]
         if spec.source_outputs == "probabilities":
             return scores
+        if spec.contract.multi_label:
+            return 1 / (1 + np.exp(-scores.astype(np.float64)))
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
     return proto, reference
@@ -348,7 +384,11 @@ def _check_parity(source: str, path: Path, contract: Contract,
         raise CxrEdgeError(f"{path}: the adopted model disagrees with its source (max |probability difference| "
                            f"{diff_ort:.2e} on ONNX Runtime, {diff_ov:.2e} on OpenVINO; allowed {PARITY_TOLERANCE})")
     sums = expected.sum(axis=1)
-    if not np.all(np.isfinite(expected)) or np.abs(sums - 1).max() > 1e-3:
+    if contract.multi_label:
+        if not np.all(np.isfinite(expected)) or expected.min() < 0 or expected.max() > 1:
+            raise CxrEdgeError(f"{source}: its outputs are not probabilities (range {expected.min():.3g}-"
+                               f"{expected.max():.3g}); say \"source_outputs\": \"logits\" in the contract")
+    elif not np.all(np.isfinite(expected)) or np.abs(sums - 1).max() > 1e-3:
         raise CxrEdgeError(f"{source}: its outputs are not probabilities (rows sum to {sums.min():.3g}-"
                            f"{sums.max():.3g}); say \"source_outputs\": \"logits\" in the contract")
     return len(batch), diff_ort, diff_ov

@@ -122,11 +122,13 @@ CLASSES = ("normal", "covid19", "bacterial_pneumonia", "viral_pneumonia")
 
 def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequence[str] = CLASSES, seed: int = 0,
               contract: bool = True, cam: bool = True, features: bool = False,
-              extra_metadata: dict[str, str] | None = None) -> Path:
+              extra_metadata: dict[str, str] | None = None, outputs: str = "softmax",
+              operating_points: Sequence[float] = ()) -> Path:
     """A small real CAM network following the model contract, built with the onnx helper API.
 
     image (N x C x size x size) -> 3x3 conv, stride 4 -> cam (N x K x size/4 x size/4) -> mean -> softmax; with
-    `features`, the pooled map (the logits) is also the ``features`` output.
+    `features`, the pooled map (the logits) is also the ``features`` output. ``outputs="sigmoid"`` makes a
+    multi-label model (independent findings, with `operating_points`).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -140,17 +142,18 @@ def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequenc
     nodes = [
         helper.make_node("Conv", ["image", "W", "B"], ["cam"], strides=[4, 4], pads=[1, 1, 1, 1]),
         helper.make_node("ReduceMean", ["cam", "axes"], ["logits"], keepdims=0),
+        helper.make_node("Sigmoid", ["logits"], ["probabilities"]) if outputs == "sigmoid" else
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
-    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k])]
+    graph_outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k])]
     if cam:
-        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", k, size // 4, size // 4]))
+        graph_outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", k, size // 4, size // 4]))
     if features:
         nodes.append(helper.make_node("Identity", ["logits"], ["features"]))
-        outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", k]))
+        graph_outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", k]))
     graph = helper.make_graph(
         nodes, "tiny_cam_net",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, size, size])], outputs,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, size, size])], graph_outputs,
         [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B"),
          numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="cxr-edge tests")
@@ -158,7 +161,8 @@ def tiny_onnx(path: Path, *, size: int = 32, channels: int = 1, classes: Sequenc
     metadata = dict(extra_metadata or {})
     if contract:
         metadata |= Contract(input_size=(size, size), class_names=tuple(classes), channels=channels,
-                             mean=(0.5,) * channels, std=(0.25,) * channels).to_metadata()
+                             mean=(0.5,) * channels, std=(0.25,) * channels, outputs=outputs,
+                             operating_points=tuple(operating_points)).to_metadata()
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

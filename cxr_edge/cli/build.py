@@ -165,8 +165,11 @@ def export_command(checkpoint: str, out: str, check_data: str | None) -> int:
 @click.option("--val", "val", type=click.Path(file_okay=False, exists=True), multiple=True,
               help="Labelled local films in folders named as the classes: fit the temperature and the abstention "
                    "threshold on them (repeat for several folders). Without it there is no abstention.")
+@click.option("--sensitivity", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Multi-label models: each finding's operating point keeps this sensitivity on the --val films "
+                   "(default: the Youden point).")
 def adopt_command(source: str, out: str, contract_file: str | None, like: str | None, weights: str | None,
-                  val: tuple[str, ...]) -> int:
+                  val: tuple[str, ...], sensitivity: float | None) -> int:
     """Turn a classifier made elsewhere into a cxr-edge model file.
 
     SOURCE is an ONNX file, a TorchScript file, a timm architecture name, or module:function returning a
@@ -179,10 +182,12 @@ def adopt_command(source: str, out: str, contract_file: str | None, like: str | 
     if (contract_file is None) == (like is None):
         raise click.UsageError("give one of --contract FILE.json or --like MODEL")
     spec = read_spec(contract_file) if contract_file else spec_like(like)
-    report = adopt(source, out, spec, weights=weights, val=[Path(v) for v in val])
+    report = adopt(source, out, spec, weights=weights, val=[Path(v) for v in val], sensitivity=sensitivity)
     for note in report.notes:
         click.echo(f"cxr-edge: note: {note}", err=True)
-    if report.calibration:
+    if report.calibration and "findings" in report.calibration:
+        _echo_operating_points(report.calibration)
+    elif report.calibration:
         fitted = report.calibration
         click.echo(f"fitted on {', '.join(val)}: temperature x{fitted['temperature_factor']:.2f}, abstention below "
                    f"{fitted['after']['abstain']['abstain_below']:.2f} (negative log-likelihood "
@@ -191,6 +196,18 @@ def adopt_command(source: str, out: str, contract_file: str | None, like: str | 
                f"parity with the source on {report.inputs} inputs: max |difference| {report.max_diff_ort:.1e} "
                f"(ONNX Runtime), {report.max_diff_openvino:.1e} (OpenVINO); no gate")
     return EXIT_OK
+
+
+def _echo_operating_points(fitted: dict) -> None:
+    """One line per finding: its operating point and what it gives on the films it was fitted on."""
+    click.echo(f"operating points ({fitted['rule']}) on {fitted['films']} labelled films:")
+    for name, row in fitted["findings"].items():
+        parts = [f"{name}: positive at {row['operating_point']:.3f}", f"AUROC {row['auroc']:.3f}"]
+        for key in ("sensitivity", "specificity"):
+            if row[key] is not None:
+                low, high = row[f"{key}_interval"]
+                parts.append(f"{key} {row[key]:.2f} ({low:.2f}-{high:.2f})")
+        click.echo("  " + ", ".join(parts) + f"; {row['with']} films with it, {row['without']} without")
 
 
 @click.command()

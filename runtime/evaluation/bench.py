@@ -392,9 +392,37 @@ def _ratios(rows: list[BenchRow], reference_backend: str | None) -> None:
                 row.figures["remote_overhead_ms"] = p50 - local
 
 
+def _finding_accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: Contract) -> list[str]:
+    """A multi-label model on finding folders: per finding AUROC, and sensitivity and specificity at its operating
+    point with intervals; agreement with FP32 is the share of films with the same positive findings."""
+    from .findings import finding_figures, read_finding_folders
+
+    labels = read_finding_folders([data_dir] if isinstance(data_dir, (str, Path)) else data_dir,
+                                  contract.class_names)
+    images, kept, errors = load_many(list(labels.paths), contract)
+    if not kept:
+        raise CxrEdgeError(f"{data_dir}: none of the {len(labels.paths)} labelled images could be read")
+    inputs, present = to_input(images, contract), labels.present[kept]
+    points = np.array(contract.operating_points)
+    called = {}
+    for i, row in enumerate(rows):
+        scores = np.concatenate([row.run(inputs[j:j + 16]) for j in range(0, len(inputs), 16)])
+        called[i] = scores >= points
+        row.figures |= {"images": len(kept), "per_finding": finding_figures(scores, present, contract.operating_points,
+                                                                            contract.class_names)}
+    fp32_rows = {r.backend: i for i, r in enumerate(rows) if r.precision == "fp32"}
+    for i, row in enumerate(rows):
+        reference = fp32_rows.get(row.backend)
+        row.figures["agreement_fp32"] = (float(np.mean(np.all(called[i] == called[reference], axis=1)))
+                                         if reference is not None else None)
+    return [str(e) for e in errors]
+
+
 def _accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: Contract) -> list[str]:
     """Accuracy, macro-F1, accuracy per class-source-age cell and agreement with FP32 for every row; returns the
     files that could not be read."""
+    if contract.multi_label:
+        return _finding_accuracy(rows, data_dir, contract)
     inputs, unreadable, samples = _labelled_inputs(data_dir, contract)
     predicted = {}
     for i, row in enumerate(rows):

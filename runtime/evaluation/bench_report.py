@@ -8,7 +8,7 @@ from typing import Any
 
 from ..model.model_file import ENGINES
 
-__all__ = ["bench_table", "bench_markdown", "bench_plot", "header_line", "verdict_lines"]
+__all__ = ["bench_table", "bench_markdown", "bench_plot", "header_line", "verdict_lines", "finding_lines"]
 
 
 
@@ -132,6 +132,8 @@ def bench_table(result: dict, console: Any) -> None:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in item["share"].items())
         console.print(f"end to end, {_label(result, item['backend'])} {item['precision'].upper()}: "
                       f"{item['total_ms']:.2f} ms per file over {item['files']} files ({shares})")
+    for line in finding_lines(result):
+        console.print(line, markup=False)
     for line in verdict_lines(result):
         console.print(line)
     for warning in result.get("warnings", []):
@@ -169,6 +171,24 @@ def verdict_lines(result: dict) -> list[str]:
     return lines
 
 
+def finding_lines(result: dict) -> list[str]:
+    """A multi-label model's figures per engine and finding, as a markdown table (empty for four-class models):
+    AUROC, and sensitivity and specificity at the finding's operating point with 95 % intervals."""
+    rows = [r for r in result["rows"] if "per_finding" in r]
+    if not rows:
+        return []
+    lines = ["| engine | precision | finding | films with / without | AUROC | operating point | sensitivity | "
+             "specificity |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        for name, f in row["per_finding"].items():
+            said = [f"{f[k]:.2f} ({f[k + '_interval'][0]:.2f}-{f[k + '_interval'][1]:.2f})" if f[k] is not None
+                    else "-" for k in ("sensitivity", "specificity")]
+            lines.append(f"| {_label(result, row['backend'])} | {row['precision'].upper()} | {name} | "
+                         f"{f['with']} / {f['without']} | {f['auroc']:.3f} | {f['operating_point']:.3f} | "
+                         f"{said[0]} | {said[1]} |")
+    return lines
+
+
 def bench_markdown(result: dict) -> str:
     columns = _columns(result)
     lines = [f"Measured: {header_line(result)}.", "", "| " + " | ".join(columns) + " |",
@@ -178,6 +198,8 @@ def bench_markdown(result: dict) -> str:
         stages = ", ".join(f"{k} {v:.2f} ms ({item['share'][k]:.0%})" for k, v in item["stage_ms_p50"].items())
         lines.append(f"\nEnd to end, {_label(result, item['backend'])} {item['precision'].upper()} over "
                      f"{item['files']} files: {item['total_ms']:.2f} ms per file: {stages}.")
+    findings = finding_lines(result)
+    lines += ["", *findings] if findings else []
     lines += [f"\n{line[0].upper()}{line[1:]}." for line in verdict_lines(result)]
     lines += [f"\nWarning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines) + "\n"

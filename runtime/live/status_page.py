@@ -132,8 +132,12 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     cam = record.get("cam")
     confidence = record.get("finding_probability") or \
         (probabilities.get(top) if top else None)
-    return {"finished": record.get("finished"), "name": _shown_name(record), "label": record.get("label"),
-            "finding": record.get("finding") or record.get("label"), "top": top,
+    label, finding = record.get("label"), record.get("finding") or record.get("label")
+    if record.get("positive") is not None:  # a multi-label model: every positive finding, or none
+        label = finding = " + ".join(record["positive"]) or "no finding"
+        confidence = probabilities.get(record["positive"][0]) if record["positive"] else confidence
+    return {"finished": record.get("finished"), "name": _shown_name(record), "label": label,
+            "finding": finding, "top": top,
             "confidence": None if status in ("rejected", "failed") else confidence, "status": status,
             "warnings": [str(w) for w in record.get("warnings") or []], "error": record.get("error"),
             "latency_ms": latency, "cam": f"cam/{Path(cam).name}" if cam else None,

@@ -77,6 +77,8 @@ class Prediction:
         display: the grayscale image (shrunk) for drawing the activation map, when asked for.
         flagged: the gate objected to the input (rejected, or with ``--gate warn`` kept with a warning).
         monitor: what monitoring reads (`cxr_edge.runtime.model.facts`): image, model and device facts.
+        positive: for a multi-label model, the findings at or above their operating points, most probable first
+            (None for a four-class model, or when the input failed or was rejected).
     """
 
     path: str
@@ -94,6 +96,7 @@ class Prediction:
     finding_probability: float | None = None
     flagged: bool = False
     monitor: dict[str, Any] | None = None
+    positive: tuple[str, ...] | None = None
 
     @property
     def top(self) -> str | None:
@@ -105,11 +108,13 @@ class Prediction:
         return None if self.probabilities is None else self.probabilities[self.top]
 
     def to_record(self) -> dict:
-        """The JSON record of one prediction, exactly the documented keys."""
-        return {"path": self.path, "label": self.label, "finding": self.finding,
-                "finding_probability": self.finding_probability, "probabilities": self.probabilities,
-                "latency_ms": self.latency_ms, "error": self.error, "status": self.status, "gate": self.gate,
-                "warnings": list(self.warnings), "monitor": self.monitor}
+        """The JSON record of one prediction, exactly the documented keys (a multi-label model's records add
+        ``positive``, the findings at or above their operating points)."""
+        record = {"path": self.path, "label": self.label, "finding": self.finding,
+                  "finding_probability": self.finding_probability, "probabilities": self.probabilities,
+                  "latency_ms": self.latency_ms, "error": self.error, "status": self.status, "gate": self.gate,
+                  "warnings": list(self.warnings), "monitor": self.monitor}
+        return record if self.positive is None else record | {"positive": list(self.positive)}
 
 
 class Classifier:
@@ -180,10 +185,10 @@ class Classifier:
             row = self.run(blank)[PROBABILITIES][0]
         except InferenceError as exc:
             raise ModelError(f"{self.path}: the model does not run on a blank image: {exc}") from exc
-        if not _is_distribution(row):
+        if not _valid(row, self.contract):
             raise ModelError(f"{self.path}: the model's output on a blank image is not a set of probabilities "
                              f"({np.array2string(row, precision=3)}); the file is damaged, or its last layer is "
-                             "not a softmax")
+                             f"not a {self.contract.outputs}")
 
     @property
     def path(self) -> Path:
@@ -286,11 +291,11 @@ class Classifier:
     def _verdict(self, item: Prepared, outputs: dict[str, np.ndarray], index: int,
                  latency: dict[str, float]) -> Prediction:
         row = outputs[PROBABILITIES][index]
-        if not _is_distribution(row):
+        if not _valid(row, self.contract):
             return Prediction(item.path, latency_ms=latency, warnings=item.warnings,
                               error=f"the model produced no valid probabilities ({np.array2string(row, precision=3)});"
                                     " the model file may be damaged")
-        if self.policy is not None and self.policy.site_scale != 1.0:
+        if self.policy is not None and self.policy.site_scale != 1.0 and not self.contract.multi_label:
             row = rescale(row, self.policy.site_scale)
         probabilities = {name: float(p) for name, p in zip(self.contract.class_names, row, strict=True)}
         finding = self.contract.finding(probabilities)
@@ -308,7 +313,9 @@ class Classifier:
         return Prediction(item.path, verdict.label, probabilities, latency, None, verdict.status, verdict.gate,
                           verdict.warnings, maps[index, int(np.argmax(row))] if maps is not None else None,
                           item.patient, item.display, shown[0], None if shown[1] is None else round(shown[1], 6),
-                          verdict.flagged, monitor)
+                          verdict.flagged, monitor,
+                          self.contract.positives(probabilities) if self.contract.multi_label and verdict.label
+                          is not None else None)
 
     def predict(self, items: Iterable[str | Path | np.ndarray], *, cam: bool = False,
                 batch_size: int = 1) -> list[Prediction]:
@@ -341,6 +348,13 @@ def rescale(probabilities: np.ndarray, scale: float) -> np.ndarray:
     logits -= logits.max(axis=-1, keepdims=True)
     weights = np.exp(logits)
     return (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _valid(row: np.ndarray, contract: Contract) -> bool:
+    """A softmax row is a distribution; a sigmoid row holds finite probabilities in [0, 1]."""
+    if contract.multi_label:
+        return bool(np.isfinite(row).all() and row.min() >= 0 and row.max() <= 1)
+    return _is_distribution(row)
 
 
 def _is_distribution(row: np.ndarray) -> bool:

@@ -19,6 +19,7 @@ from .classes import FINDING_GROUPS, KNOWN_CLASSES, Code, Finding, private_code
 from .model_file import CONTRACT_KEY, VERSION_KEY
 
 __all__ = ["Contract", "Finding", "FORMAT_VERSION", "RESAMPLING", "FITS", "INTENSITIES", "OUTPUT_KINDS",
+           "DEFAULT_OPERATING_POINT",
            "READ_TOLERANCE"]
 
 FORMAT_VERSION = 3
@@ -27,8 +28,13 @@ Version 2 added `Contract.intensity`; version 3 the classes' display names and c
 contracts read as ``intensity="none"``, and their classes (cxr-edge's four, the only ones those versions made) get
 the vocabulary's names and codes (`cxr_edge.runtime.model.classes`)."""
 
-OUTPUT_KINDS = ("softmax",)
-"""What the probabilities output holds: one distribution over the classes."""
+OUTPUT_KINDS = ("softmax", "sigmoid")
+"""What the probabilities output holds: ``softmax``, one distribution over the classes (one of them is the
+answer); ``sigmoid``, an independent probability per finding (any number may be present), each made positive by
+its own operating point."""
+
+DEFAULT_OPERATING_POINT = 0.5
+"""A sigmoid finding's operating point when none was fitted on validation films."""
 
 READ_TOLERANCE = 0.01
 """How far a faster read of a file may move the image the network sees: the mean absolute difference, in grey
@@ -70,6 +76,8 @@ class Contract:
         findings: findings that sum several classes (default: the vocabulary's groups whose classes are all here);
             every class outside them is its own finding.
         outputs: what the probabilities are (see ``OUTPUT_KINDS``).
+        operating_points: for ``sigmoid`` outputs, the probability at or above which each finding is positive
+            (default `DEFAULT_OPERATING_POINT` each; `cxr-edge adopt --val` fits them); none for ``softmax``.
         format_version: layout version of this contract.
     """
 
@@ -85,12 +93,15 @@ class Contract:
     codes: tuple[Code, ...] = ()
     findings: tuple[Finding, ...] | None = None
     outputs: str = "softmax"
+    operating_points: tuple[float, ...] = ()
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
         # Normalise lists (from JSON) to tuples so that equal contracts compare and hash equal.
-        for name in ("input_size", "class_names", "mean", "std", "display_names"):
+        for name in ("input_size", "class_names", "mean", "std", "display_names", "operating_points"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.outputs == "sigmoid" and not self.operating_points:
+            object.__setattr__(self, "operating_points", (DEFAULT_OPERATING_POINT,) * len(self.class_names))
         object.__setattr__(self, "codes", tuple(tuple(code) for code in self.codes))
         self._fill_from_vocabulary()
         self._validate()
@@ -105,8 +116,9 @@ class Contract:
             object.__setattr__(self, "codes", tuple(
                 KNOWN_CLASSES[n].code if n in KNOWN_CLASSES else private_code(n, display)
                 for n, display in zip(names, self.display_names, strict=False)))
-        if self.findings is None:
-            found = [g for g in FINDING_GROUPS if all(member in names for member in g.classes)]
+        if self.findings is None:  # independent findings are never summed
+            found = [] if self.outputs == "sigmoid" else \
+                [g for g in FINDING_GROUPS if all(member in names for member in g.classes)]
         else:
             found = [f if isinstance(f, Finding) else Finding(**f) for f in self.findings]
         object.__setattr__(self, "findings", tuple(found))
@@ -159,6 +171,14 @@ class Contract:
             problems.append("a class may belong to one finding only")
         if self.outputs not in OUTPUT_KINDS:
             problems.append(f"outputs must be one of {', '.join(OUTPUT_KINDS)}, got {self.outputs!r}")
+        elif self.outputs == "softmax" and self.operating_points:
+            problems.append("operating points belong to sigmoid outputs; a softmax model's answer is its top class")
+        elif self.outputs == "sigmoid" and (len(self.operating_points) != len(self.class_names) or not all(
+                isinstance(p, (int, float)) and 0 < p < 1 for p in self.operating_points)):
+            problems.append(f"operating_points need one probability strictly between 0 and 1 per finding "
+                            f"({len(self.class_names)}), got {list(self.operating_points)!r}")
+        if self.outputs == "sigmoid" and self.findings:
+            problems.append("sigmoid findings are independent: they cannot be summed into findings")
         return problems
 
     @property
@@ -200,9 +220,26 @@ class Contract:
         best = max(sums, key=sums.get)
         return best, sums[best]
 
+    @property
+    def multi_label(self) -> bool:
+        """Independent findings (sigmoid outputs) rather than one distribution over classes."""
+        return self.outputs == "sigmoid"
+
+    def positives(self, probabilities: Mapping[str, float]) -> tuple[str, ...]:
+        """The findings at or above their operating points, most probable first (empty for softmax models)."""
+        if not self.multi_label:
+            return ()
+        points = dict(zip(self.class_names, self.operating_points, strict=True))
+        return tuple(sorted((n for n, p in probabilities.items() if n in points and p >= points[n]),
+                            key=lambda n: -probabilities[n]))
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (for checkpoints and reports)."""
-        return asdict(self)
+        """Plain JSON-ready dict (for checkpoints and reports); a softmax contract leaves out the operating points,
+        so that runtimes made before multi-label models still read it."""
+        data = asdict(self)
+        if not self.operating_points:
+            del data["operating_points"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Contract:

@@ -107,6 +107,33 @@ def study_header(image: Dataset) -> Dataset:
     return evidence
 
 
+def _group(hd: Any, image: Dataset, model_sha256: str, algorithm: Any, finding_type: Any, measurements: list[Any],
+           qualitative: list[Any], key: str) -> Any:
+    """One TID 1501 measurement group about the source image (its tracking UID derived from `key`)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[str(image.SOPInstanceUID), model_sha256, key]),
+            identifier="cxr-edge chest X-ray classification"),
+        algorithm_id=algorithm, finding_type=finding_type,
+        source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))],
+        measurements=measurements or None, qualitative_evaluations=qualitative)
+
+
+def _finding_groups(hd: Any, image: Dataset, record: Mapping[str, Any], contract: Contract, algorithm: Any,
+                    model_sha256: str, qualitative: list[Any], gate: list[Any]) -> list[Any]:
+    """A multi-label model's report: one group per positive finding (its code and probability), then one without
+    a finding type holding every finding's probability and the gate's score; only that last one when no finding
+    is positive."""
+    probabilities = {n: float(p) for n, p in record["probabilities"].items() if n in contract.class_names}
+    groups = [_group(hd, image, model_sha256, algorithm, code_of(contract, name),
+                     [hd.sr.Measurement(name=probability_code(contract, name), value=probabilities[name],
+                                        unit=_UNITLESS)], list(qualitative), f"tracking-{name}")
+              for name in record["positive"]]
+    every = [hd.sr.Measurement(name=probability_code(contract, n), value=p, unit=_UNITLESS)
+             for n, p in probabilities.items()]
+    return groups + [_group(hd, image, model_sha256, algorithm, None, every + gate, list(qualitative), "tracking")]
+
+
 def build_coded_sr(image: Dataset, record: Mapping[str, Any], contract: Contract, *, model_name: str,
                    model_sha256: str, software_version: str, when: datetime | None = None) -> Dataset:
     """A Comprehensive 3D SR (TID 1500) for one image, ready for ``dcmwrite(..., enforce_file_format=True)``.
@@ -135,7 +162,12 @@ def build_coded_sr(image: Dataset, record: Mapping[str, Any], contract: Contract
             model_name=model_name[:64], serial_number=model_sha256[:16]))
     qualitative = [hd.sr.QualitativeEvaluation(_STATUS, STATUS_CODES["rejected" if rejected else status])]
     measurements = []
-    if not rejected:
+    gate_score = (record.get("gate") or {}).get("score")
+    gate = [] if gate_score is None else [hd.sr.Measurement(name=_GATE_SCORE, value=float(gate_score),
+                                                            unit=_UNITLESS)]
+    if not rejected and record.get("positive") is not None:
+        groups = _finding_groups(hd, image, record, contract, algorithm, model_sha256, qualitative, gate)
+    elif not rejected:
         finding = finding or label
         if finding != label:  # a finding of several classes: its probability, and the subtype as its own item
             measurements.append(hd.sr.Measurement(name=probability_code(contract, finding), unit=_UNITLESS,
@@ -143,16 +175,10 @@ def build_coded_sr(image: Dataset, record: Mapping[str, Any], contract: Contract
             qualitative.append(hd.sr.QualitativeEvaluation(SUBTYPE, code_of(contract, label)))
         measurements += [hd.sr.Measurement(name=probability_code(contract, name), value=float(p), unit=_UNITLESS)
                          for name, p in record["probabilities"].items() if name in contract.class_names]
-    gate_score = (record.get("gate") or {}).get("score")
-    if gate_score is not None:
-        measurements.append(hd.sr.Measurement(name=_GATE_SCORE, value=float(gate_score), unit=_UNITLESS))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(entropy_srcs=[str(image.SOPInstanceUID), model_sha256, "tracking"]),
-            identifier="cxr-edge chest X-ray classification"),
-        algorithm_id=algorithm, finding_type=None if rejected else code_of(contract, finding),
-        source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))],
-        measurements=measurements or None, qualitative_evaluations=qualitative)
+    if rejected or record.get("positive") is None:
+        groups = [_group(hd, image, model_sha256, algorithm, None if rejected else code_of(contract, finding),
+                         measurements + gate, qualitative, "tracking")]
+    group = groups[0]
     warnings = record.get("warnings") or ()
     comments = ([f"Not classified: {w}" for w in warnings] or ["Not classified."]) if rejected else \
         [f"Input warning: {w}" for w in warnings]
@@ -160,7 +186,7 @@ def build_coded_sr(image: Dataset, record: Mapping[str, Any], contract: Contract
         group[0].ContentSequence.append(hd.sr.TextContentItem(name=_COMMENT, value=text[:1024],
                                                               relationship_type="CONTAINS"))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-                                     procedure_reported=_PLAIN_CHEST_XRAY, imaging_measurements=[group])
+                                     procedure_reported=_PLAIN_CHEST_XRAY, imaging_measurements=groups)
     # The document modules are set here (as for the Basic Text SR) rather than by highdicom's Comprehensive3DSR,
     # which copies and re-reads the whole content tree: 18 ms a report against about 5, measured, and a DICOM
     # node under a flood has no time to spare. dciodvfy, dsrdump and highdicom's reader check the result.

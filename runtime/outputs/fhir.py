@@ -63,6 +63,25 @@ def _finding(observation: dict[str, Any], record: Mapping[str, Any], contract: C
     return conclusion
 
 
+def _findings(observation: dict[str, Any], record: Mapping[str, Any], contract: Contract) -> tuple[str, list[dict]]:
+    """A multi-label result: the main Observation holds every finding's probability and names the positive ones;
+    each positive finding gets an Observation of its own, coded (returned, most probable first)."""
+    probabilities = {n: p for n, p in record["probabilities"].items() if n in contract.class_names}
+    observation["component"] = [_quantity(n, contract.display(n), p) for n, p in probabilities.items()]
+    positive = list(record["positive"])
+    observation["valueString"] = f"positive: {', '.join(positive)}" if positive else \
+        "no finding at or above its operating point"
+    own = []
+    for name in positive:
+        item = {key: value for key, value in observation.items() if key not in ("component", "valueString")}
+        item["id"] = _uuid(observation["id"], name)
+        item["valueCodeableConcept"] = {"coding": [coding(contract, name)]}
+        item["component"] = [_quantity(name, contract.display(name), probabilities[name])]
+        own.append(item)
+    said = ", ".join(f"{n} ({probabilities[n]:.3f})" for n in positive)
+    return (f"Positive findings: {said}." if positive else "No finding at or above its operating point."), own
+
+
 def _rejection(observation: dict[str, Any], record: Mapping[str, Any]) -> str:
     observation["dataAbsentReason"] = {
         "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed",
@@ -100,7 +119,13 @@ def build_fhir_bundle(record: Mapping[str, Any], contract: Contract, *, model_sh
         "issued": record["finished"], "device": device, "identifier": identifier,
         "note": [{"text": NOT_FOR_DIAGNOSTIC_USE}, *({"text": f"Input warning: {w}"} for w in record["warnings"])],
     }
-    conclusion = _rejection(observation, record) if rejected else _finding(observation, record, contract)
+    own: list[dict[str, Any]] = []
+    if rejected:
+        conclusion = _rejection(observation, record)
+    elif record.get("positive") is not None:
+        conclusion, own = _findings(observation, record, contract)
+    else:
+        conclusion = _finding(observation, record, contract)
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
@@ -108,16 +133,19 @@ def build_fhir_bundle(record: Mapping[str, Any], contract: Contract, *, model_sh
         "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4",
                              "display": "Diagnostic imaging study"}]},
         "issued": record["finished"], "identifier": identifier,
-        "result": [{"reference": f"urn:uuid:{observation_id}"}],
+        "result": [{"reference": f"urn:uuid:{item['id']}"} for item in [observation, *own]],
         "conclusion": f"{conclusion} {NOT_FOR_DIAGNOSTIC_USE}",
     }
-    if not rejected:
+    if own:
+        report["conclusionCode"] = [item["valueCodeableConcept"] for item in own]
+    elif not rejected and "valueCodeableConcept" in observation:
         report["conclusionCode"] = [observation["valueCodeableConcept"]]
     if subject is not None:
-        observation["subject"] = report["subject"] = subject
+        for resource in (observation, report, *own):
+            resource["subject"] = subject
     bundle = Bundle.model_validate({
         "resourceType": "Bundle", "id": _uuid(image_uid, model_sha256, "bundle"), "type": "collection",
         "timestamp": record["finished"],
         "entry": [{"fullUrl": f"urn:uuid:{report_id}", "resource": report},
-                  {"fullUrl": f"urn:uuid:{observation_id}", "resource": observation}]})
+                  *({"fullUrl": f"urn:uuid:{item['id']}", "resource": item} for item in [observation, *own])]})
     return bundle.model_dump(mode="json", exclude_none=True)

@@ -58,6 +58,11 @@ def live_line(record: dict[str, Any], name: str, *, note: str | None = None, lat
     finding = record.get("finding") or top
     if record.get("status") == "rejected":
         shown, probability, subtype = "REJECTED", "     -", ""
+    elif record.get("positive") is not None:  # a multi-label model: the positive findings, most probable first
+        positive = record["positive"]
+        shown = positive[0] if positive else "none"
+        probability = f"{probabilities[positive[0]] if positive else probabilities[top]:6.1%}"
+        subtype = ("+ " + ", ".join(positive[1:])) if len(positive) > 1 else ""
     else:
         shown = finding + ("?" if record.get("status") == "uncertain" else "")
         probability = f"{record.get('finding_probability') or probabilities[top]:6.1%}"

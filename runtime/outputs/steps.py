@@ -101,7 +101,10 @@ def caption(record: dict[str, Any], contract: Contract) -> str:
     if finding is None or label is None:
         return "no finding"
     text = f"{contract.display(finding)} {record['finding_probability']:.2f}"
-    if finding != label:
+    if record.get("positive") is not None:  # multi-label: the map is of the most probable finding
+        positive = record["positive"]
+        text += "; positive: " + (", ".join(contract.display(n) for n in positive) if positive else "none")
+    elif finding != label:
         text += f" ({contract.display(label)} {record['probabilities'][label]:.2f})"
     return text + ("" if record.get("status") == "classified" else f" [{record['status']}]")
 

@@ -114,15 +114,18 @@ def _finite(value: Any) -> Any:
 
 
 class CsvWriter:
-    """One row per input: path, label, finding and its probability, confidence, a probability column per class,
-    latencies, error, status, the gate's score and threshold, and the warnings (joined by '; ')."""
+    """One row per input: path, label, finding and its probability, (for a multi-label model) the positive findings
+    joined by ';', confidence, a probability column per class, latencies, error, status, the gate's score and
+    threshold, and the warnings (joined by '; ')."""
 
-    def __init__(self, stream: IO[str], class_names: Sequence[str], show_phi: bool) -> None:
+    def __init__(self, stream: IO[str], class_names: Sequence[str], show_phi: bool, multi_label: bool = False) -> None:
         self.class_names = list(class_names)
         self.show_phi = show_phi
+        self.multi_label = multi_label
         self.writer = csv.writer(stream)
         self.stream = stream
-        header = ["path", "label", "finding", "finding_probability", "confidence",
+        header = ["path", "label", "finding", "finding_probability", *(["positive"] if multi_label else []),
+                  "confidence",
                   *(f"p_{c}" for c in self.class_names), "decode_ms", "preprocess_ms", "inference_ms", "total_ms",
                   "error", "status", "gate_score", "gate_threshold", "warnings"]
         self.writer.writerow(header + (["patient_name", "patient_id"] if show_phi else []))
@@ -131,8 +134,9 @@ class CsvWriter:
         probabilities = prediction.probabilities or {}
         latency = prediction.latency_ms
         shown = prediction.status != "rejected"  # a rejected input has no result to be confident of
+        positive = [";".join(prediction.positive or ())] if self.multi_label else []
         row = [prediction.path, prediction.label or "", prediction.finding or "",
-               _fmt(prediction.finding_probability), _fmt(prediction.confidence if shown else None),
+               _fmt(prediction.finding_probability), *positive, _fmt(prediction.confidence if shown else None),
                *(_fmt(probabilities.get(c)) for c in self.class_names),
                *(_fmt(latency.get(k)) for k in ("decode", "preprocess", "inference", "total")), prediction.error or "",
                prediction.status, _fmt((prediction.gate or {}).get("score")),
@@ -174,7 +178,8 @@ class TableWriter:
 
     def _columns(self, compact: bool) -> list[tuple[str, int]]:
         """(header, width) of every column but the file's."""
-        result = max([9, *(len(n) + 1 for n in self.contract.finding_names)])  # "rejected", or a finding and "?"
+        more = 3 if self.contract.multi_label else 0  # "+2": more positive findings than the first
+        result = max([9, *(len(n) + 1 + more for n in self.contract.finding_names)])  # "rejected", or a finding, "?"
         columns = [("patient", 24)] if self.show_phi else []
         columns += [("result", result), ("prob.", 5)]
         if self.contract.findings:
@@ -205,7 +210,8 @@ class TableWriter:
         else:
             mark = "?" if p.status == "uncertain" else ""
             colour = "yellow" if mark else "bold"
-            cells += [f"[{colour}]{p.finding}{mark}[/]", f"{p.finding_probability:.3f}"]
+            name, probability = _headline(p)
+            cells += [f"[{colour}]{name}{mark}[/]", f"{probability:.3f}"]
         if self.contract.findings:
             cells.append(self._short(p.label) if p.label is not None and p.label != p.finding else "")
         if not compact:
@@ -262,6 +268,18 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def _headline(p: Prediction) -> tuple[str, float]:
+    """What the result column says: the finding; for a multi-label model the most probable positive finding and
+    how many more are positive (``effusion+2``), or ``none`` with the highest probability of any finding."""
+    if p.positive is None:
+        return str(p.finding), float(p.finding_probability or 0.0)
+    probabilities = p.probabilities or {}
+    if not p.positive:
+        return "none", max(probabilities.values(), default=0.0)
+    more = f"+{len(p.positive) - 1}" if len(p.positive) > 1 else ""
+    return f"{p.positive[0]}{more}", probabilities[p.positive[0]]
+
+
 def make_writer(fmt: str, stream: IO[str], console: Any, contract: Any, *, show_phi: bool,
                 title: str = "") -> Writer:
     """The writer for ``table``, ``jsonl`` or ``csv``; `contract` names the classes and findings."""
@@ -270,5 +288,5 @@ def make_writer(fmt: str, stream: IO[str], console: Any, contract: Any, *, show_
     if fmt == "jsonl":
         return JsonlWriter(stream, show_phi)
     if fmt == "csv":
-        return CsvWriter(stream, contract.class_names, show_phi)
+        return CsvWriter(stream, contract.class_names, show_phi, contract.multi_label)
     return TableWriter(console, contract, show_phi, title)

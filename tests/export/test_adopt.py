@@ -179,3 +179,36 @@ def test_labelled_films_fit_a_temperature_and_an_abstention_but_no_gate(tmp_path
     assert 0 < policy.abstain_below < 1 and policy.site_scale > 0
     (result,) = classifier.predict([next((tmp_path / "val" / "normal").iterdir())])
     assert NO_GATE in result.warnings
+
+
+def test_a_multi_label_network_gets_operating_points_fitted_on_labelled_folders(tmp_path):
+    """Sigmoid findings: parity, operating points from finding folders (one per finding, and no_finding), the
+    per-finding figures printed, and records naming the positive findings."""
+    import cv2
+
+    rng = np.random.default_rng(2)
+    for name in [*CLASSES, "no_finding"]:
+        folder = tmp_path / "val" / name
+        folder.mkdir(parents=True)
+        for n in range(6):
+            film = np.clip(gradient(96, 80) * rng.uniform(0.4, 1.2) + rng.normal(0, 12, (96, 80)), 0, 255)
+            cv2.imwrite(str(folder / f"{n}.png"), film.astype(np.uint8))
+    source = _onnx_source(tmp_path / "source.onnx")
+    result = _cli("adopt", source, "-o", tmp_path / "multi.onnx", "--contract",
+                  _contract(tmp_path, outputs="sigmoid"), "--val", tmp_path / "val", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "operating points (Youden) on 24 labelled films" in result.stdout
+    assert all(f"{name}: positive at" in result.stdout and "AUROC" in result.stdout for name in CLASSES)
+    classifier = Classifier.open(tmp_path / "multi.onnx", backend="openvino")
+    points = classifier.contract.operating_points
+    assert classifier.contract.multi_label and len(points) == 3 and all(0 < p < 1 for p in points)
+    point_of = dict(zip(CLASSES, points, strict=True))
+    for prediction in classifier.predict(sorted((tmp_path / "val" / "effusion").iterdir())):
+        expected = {n for n, p in prediction.probabilities.items() if p >= point_of[n]}
+        assert set(prediction.positive) == expected and NO_GATE in prediction.warnings
+    bench = _cli("bench", "--model", tmp_path / "multi.onnx", "--data", tmp_path / "val", "--precisions", "fp32",
+                 "--batch", "1", "--runs", "5", "--warmup", "1", "--markdown", tmp_path / "bench.md", cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    table = (tmp_path / "bench.md").read_text()
+    assert "| finding | films with / without | AUROC |" in table
+    assert all(f"| {name} | 6 / 18 |" in table for name in CLASSES)

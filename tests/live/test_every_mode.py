@@ -133,3 +133,65 @@ def test_a_three_class_model_goes_through_every_output(tmp_path: Path, three: Pa
     assert any(name in table.stdout for name in THREE)
     listed = run_cli("predict", watched / "done", "--model", three, "--format", "csv")
     assert listed.stdout.splitlines()[0].count("p_") == 3 and "p_effusion" in listed.stdout
+
+
+MULTI = ("effusion", "nodule", "cardiomegaly")
+"""A multi-label model's independent findings."""
+
+
+def test_a_multi_label_model_goes_through_every_output(tmp_path: Path) -> None:
+    """Positive findings (at or above their operating points) in the record, one coded SR group each, one FHIR
+    Observation each, and in the table, the CSV, the watch line and the status page."""
+    from fhir.resources.bundle import Bundle
+
+    from cxr_edge.runtime.live.status_page import _row
+    from cxr_edge.runtime.outputs.records import live_line
+
+    model = tiny_onnx(tmp_path / "multi.onnx", size=64, classes=MULTI, outputs="sigmoid",
+                      operating_points=(0.01, 0.99, 0.02))  # effusion and cardiomegaly positive, nodule not
+    classifier = Classifier.open(model, backend="ort")
+    contract = classifier.contract
+    assert contract.multi_label and contract.findings == ()
+    inbox, watched = tmp_path / "in", tmp_path / "watched"
+    inbox.mkdir()
+    write_dicom(inbox / "chest.dcm", gradient(256, 256))
+    FolderWatcher(inbox, watched, classifier, outputs=OutputOptions(sc=True, sr="tid1500", fhir=watched / "fhir"),
+                  settle_s=0.05).run(once=True)
+    (record,) = (json.loads(p.read_text()) for p in (watched / "results").glob("*.json"))
+    probabilities = record["probabilities"]
+    assert set(record["positive"]) == {"effusion", "cardiomegaly"}
+    assert record["positive"] == sorted(record["positive"], key=lambda n: -probabilities[n])
+
+    dump = subprocess.run([dcmtk("dsrdump"), str(watched / record["sr"])], capture_output=True, text=True)
+    assert dump.returncode == 0 and not dump.stderr.strip() and dciodvfy_errors(watched / record["sr"]) == []
+    groups = hd.sr.srread(watched / record["sr"]).content.get_image_measurement_groups()
+    assert [g.finding_type for g in groups] == [Code(*contract.code(n)) for n in record["positive"]] + [None]
+    every = {m.name.meaning: m.value for m in groups[-1].get_measurements()}
+    assert all(abs(every[f"Probability of {contract.display(n)}"] - p) < 1e-6 for n, p in probabilities.items())
+
+    bundle = Bundle.model_validate_json((watched / record["fhir"]).read_text())
+    report = bundle.entry[0].resource
+    assert [c.coding[0].code for c in report.conclusionCode] == [contract.code(n)[0] for n in record["positive"]]
+    assert len(bundle.entry) == 2 + len(record["positive"])
+
+    heard = tmp_path / "heard"
+    node = DicomListener(heard, classifier, port=0, host="127.0.0.1", outputs=OutputOptions(sr="tid1500"))
+    node.start()
+    try:
+        image = dicom_dataset(gradient(256, 256))
+        send(node.port, image)
+        assert node.wait_idle()
+    finally:
+        node.stop()
+    heard_record = json.loads((heard / "results" / f"{image.SOPInstanceUID}.json").read_text())
+    heard_groups = hd.sr.srread(heard / heard_record["sr"]).content.get_image_measurement_groups()
+    assert len(heard_groups) == len(heard_record["positive"]) + 1
+
+    line = live_line(record, "chest.dcm")
+    assert record["positive"][0] in line and f"+ {record['positive'][1]}" in line
+    assert _row(record)["finding"] == " + ".join(record["positive"])
+    listed = run_cli("predict", watched / "done", "--model", model, "--format", "csv")
+    header, row = listed.stdout.splitlines()[:2]
+    assert "positive" in header.split(",") and ";".join(record["positive"]) in row
+    table = run_cli("predict", watched / "done", "--model", model, "--format", "table", env={"COLUMNS": "80"})
+    assert table.returncode == 0 and f"{record['positive'][0]}+1" in table.stdout, table.stdout
