@@ -1,6 +1,6 @@
 """The test suite five times in a row from a fresh clone, beside a CPU hog: the record the README cites.
 
-Usage: python benchmarks/suite_under_load.py [--runs 5] [--clone ../fresh-clone] [--out benchmarks/suite]
+Usage: .venv/bin/python benchmarks/suite_under_load.py [--runs 5] [--clone ../fresh-clone] [--out benchmarks/suite]
 
 Clones the current commit into `--clone` (beside this checkout, so that the Makefile finds the shared data as it
 does on a fresh machine) and times the README's main job there, `make bench`, on a quiet machine. Then runs
@@ -62,6 +62,7 @@ def main() -> None:
              "the `not slow` subset after it ran on a quiet machine.", "",
              "| run | exit code | minutes | result |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['run']} | {r['exit']} | {r['seconds'] / 60:.1f} | {r['summary']} |" for r in record["runs"]]
+    lines += [f"\n{r['run']}: {line}" for r in record["runs"] for line in r["failed"]]
     (args.out / "under-load.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -79,8 +80,9 @@ def timed(command: list[str], clone: Path, name: str, extra_env: dict[str, str] 
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     summary = [line for line in lines if " passed" in line or " failed" in line] or lines[-1:] or \
         result.stderr.strip().splitlines()[-1:]
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
     row = {"run": name, "exit": result.returncode, "seconds": round(time.monotonic() - started),
-           "summary": summary[-1].strip("= ") if summary else ""}
+           "summary": summary[-1].strip("= ") if summary else "", "failed": failed}
     print(json.dumps(row), flush=True)
     return row
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -55,7 +56,11 @@ def sr_texts(item: pydicom.Dataset) -> list[str]:
 
 
 def dcmtk(tool: str) -> str:
-    path = shutil.which(tool)
+    """dcmtk's `tool` from the system, never the environment's own bin folder: pynetdicom installs console
+    scripts of the same names (storescu, storescp) there, with other options."""
+    own = Path(sys.executable).parent
+    path = shutil.which(tool, path=os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                                 if p and Path(p).resolve() != own.resolve()))
     assert path, f"{tool} not found: install Debian's dcmtk (make test does, as root)"
     return path
 

@@ -80,6 +80,16 @@ class Orthanc:
                     found.append(instance)
         return found
 
+    def wait_until_idle(self, seconds: float = DEADLINE_S) -> dict:
+        """The worker's status once its queue is empty: every queued film classified and its reports stored
+        (a report is stored before its queue entry is dropped, so nothing can arrive after this)."""
+        deadline = time.monotonic() + seconds
+        status = self.get("/cxr-edge/status")
+        while status["queue"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = self.get("/cxr-edge/status")
+        return status
+
     def wait_for_reports(self, count: int, seconds: float = DEADLINE_S) -> list[str]:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -139,13 +149,13 @@ def test_an_orthanc_killed_mid_queue_ends_with_exactly_one_report_per_film(ortha
     _send(orthanc, films)
     orthanc.kill()  # at once: whatever the worker had reached (often mid-queue), the end must be the same
     orthanc.start()
-    reports = orthanc.wait_for_reports(FILMS)
-    time.sleep(3)  # anything doubled would arrive now
+    orthanc.wait_for_reports(FILMS, seconds=2 * DEADLINE_S)  # a loaded machine: Orthanc restarts, the model loads
+    status = orthanc.wait_until_idle(seconds=2 * DEADLINE_S)
     reports = orthanc.instances_of_class(SR_CLASS)
-    assert len(reports) == FILMS
     results = list((orthanc.config.parent / "cxr-edge" / "results").glob("*.json"))
-    assert len(results) == FILMS
-    assert not list((orthanc.config.parent / "cxr-edge" / "queue").glob("*.json"))
+    queued = list((orthanc.config.parent / "cxr-edge" / "queue").glob("*.json"))
+    said = f"reports {len(reports)}, results {len(results)}, queued {len(queued)}, status {status}"
+    assert (len(reports), len(results), queued) == (FILMS, FILMS, []), said
 
 
 def test_watch_sends_its_reports_to_orthanc_by_stow_rs(orthanc, films, tmp_path):
