@@ -31,6 +31,10 @@ __all__ = ["validate_site", "write_site_model", "verdict_lines", "labelled_proba
 
 def validate_site(classifier: Classifier, data_dirs: Sequence[Path], *, engine_figures: str = "ort") -> dict[str, Any]:
     """Every figure of the acceptance check (see the module); `DatasetError` when the folders hold no labels."""
+    if classifier.contract.multi_label:
+        raise CxrEdgeError(f"{classifier.path}: a multi-label model has no card of class figures to check against; "
+                           "`cxr-edge bench --model MODEL --data FOLDERS` (one folder per finding, and no_finding) "
+                           "gives each finding's AUROC, sensitivity and specificity at its operating point")
     samples, probabilities, results = labelled_probabilities(classifier, data_dirs)
     statuses = [r.status for r in results]
     report = {"images": len(results), "unreadable": len(results) - len(samples),

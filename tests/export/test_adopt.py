@@ -212,3 +212,12 @@ def test_a_multi_label_network_gets_operating_points_fitted_on_labelled_folders(
     table = (tmp_path / "bench.md").read_text()
     assert "| finding | films with / without | AUROC |" in table
     assert all(f"| {name} | 6 / 18 |" in table for name in CLASSES)
+
+
+def test_validate_points_a_multi_label_model_to_bench_in_one_line(tmp_path):
+    from cxr_edge.runtime.evaluation.validate import validate_site
+    from tests.factories import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "multi.onnx", size=64, classes=CLASSES, outputs="sigmoid")
+    with pytest.raises(CxrEdgeError, match="bench --model MODEL --data FOLDERS"):
+        validate_site(Classifier.open(model, backend="ort"), [tmp_path])
