@@ -57,9 +57,9 @@ def main() -> None:
     lines = ["# The suite beside a CPU hog", "",
              f"Measured {record['created']} on {record['machine']['cpu']}, {record['machine']['cores']} cores; commit "
              f"`{commit[:12]}` cloned fresh beside the checkout; `make test` {args.runs} times in a row with "
-             f"{len(hogs)} busy process(es) spinning beside it (`python benchmarks/suite_under_load.py`). The first "
-             "test run includes creating both environments and the Debian tools check; `make bench` before it and "
-             "the `not slow` subset after it ran on a quiet machine.", "",
+             f"{len(hogs)} busy process(es) spinning beside it (`.venv/bin/python benchmarks/suite_under_load.py`). "
+             "The first test run includes creating both environments and the Debian tools check; `make bench` "
+             "before it and the `not slow` subset after it ran on a quiet machine.", "",
              "| run | exit code | minutes | result |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['run']} | {r['exit']} | {r['seconds'] / 60:.1f} | {r['summary']} |" for r in record["runs"]]
     lines += [f"\n{r['run']}: {line}" for r in record["runs"] for line in r["failed"]]
