@@ -120,13 +120,13 @@ def probabilities(classifier: Classifier, paths: list[Path], full: bool) -> np.n
     return np.array([[r.probabilities[name] for name in names] for r in results])
 
 
-def at_input_size(classifier: Classifier, paths: list[Path]) -> float:
+def at_input_size(classifier: Classifier, paths: list[Path], full: np.ndarray) -> float:
     """The largest film's image difference were windowed DICOM reduced down to the input size itself: the figure
     `WINDOW_OVERSAMPLING` is chosen by."""
     chosen = shrink.WINDOW_OVERSAMPLING
     shrink.WINDOW_OVERSAMPLING = 1
     try:
-        return float(np.abs(images(classifier, paths, False) - images(classifier, paths, True)).mean(axis=(1, 2)).max())
+        return float(np.abs(images(classifier, paths, False) - full).mean(axis=(1, 2)).max())
     finally:
         shrink.WINDOW_OVERSAMPLING = chosen
 
@@ -156,9 +156,10 @@ def main() -> None:
         made = write_files(paths, Path(scratch))
         for name, files in made.items():
             rows[name] = compare(probabilities(int8, files, False), probabilities(int8, files, True), int8)
-            difference = np.abs(images(int8, files, False) - images(int8, files, True)).mean(axis=(1, 2))
+            full = images(int8, files, True)
+            difference = np.abs(images(int8, files, False) - full).mean(axis=(1, 2))
             rows[name] |= {"image_max": float(difference.max()), "image_median": float(np.median(difference)),
-                           "image_max_at_input_size": at_input_size(int8, files)}
+                           "image_max_at_input_size": at_input_size(int8, files, full)}
             print(name, json.dumps(rows[name]))
         mild = made["DICOM, mild window"]
         rows["INT8 against FP32 (full-size reads)"] = compare(probabilities(int8, mild, True),

@@ -111,7 +111,7 @@ def spec_like(model_path: str | Path) -> AdoptSpec:
     try:
         proto = onnx.load(str(model_path), load_external_data=False)
         return AdoptSpec(Contract.from_metadata({p.key: p.value for p in proto.metadata_props}), "logits")
-    except (ContractError, OSError, Exception) as exc:
+    except Exception as exc:  # unreadable file or no contract: one line either way
         raise CxrEdgeError(f"{model_path}: no cxr-edge contract to copy ({str(exc).splitlines()[0]})") from exc
 
 
@@ -159,7 +159,6 @@ def adopt(source: str, out: str | Path, spec: AdoptSpec, *, weights: str | Path 
 def _fit_on(model: Path, val: Sequence[Path], sensitivity: float | None = None) -> dict[str, Any]:
     """Fit on labelled films and write into the model: a multi-label model's operating points, or a four-class
     model's temperature and abstention threshold."""
-    import onnx
 
     from ..runtime.evaluation.validate import fit_calibration, labelled_probabilities
     from ..runtime.model.classifier import Classifier
@@ -173,16 +172,22 @@ def _fit_on(model: Path, val: Sequence[Path], sensitivity: float | None = None) 
     policy = GatePolicy(abstain_below=calibration["after"]["abstain"]["abstain_below"], abstain_on="finding",
                         site_scale=calibration["scale"], validation_images=len(samples),
                         fitted_on=f"adopt --val: {len(samples)} labelled films")
-    proto = onnx.load(str(model))
-    set_onnx_metadata(proto, {p.key: p.value for p in proto.metadata_props} | policy.to_metadata())
-    onnx.save(proto, str(model))
+    _add_metadata(model, policy.to_metadata())
     return calibration
+
+
+def _add_metadata(model: Path, entries: dict[str, str]) -> None:
+    """Add or replace metadata entries of a written model, keeping the others."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    set_onnx_metadata(proto, {p.key: p.value for p in proto.metadata_props} | entries)
+    onnx.save(proto, str(model))
 
 
 def _fit_operating_points(classifier: Any, val: Sequence[Path], sensitivity: float | None) -> dict[str, Any]:
     """Each finding's operating point from labelled folders (`cxr_edge.runtime.evaluation.findings`), written
     into the model's contract, with the figures at those points."""
-    import onnx
 
     from ..runtime.evaluation.findings import finding_figures, operating_point, read_finding_folders
 
@@ -196,9 +201,7 @@ def _fit_operating_points(classifier: Any, val: Sequence[Path], sensitivity: flo
     present = labels.present[read]
     points = tuple(operating_point(scores[:, i], present[:, i], sensitivity) for i in range(contract.num_classes))
     fitted = dataclasses.replace(contract, operating_points=points)
-    proto = onnx.load(str(classifier.path))
-    set_onnx_metadata(proto, {p.key: p.value for p in proto.metadata_props} | fitted.to_metadata())
-    onnx.save(proto, str(classifier.path))
+    _add_metadata(classifier.path, fitted.to_metadata())
     return {"films": int(read.sum()), "rule": "Youden" if sensitivity is None else f"sensitivity {sensitivity}",
             "findings": finding_figures(scores, present, points, contract.class_names)}
 

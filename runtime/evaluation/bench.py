@@ -410,11 +410,7 @@ def _finding_accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], con
         called[i] = scores >= points
         row.figures |= {"images": len(kept), "per_finding": finding_figures(scores, present, contract.operating_points,
                                                                             contract.class_names)}
-    fp32_rows = {r.backend: i for i, r in enumerate(rows) if r.precision == "fp32"}
-    for i, row in enumerate(rows):
-        reference = fp32_rows.get(row.backend)
-        row.figures["agreement_fp32"] = (float(np.mean(np.all(called[i] == called[reference], axis=1)))
-                                         if reference is not None else None)
+    _agreement(rows, called, lambda a, b: np.all(a == b, axis=1))
     return [str(e) for e in errors]
 
 
@@ -429,12 +425,18 @@ def _accuracy(rows: list[BenchRow], data_dir: Path | Sequence[Path], contract: C
         probabilities = np.concatenate([row.run(inputs[j:j + 16]) for j in range(0, len(inputs), 16)])
         predicted[i] = probabilities.argmax(axis=1)
         row.figures |= label_figures(samples, probabilities, contract)
+    _agreement(rows, predicted, np.equal)
+    return unreadable
+
+
+def _agreement(rows: list[BenchRow], answers: dict[int, np.ndarray],
+               same: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Each row's share of films answered as the FP32 row of its engine answers them (`same` per film)."""
     fp32_rows = {r.backend: i for i, r in enumerate(rows) if r.precision == "fp32"}
     for i, row in enumerate(rows):
         reference = fp32_rows.get(row.backend)
-        row.figures["agreement_fp32"] = (float(np.mean(predicted[i] == predicted[reference]))
+        row.figures["agreement_fp32"] = (float(np.mean(same(answers[i], answers[reference])))
                                          if reference is not None else None)
-    return unreadable
 
 
 def _warnings(rows: list[BenchRow], load: float) -> list[str]:

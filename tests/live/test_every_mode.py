@@ -43,6 +43,19 @@ def _check_report(path: Path, record: dict, contract) -> None:
         assert abs(measured[f"Probability of {contract.display(name)}"] - p) < 1e-6
 
 
+def _heard(out: Path, classifier: Classifier, outputs: OutputOptions) -> dict:
+    """One film sent by C-STORE to a DICOM node writing into `out`; its record once the node is idle."""
+    node = DicomListener(out, classifier, port=0, host="127.0.0.1", outputs=outputs)
+    node.start()
+    try:
+        image = dicom_dataset(gradient(256, 256))
+        send(node.port, image)
+        assert node.wait_idle()
+    finally:
+        node.stop()
+    return json.loads((out / "results" / f"{image.SOPInstanceUID}.json").read_text())
+
+
 def _check_fhir(path: Path, record: dict, contract) -> None:
     from fhir.resources.bundle import Bundle
 
@@ -114,16 +127,7 @@ def test_a_three_class_model_goes_through_every_output(tmp_path: Path, three: Pa
     _check_fhir(watched / record["fhir"], record, contract)
 
     heard = tmp_path / "heard"
-    node = DicomListener(heard, classifier, port=0, host="127.0.0.1",
-                         outputs=OutputOptions(sr="tid1500", fhir=heard / "fhir"))
-    node.start()
-    try:
-        image = dicom_dataset(gradient(256, 256))
-        send(node.port, image)
-        assert node.wait_idle()
-    finally:
-        node.stop()
-    record = json.loads((heard / "results" / f"{image.SOPInstanceUID}.json").read_text())
+    record = _heard(heard, classifier, OutputOptions(sr="tid1500", fhir=heard / "fhir"))
     _check_report(heard / record["sr"], record, contract)
     _check_fhir(heard / record["fhir"], record, contract)
 
@@ -175,15 +179,7 @@ def test_a_multi_label_model_goes_through_every_output(tmp_path: Path) -> None:
     assert len(bundle.entry) == 2 + len(record["positive"])
 
     heard = tmp_path / "heard"
-    node = DicomListener(heard, classifier, port=0, host="127.0.0.1", outputs=OutputOptions(sr="tid1500"))
-    node.start()
-    try:
-        image = dicom_dataset(gradient(256, 256))
-        send(node.port, image)
-        assert node.wait_idle()
-    finally:
-        node.stop()
-    heard_record = json.loads((heard / "results" / f"{image.SOPInstanceUID}.json").read_text())
+    heard_record = _heard(heard, classifier, OutputOptions(sr="tid1500"))
     heard_groups = hd.sr.srread(heard / heard_record["sr"]).content.get_image_measurement_groups()
     assert len(heard_groups) == len(heard_record["positive"]) + 1
 
