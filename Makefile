@@ -67,7 +67,7 @@ $(TRITON_VENV)/.installed:
 # Trains, exports, quantises and measures the shipped model into runtime/models/ (about 20 minutes on 2 cores).
 release-model: $(VENV)/.dev-installed
 	rm -rf runs/release
-	$(BIN)/python -m cxr_edge.export.release --work runs/release --models-dir runtime/models \
+	$(BIN)/python -m cxr_edge.export.release --work runs/release --models-dir runtime/models --members 3 \
 	  --manifest calibration_data/cxr-release.tsv --int8-record benchmarks/int8/int8.json \
 	  --sources-record benchmarks/sources/sources.json
 

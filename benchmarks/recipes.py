@@ -32,6 +32,7 @@ def stress(run: Path, roots: list[Path]) -> dict:
     """The run's validation images as given and under acquisition changes: the figures the held-out bars speak of."""
     checkpoint = load_checkpoint(run / "checkpoint.pt")
     contract, model = checkpoint["contract"], model_from_checkpoint(checkpoint)
+    temperature = checkpoint["reliability"]["policy"]["temperature"]  # as the runtime applies it
     metrics = json.loads((run / "metrics.json").read_text())
     held = {f["file"] for f in metrics["val_files"]}
     samples = [s for s in scan_dataset(roots, contract.class_names).samples if s.key in held]
@@ -46,7 +47,8 @@ def stress(run: Path, roots: list[Path]) -> dict:
     for name, change in ({"as given": lambda image: image} | STRESSES).items():
         altered = np.clip(np.stack([change(image) for image in images]), 0, 1).astype(np.float32)
         with torch.inference_mode():
-            probabilities = model(torch.from_numpy(to_input(altered, contract))).softmax(dim=1).numpy()
+            logits = model(torch.from_numpy(to_input(altered, contract)))
+            probabilities = (logits / temperature).softmax(dim=1).numpy()
         top = [contract.class_names[i] for i in probabilities.argmax(axis=1)]
         findings = np.asarray([contract.finding(dict(zip(contract.class_names, row, strict=True)))[0]
                                for row in probabilities])
@@ -64,11 +66,15 @@ def describe(run: Path, roots: list[Path]) -> tuple[dict, list[str]]:
     groups = metrics["groups"]
     worst = min(groups["cell"].items(), key=lambda item: item[1]["accuracy"])
     stressed = stress(run, roots)
+    members = metrics.get("members")
     record = {"config": config, "groups": groups, "findings": metrics["findings"], "stress": stressed,
-              "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"]}
+              "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "members": members,
+              "best_val_loss": metrics["best_val_loss"]}
+    kept = (f"the weights of {len(members)} runs averaged (seeds {', '.join(str(m['seed']) for m in members)})"
+            if members else f"seed {config.get('seed', 0)}, epoch {metrics['best_epoch']} of {metrics['epochs_run']}")
     lines = [f"## {run.name}", "", f"augmentation {config.get('augmentation', 'standard')}, thawed from epoch "
-             f"{config.get('thaw_epoch') or 'never'}, label weights {config.get('label_weights') or 'equal'}; epoch "
-             f"{metrics['best_epoch']} of {metrics['epochs_run']}; worst cell {worst[0]} {worst[1]['accuracy']:.2f}",
+             f"{config.get('thaw_epoch') or 'never'}, label weights {config.get('label_weights') or 'equal'}; {kept}; "
+             f"validation loss {metrics['best_val_loss']:.3f}; worst cell {worst[0]} {worst[1]['accuracy']:.2f}",
              "", "| group | images | right (95 % interval) |", "| --- | --- | --- |"]
     for kind in ("cell", "age", "view"):
         for name, row in groups[kind].items():
@@ -96,8 +102,9 @@ def main() -> None:
     torch.set_num_threads(2)
     lines = ["# Training recipes compared", "",
              f"`python benchmarks/recipes.py {' '.join(str(r) for r in args.runs)}`: validation images held out "
-             "by patient (the same split in every run), FP32. Intervals: 95 % bootstrap over patients. A pneumonia "
-             "of unknown type is right when called either pneumonia; findings sum their classes.", ""]
+             "by patient (the same split in every run), FP32 with each run's fitted temperature. Intervals: 95 % "
+             "bootstrap over patients. A pneumonia of unknown type is right when called either pneumonia; findings "
+             "sum their classes.", ""]
     record = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(), "runs": {}}
     for run in args.runs:
         record["runs"][run.name], section = describe(run, roots)

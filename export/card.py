@@ -59,7 +59,7 @@ $data_table
 `make release-model` (package $package_version, commit $git_commit, seed $seed), created $created: the default
 `cxr-edge train` recipe ($recipe) on $train_images images ($train_patients patients), $val_images images
 ($val_patients patients) held out by patient and used for nothing but the epoch choice, the temperature, the
-thresholds and the figures below; epoch $best_epoch of $epochs_run kept. INT8 calibration: the
+thresholds and the figures below; $kept. INT8 calibration: the
 $calibration_images training images of `calibration_data/$manifest`.
 
 ## Validation figures (held-out patients, FP32)
@@ -240,6 +240,17 @@ def _splits(pooled: dict | None) -> str:
             f"images; `benchmarks/int8/`), against FP32: {'; '.join(rows)}.")
 
 
+def _kept(training: dict) -> str:
+    """Which weights ship: one run's chosen epoch, or the average of several runs (`cxr_edge.export.soup`)."""
+    members = training.get("members")
+    if not members:
+        return f"epoch {training['best_epoch']} of {training['epochs_run']} kept"
+    epochs = ", ".join(f"{m['best_epoch']} of {m['epochs_run']}" for m in members)
+    seeds = ", ".join(str(m["seed"]) for m in members)
+    return (f"the weights of {len(members)} runs averaged into one network (a model soup: seeds {seeds}, one head "
+            f"initialisation; epochs {epochs} kept), then calibrated as one")
+
+
 def _recipe(config: dict) -> str:
     weights = ", ".join(f"{k} {v:g}" for k, v in (config.get("label_weights") or {}).items()) or "all equal"
     thaw = f"early layers thawed from epoch {config['thaw_epoch']}" if config.get("thaw_epoch") else \
@@ -264,7 +275,7 @@ def model_card(record: dict) -> str:
         git_commit=record["git_commit"], seed=record["seed"], created=record["created"],
         recipe=_recipe(training["config"]), train_images=split["train_images"],
         train_patients=split["train_patients"], val_images=split["val_images"], val_patients=split["val_patients"],
-        best_epoch=training["best_epoch"], epochs_run=training["epochs_run"],
+        kept=_kept(training),
         calibration_images=record["calibration"]["images"], manifest=record["calibration"]["manifest"],
         cells_table=_cells(fp32, names), views_table=_groups_table(fp32["by_view"], "age / view", names),
         findings_table=_findings(fp32), temperature=f"{reliability['temperature']:.2f}",

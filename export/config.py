@@ -26,6 +26,8 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay (not applied to biases and norm layers).
         image_size: square input size written into the contract.
         seed: randomness of training (head initialisation, augmentation, batch order, dropout).
+        init_seed: seed of the new head's initialisation (None: `seed`). Runs that a soup averages
+            (`cxr_edge.export.soup`) share it and differ by `seed` only, so that their heads start alike.
         split_seed: which images are held out for validation; kept apart from `seed` so that runs with
             different seeds are judged on the same images.
         val_fraction: share of each class held out for validation.
@@ -55,6 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     image_size: int = 224
     seed: int = 0
+    init_seed: int | None = None
     split_seed: int = 0
     val_fraction: float = 0.2
     warmup_epochs: int = 2

@@ -39,6 +39,7 @@ from .config import TrainConfig
 from .data import stratified_split
 from .provenance import git_commit, package_version
 from .quantize import quantize
+from .soup import average_runs
 from .to_onnx import export_onnx
 from .train import train
 
@@ -64,15 +65,22 @@ def evaluate_model(path: Path, engine: str, val: Sequence[Sample], sets: dict) -
     return figures
 
 
-def _train_and_split(data_dirs: Sequence[Path], work: Path, seed: int, console: Console,
+def _train_and_split(data_dirs: Sequence[Path], work: Path, seed: int, members: int, console: Console,
                      reuse: bool) -> tuple[Dataset, list[Sample], list[Sample], dict]:
-    """Step 1: the release recipe on a patient-level split (or the checkpoint an earlier run left in `work`)."""
+    """Step 1: the release recipe on a patient-level split, `members` times with seeds `seed`, `seed` + 1, ... and
+    one head initialisation, averaged into one network (`soup`); an earlier run's checkpoints in `work` are kept
+    when `reuse` is set."""
     dataset = scan_dataset(data_dirs)
-    config = TrainConfig(seed=seed, split_seed=seed)  # the default recipe (benchmarks/training/recipes.md)
-    train_part, val_part = stratified_split(dataset.samples, config.val_fraction, seed)
-    console.print(f"[bold]1/4 training[/] on {len(train_part)} images, {len(val_part)} held out (by patient)")
-    if not (reuse and (work / "training" / "checkpoint.pt").exists()):
-        train(config, dataset.roots, work / "training", console=console, progress=False)
+    configs = [TrainConfig(seed=seed + k, init_seed=seed, split_seed=seed) for k in range(members)]
+    train_part, val_part = stratified_split(dataset.samples, configs[0].val_fraction, seed)
+    console.print(f"[bold]1/4 training[/] {members} run(s) on {len(train_part)} images, {len(val_part)} held out "
+                  "(by patient)")
+    runs = [work / "training"] if members == 1 else [work / "members" / f"seed-{c.seed}" for c in configs]
+    for config, run in zip(configs, runs, strict=True):
+        if not (reuse and (run / "checkpoint.pt").exists()):
+            train(config, dataset.roots, run, console=console, progress=False)
+    if members > 1 and not (reuse and (work / "training" / "checkpoint.pt").exists()):
+        average_runs(runs, dataset.roots, work / "training", console=console)
     return dataset, train_part, val_part, json.loads((work / "training" / "metrics.json").read_text())
 
 
@@ -114,7 +122,7 @@ def _measure(staged: Path, dataset: Dataset, val_part: list[Sample]) -> tuple[di
 
 def build_release(data_dirs: Sequence[Path], work: Path, models_dir: Path, manifest: Path, *,
                   int8_record: Path | None = None, sources_record: Path | None = None, seed: int = 0,
-                  console: Console | None = None, reuse_training: bool = False) -> dict:
+                  members: int = 1, console: Console | None = None, reuse_training: bool = False) -> dict:
     """Train, export, quantise and measure the shipped model; write it into `models_dir`; return the record.
 
     Args:
@@ -125,6 +133,7 @@ def build_release(data_dirs: Sequence[Path], work: Path, models_dir: Path, manif
         int8_record: the multi-split INT8 benchmark (``benchmarks/int8/int8.json``) quoted in the model card.
         sources_record: the leave-one-source-out benchmark (``benchmarks/sources/sources.json``) quoted too.
         seed: training and split seed.
+        members: runs averaged into the shipped network (`cxr_edge.export.soup`; 1: a single run).
         console: where progress goes.
         reuse_training: keep the checkpoint already in `work` and redo export, quantisation and the figures.
     """
@@ -132,7 +141,8 @@ def build_release(data_dirs: Sequence[Path], work: Path, models_dir: Path, manif
     if work.exists() and not reuse_training:
         raise SystemExit(f"{work} exists; remove it or choose another --work folder")
     shutil.rmtree(work / "models", ignore_errors=True)
-    dataset, train_part, val_part, metrics = _train_and_split(data_dirs, work, seed, console, reuse_training)
+    dataset, train_part, val_part, metrics = _train_and_split(data_dirs, work, seed, members, console,
+                                                                  reuse_training)
     console.print("[bold]2/4 export and INT8[/]")
     staged, int8, calibration_images = _export_and_quantise(work, dataset, train_part, val_part, manifest, seed,
                                                              console)
@@ -162,6 +172,7 @@ def _record(dataset: Dataset, train_part: list[Sample], val_part: list[Sample], 
                   "train_patients": len({s.group for s in train_part}),
                   "val_patients": len({s.group for s in val_part})},
         "training": {"best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+                     "members": metrics.get("members"),
                      "train_seconds": metrics["train_seconds"], "report": metrics["validation"],
                      "config": metrics["config"], "populations": metrics["populations"]},
         "reliability": metrics["reliability"], "evaluations": evaluations, "int8": int8, "audit": audit,
@@ -187,6 +198,8 @@ def main() -> None:
     parser.add_argument("--int8-record", type=Path, default=None, help="multi-split INT8 record for the card")
     parser.add_argument("--sources-record", type=Path, default=None, help="leave-one-source-out record for the card")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=1,
+                        help="runs of the recipe (seeds --seed, --seed + 1, ...) averaged into the shipped network")
     parser.add_argument("--reuse-training", action="store_true",
                         help="keep the checkpoints in --work; redo export, INT8 and the figures")
     parser.add_argument("--card", action="store_true",
@@ -203,7 +216,7 @@ def main() -> None:
         return
     build_release(resolve_data_dirs(args.data), args.work, args.models_dir, args.manifest,
                   int8_record=args.int8_record, sources_record=args.sources_record, seed=args.seed,
-                  reuse_training=args.reuse_training)
+                  members=args.members, reuse_training=args.reuse_training)
 
 
 if __name__ == "__main__":

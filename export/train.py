@@ -226,7 +226,7 @@ def _set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
         module.eval()  # frozen layers keep their ImageNet batch-norm statistics
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def prepare_out_dir(out_dir: Path) -> None:
     if (out_dir / CHECKPOINT_NAME).exists():
         raise CxrEdgeError(f"{out_dir} already holds a training run ({CHECKPOINT_NAME}); choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -308,6 +308,12 @@ class Validation:
         return float(np.sum(losses * self.weights)), top, figures
 
 
+def validation_of(data: TrainingData, contract: Contract) -> Validation:
+    """The validation side of a split, ready to judge a network (every run, and a soup of runs, alike)."""
+    return Validation(_inputs(data.val_x, contract), torch.from_numpy(allowed_mask(data.val, contract.class_names)),
+                      cell_weights(data.val), data.val, contract.class_names)
+
+
 def _epoch(config: TrainConfig, network: Network, data: TrainingData, contract: Contract, optimizer: Any,
            scheduler: Any, sampling: np.ndarray, allowed: np.ndarray, rng: np.random.Generator,
            advance: Callable[[], None]) -> dict:
@@ -349,9 +355,7 @@ def fit(config: TrainConfig, network: Network, data: TrainingData, contract: Con
     steps_per_epoch = math.ceil(len(data.train_x) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(
         step, steps_per_epoch * config.warmup_epochs, steps_per_epoch * config.epochs))
-    validation = Validation(_inputs(data.val_x, contract),
-                            torch.from_numpy(allowed_mask(data.val, contract.class_names)), cell_weights(data.val),
-                            data.val, contract.class_names) if data.validated else None
+    validation = validation_of(data, contract) if data.validated else None
     history: list[dict] = []
     best: dict[str, Any] = {"loss": math.inf}
     for epoch in range(1, config.epochs + 1):
@@ -426,12 +430,15 @@ def populations(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[s
 
 
 def write_run(out_dir: Path, config: TrainConfig, contract: Contract, data: TrainingData, network: Network,
-              history: list[dict], best: dict[str, Any], reliability: dict[str, Any], seconds: float) -> None:
-    """checkpoint.pt, history.json, metrics.json, curves.png and confusion_matrix.png."""
-    provenance = _provenance(config, data, network.weights_source)
+              history: list[dict], best: dict[str, Any], reliability: dict[str, Any], seconds: float, *,
+              members: list[dict] | None = None) -> None:
+    """checkpoint.pt, history.json, metrics.json, curves.png and confusion_matrix.png (`members`: the runs a soup
+    averages, each with its seed and kept epoch; a soup has no epochs of its own and no curves)."""
+    provenance = _provenance(config, data, network.weights_source) | ({"members": members} if members else {})
     seen = populations(data.train, contract.class_names)
     metrics = {"validation": best["report"], "best_epoch": best["epoch"], "best_val_loss": best["loss"],
-               "epochs_run": len(history), "train_seconds": seconds, "counts": data.dataset.counts(),
+               "epochs_run": len(history), "members": members, "train_seconds": seconds,
+               "counts": data.dataset.counts(),
                "cells": data.dataset.cells(), "populations": seen, "reliability": reliability["figures"],
                "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped],
                "config": dataclasses.asdict(config)}
@@ -443,7 +450,8 @@ def write_run(out_dir: Path, config: TrainConfig, contract: Contract, data: Trai
                 "config": dataclasses.asdict(config)}, out_dir / CHECKPOINT_NAME)
     (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(metrics | {"provenance": provenance}, indent=2) + "\n")
-    plot_curves(history, out_dir / "curves.png", best["epoch"] if data.validated else None)
+    if history:
+        plot_curves(history, out_dir / "curves.png", best["epoch"] if data.validated else None)
     if data.validated:
         plot_confusion_matrix(best["report"]["confusion_matrix"], contract.class_names,
                               out_dir / "confusion_matrix.png")
@@ -469,7 +477,7 @@ def train(config: TrainConfig, data_dirs: str | Path | Sequence[str | Path], out
     started = time.perf_counter()
     out_dir = Path(out_dir)
     spec = arch_spec(config.arch)
-    _prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -490,7 +498,11 @@ def train(config: TrainConfig, data_dirs: str | Path | Sequence[str | Path], out
             f"{len(data.skipped)} skipped; {config.arch} at {config.image_size} px, intensity {config.intensity}")
         say("per epoch: loss and accuracy as train/validation (every label-and-source cell weighing the same), "
             "validation macro-F1 and worst cell")
+        if config.init_seed is not None:
+            torch.manual_seed(config.init_seed)
         network = build_network(config, spec, contract.num_classes)
+        if config.init_seed is not None:
+            torch.manual_seed(config.seed)  # dropout follows the run's own seed
         history, best = fit(config, network, data, contract, say=say, bar=bar)
     kept = network.kept
     kept.load_state_dict(best["state"])

@@ -51,6 +51,9 @@ def _require_build(command: str, *modules: str) -> None:
               help="Square network input size, written into the model's preprocessing contract.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True,
               help="Seed of training randomness: initialisation, augmentation, batch order.")
+@click.option("--init-seed", type=int, default=None,
+              help="Seed of the new head's initialisation (default: --seed). Runs to be averaged into one share "
+                   "it.")
 @click.option("--split-seed", type=int, default=_DEFAULTS.split_seed, show_default=True,
               help="Seed of the stratified train/validation split.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS.val_fraction,
@@ -74,7 +77,8 @@ def _require_build(command: str, *modules: str) -> None:
               help="From this epoch on also train the frozen early layers, at a tenth of the rate (0: never).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | None, epochs: int, batch_size: int,
-          lr: float, image_size: int, seed: int, split_seed: int, val_fraction: float, patience: int,
+          lr: float, image_size: int, seed: int, init_seed: int | None, split_seed: int, val_fraction: float,
+          patience: int,
           no_pretrained: bool, no_freeze: bool, intensity: str, unbalanced: bool, label_weights: tuple[str, ...],
           augmentation: str, thaw_epoch: int, threads: int | None) -> int:
     """Train a classifier by transfer learning and write a checkpoint with its contract.
@@ -94,7 +98,7 @@ def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | No
     from cxr_edge.runtime.evaluation.metrics import render_report
 
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
-                         split_seed=split_seed, val_fraction=val_fraction, patience=patience,
+                         init_seed=init_seed, split_seed=split_seed, val_fraction=val_fraction, patience=patience,
                          freeze_early=not no_freeze, weights=weights, pretrained=not no_pretrained, threads=threads,
                          intensity=intensity, balanced=not unbalanced, label_weights=_weights(label_weights),
                          augmentation=augmentation, thaw_epoch=thaw_epoch)
