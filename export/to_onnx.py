@@ -132,7 +132,8 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path, *,
         policy = GatePolicy(gate_threshold=fitted["gate_threshold"], upright_min=fitted["upright_min"],
                             orientations=tuple(fitted["orientations"]), abstain_below=fitted["abstain_below"],
                             temperature=fitted["temperature"], populations=checkpoint.get("populations", {}),
-                            fitted_on=fitted["fitted_on"], validation_images=fitted["validation_images"])
+                            fitted_on=fitted["fitted_on"], validation_images=fitted["validation_images"],
+                            abstain_on=fitted.get("abstain_on", "label"))
     model = _Exported(model_from_checkpoint(checkpoint), checkpoint["arch"], policy.temperature if policy else 1.0,
                       GateHead(reliability["gate"]) if reliability else None).eval()
     example = torch.zeros(2, contract.channels, *contract.input_size)  # batch 2: a batch of 1 would be specialised

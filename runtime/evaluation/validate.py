@@ -161,7 +161,7 @@ def write_site_model(model: Path, out: Path, calibration: dict[str, Any]) -> Pat
     metadata = read_metadata(network)
     policy = GatePolicy.from_metadata(metadata) or GatePolicy()
     policy = replace(policy, site_scale=calibration["scale"], fitted_on=f"{policy.fitted_on}; site films",
-                     abstain_below=calibration["after"]["abstain"]["abstain_below"])
+                     abstain_below=calibration["after"]["abstain"]["abstain_below"], abstain_on="finding")
     for key, value in (metadata | {GATE_KEY: json.dumps(asdict(policy), sort_keys=True)}).items():
         network.set_rt_info(value, ["cxr_edge", key])
     ov.save_model(network, str(out), compress_to_fp16=False)

@@ -61,6 +61,7 @@ def test_export_matches_pytorch_and_carries_contract_and_provenance(exported):
     fitted = checkpoint["reliability"]["policy"]
     assert policy.gate_threshold == fitted["gate_threshold"] and policy.temperature == fitted["temperature"]
     assert policy.populations == checkpoint["populations"] and policy.orientations[0] == "upright"
+    assert (policy.abstain_below, policy.abstain_on) == (fitted["abstain_below"], "finding")  # as it was fitted
 
 
 def test_the_gate_in_the_graph_is_the_gate_that_was_fitted(exported, small_dataset):

@@ -44,3 +44,16 @@ def test_chest_films_pass_and_turned_or_inverted_films_do_not(shipped, data_dirs
         altered = shipped.predict([np.ascontiguousarray(turn(f)) for f in films])
         rejected = np.mean([r.status == "rejected" for r in altered])
         assert rejected >= 0.8, (name, rejected)
+
+
+def test_the_shipped_model_abstains_on_the_finding_it_was_fitted_on(shipped, data_dirs):
+    """The threshold was fitted on the top finding's probability (pneumonia sums its two classes): a film is
+    uncertain exactly when that probability, not the top class's, is below it."""
+    policy = shipped.policy
+    assert policy.abstain_on == "finding" and 1 / 3 < policy.abstain_below < 1
+    films = [load_image(s.path) for s in scan_dataset(data_dirs).samples[::10]]
+    judged = [r for r in shipped.predict(films) if r.status != "rejected"]
+    assert judged
+    for result in judged:
+        record = result.to_record()
+        assert (record["status"] == "uncertain") == (record["finding_probability"] < policy.abstain_below), record
