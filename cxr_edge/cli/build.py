@@ -78,9 +78,8 @@ def _require_build(command: str, *modules: str) -> None:
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 def train(data_dirs: tuple[str, ...], out_dir: str, arch: str, weights: str | None, epochs: int, batch_size: int,
           lr: float, image_size: int, seed: int, init_seed: int | None, split_seed: int, val_fraction: float,
-          patience: int,
-          no_pretrained: bool, no_freeze: bool, intensity: str, unbalanced: bool, label_weights: tuple[str, ...],
-          augmentation: str, thaw_epoch: int, threads: int | None) -> int:
+          patience: int, no_pretrained: bool, no_freeze: bool, intensity: str, unbalanced: bool,
+          label_weights: tuple[str, ...], augmentation: str, thaw_epoch: int, threads: int | None) -> int:
     """Train a classifier by transfer learning and write a checkpoint with its contract.
 
     Class folders name the classes (normal, covid19, bacterial_pneumonia, viral_pneumonia or their aliases); a
