@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr_edge.export.card import kept_weights
 from cxr_edge.export.to_onnx import model_from_checkpoint
 from cxr_edge.export.train import load_checkpoint
 from cxr_edge.runtime.evaluation.audit import STRESSES
@@ -66,12 +67,12 @@ def describe(run: Path, roots: list[Path]) -> tuple[dict, list[str]]:
     groups = metrics["groups"]
     worst = min(groups["cell"].items(), key=lambda item: item[1]["accuracy"])
     stressed = stress(run, roots)
-    members = metrics.get("members")
+    training = metrics | {"members": metrics["provenance"].get("members")}
     record = {"config": config, "groups": groups, "findings": metrics["findings"], "stress": stressed,
-              "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"], "members": members,
-              "best_val_loss": metrics["best_val_loss"]}
-    kept = (f"the weights of {len(members)} runs averaged (seeds {', '.join(str(m['seed']) for m in members)})"
-            if members else f"seed {config.get('seed', 0)}, epoch {metrics['best_epoch']} of {metrics['epochs_run']}")
+              "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+              "members": training["members"], "best_val_loss": metrics["best_val_loss"]}
+    kept = kept_weights(training) if training["members"] else f"seed {config.get('seed', 0)}, " \
+        f"{kept_weights(training)}"
     lines = [f"## {run.name}", "", f"augmentation {config.get('augmentation', 'standard')}, thawed from epoch "
              f"{config.get('thaw_epoch') or 'never'}, label weights {config.get('label_weights') or 'equal'}; {kept}; "
              f"validation loss {metrics['best_val_loss']:.3f}; worst cell {worst[0]} {worst[1]['accuracy']:.2f}",

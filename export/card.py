@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from string import Template
 
-__all__ = ["model_card", "TEMPLATE"]
+__all__ = ["model_card", "kept_weights", "TEMPLATE"]
 
 ENGINES = {"fp32": "FP32", "ort": "INT8 ONNX Runtime", "openvino": "INT8 OpenVINO"}
 
@@ -240,7 +240,7 @@ def _splits(pooled: dict | None) -> str:
             f"images; `benchmarks/int8/`), against FP32: {'; '.join(rows)}.")
 
 
-def _kept(training: dict) -> str:
+def kept_weights(training: dict) -> str:
     """Which weights ship: one run's chosen epoch, or the average of several runs (`cxr_edge.export.soup`)."""
     members = training.get("members")
     if not members:
@@ -275,7 +275,7 @@ def model_card(record: dict) -> str:
         git_commit=record["git_commit"], seed=record["seed"], created=record["created"],
         recipe=_recipe(training["config"]), train_images=split["train_images"],
         train_patients=split["train_patients"], val_images=split["val_images"], val_patients=split["val_patients"],
-        kept=_kept(training),
+        kept=kept_weights(training),
         calibration_images=record["calibration"]["images"], manifest=record["calibration"]["manifest"],
         cells_table=_cells(fp32, names), views_table=_groups_table(fp32["by_view"], "age / view", names),
         findings_table=_findings(fp32), temperature=f"{reliability['temperature']:.2f}",

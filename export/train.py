@@ -437,8 +437,7 @@ def write_run(out_dir: Path, config: TrainConfig, contract: Contract, data: Trai
     provenance = _provenance(config, data, network.weights_source) | ({"members": members} if members else {})
     seen = populations(data.train, contract.class_names)
     metrics = {"validation": best["report"], "best_epoch": best["epoch"], "best_val_loss": best["loss"],
-               "epochs_run": len(history), "members": members, "train_seconds": seconds,
-               "counts": data.dataset.counts(),
+               "epochs_run": len(history), "train_seconds": seconds, "counts": data.dataset.counts(),
                "cells": data.dataset.cells(), "populations": seen, "reliability": reliability["figures"],
                "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped],
                "config": dataclasses.asdict(config)}

@@ -35,7 +35,7 @@ def test_the_soup_is_the_mean_of_its_members_and_a_run_of_its_own(members, small
             assert torch.allclose(value, expected, rtol=0, atol=float(expected.abs().max()) * 2e-7 + 1e-12), name
     assert any(not torch.equal(states[0][name], states[1][name]) for name in states[0])  # the seeds differ
     metrics = json.loads((tmp_path / "soup" / "metrics.json").read_text())
-    assert [m["seed"] for m in metrics["members"]] == [0, 1]
+    assert [m["seed"] for m in metrics["provenance"]["members"]] == [0, 1]
     assert metrics["val_files"] and "temperature" in soup["reliability"]["policy"]
     assert 0 <= figures["val_balanced_accuracy"] <= 1
 
